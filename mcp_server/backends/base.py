@@ -1,0 +1,108 @@
+"""The one interface every backend implements.
+
+A backend moves code in and logs out. It never decides research policy: which experiment
+runs next, what is retried, and what a result means are the scheduler's and the engine's job.
+
+Life of a job: the scheduler picks a free slot (one whose `outstanding < queue_depth`), builds a
+clean run directory for the experiment (train.py snapshot, prepare.py, runner.py) and calls
+`submit`. It then calls `poll` with every handle it has in flight; `poll` returns a `JobOutcome`
+for each handle that has finished or vanished and nothing for those still going. Handles are
+persisted by the engine (`JobHandle.to_json`) so that after a restart `poll` can be called with
+handles created by an earlier process: a backend must be able to recognise its own jobs from
+the handle alone.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models import Cluster
+
+
+@dataclass
+class JobSpec:
+    """Everything a backend needs to run one experiment attempt."""
+
+    experiment_id: str
+    attempt: int
+    run_dir: Path            # local dir holding train.py, prepare.py, runner.py; logs land here
+    profile: str             # "cpu" | "gpu"
+    timeout_s: float         # hard timeout the runner enforces on train.py
+    harness_hash: str        # expected sha256 of prepare.py; mismatch -> status "rejected"
+    seed: int
+    env: dict[str, str] = field(default_factory=dict)  # extra harness env (e.g. AUTORESEARCH_TIME_BUDGET)
+
+
+@dataclass
+class JobHandle:
+    """A submitted job. `backend_ref` is backend-specific (local: pid + start time; sky: job id)."""
+
+    experiment_id: str
+    attempt: int
+    cluster: str
+    run_dir: str
+    backend_ref: dict[str, Any] = field(default_factory=dict)
+    submitted_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobHandle":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class JobOutcome:
+    """A job that is over. Exactly one of: `result` (the runner's result dict) or `lost=True`."""
+
+    handle: JobHandle
+    result: dict[str, Any] | None = None   # runner result: {"status", "metrics", "error", "log_tail", ...}
+    lost: bool = False                     # slot/process vanished without a result (infrastructure)
+    log_path: str | None = None            # local copy of the run log, when there is one
+    reason: str = ""                       # why it is lost, for the event log
+
+
+class Backend(ABC):
+    """Slots (clusters) and jobs on them."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def clusters(self) -> list[Cluster]:
+        """Every slot this backend holds now, with GPU type and state."""
+
+    def queue_depth(self, cluster: str) -> int:
+        """How many jobs the scheduler may have outstanding on one slot (1 running + N queued ahead)."""
+        return 1
+
+    @abstractmethod
+    def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
+        """Bring up `count` more slots (of `gpu_type` where the backend can choose). Returns the new ones."""
+
+    @abstractmethod
+    def teardown(self, names: list[str] | None = None) -> list[str]:
+        """Stop and delete the named slots (None = all of this workspace's). Returns names removed."""
+
+    @abstractmethod
+    def submit(self, cluster: str, job: JobSpec) -> JobHandle:
+        """Start the runner for `job` on `cluster`. Must not block for the run's duration."""
+
+    @abstractmethod
+    def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
+        """Outcomes for the handles that have finished or vanished; nothing for live ones."""
+
+    @abstractmethod
+    def cancel(self, handle: JobHandle) -> None:
+        """Stop the job (and every process it started). Idempotent."""
+
+    def reconcile(self) -> list[Cluster]:
+        """On engine start: adopt this workspace's existing slots. Default: `clusters()`."""
+        return self.clusters()
+
+    def close(self) -> None:
+        """Release resources held by this process (not the slots themselves)."""

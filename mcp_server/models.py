@@ -1,0 +1,104 @@
+"""The engine's core records, shared by every layer.
+
+These are plain pydantic models: the ledger stores them, the scheduler moves them through
+their states, the MCP tools return (subsets of) them. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Status(str, Enum):
+    """Where an experiment is. `queued` and `running` are live; everything else is terminal."""
+
+    queued = "queued"        # waiting for a free slot of the right tier
+    running = "running"      # handed to a backend (may be queued-ahead on a warm cluster)
+    done = "done"            # finished, val_bpb recorded
+    crash = "crash"          # train.py exited non-zero (code failure: not retried)
+    nan = "nan"              # loss became NaN / exploded (code failure: not retried)
+    oom = "oom"              # out of memory (code failure: not retried)
+    timeout = "timeout"      # exceeded the hard timeout (budget x 2 + grace)
+    rejected = "rejected"    # harness hash mismatch: prepare.py was changed; no result recorded
+    cancelled = "cancelled"  # cancelled by the agent or by teardown
+    lost = "lost"            # the slot vanished more times than the retry limit allows
+
+
+LIVE = frozenset({Status.queued, Status.running})
+TERMINAL = frozenset(set(Status) - LIVE)
+CODE_FAILURES = frozenset({Status.crash, Status.nan, Status.oom, Status.timeout, Status.rejected})
+
+
+class Decision(str, Enum):
+    """What the agent decided about a finished experiment (separate from its status)."""
+
+    keep = "keep"
+    discard = "discard"
+
+
+class Metrics(BaseModel):
+    """The summary block train.py prints; every field optional because failures have none."""
+
+    val_bpb: float | None = None
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    peak_vram_mb: float | None = None
+    mfu_percent: float | None = None
+    total_tokens_M: float | None = None
+    num_steps: int | None = None
+    num_params_M: float | None = None
+    depth: int | None = None
+    device: str | None = None
+
+
+class Experiment(BaseModel):
+    id: str = Field(description="Experiment id, e.g. 'e0042'.")
+    description: str
+    wave_id: str | None = None
+    parent_id: str | None = Field(None, description="Experiment whose code this one was derived from.")
+    parent_commit: str | None = Field(None, description="Commit the snapshot was built on.")
+    commit: str | None = Field(None, description="Commit of the code snapshot (hidden ref).")
+    code_hash: str | None = Field(None, description="Git blob sha of the snapshot's train.py: equal code => equal hash (replicates, controls, promotions).")
+    parent_code_hash: str | None = Field(None, description="Blob sha of train.py at parent_commit: the reference this experiment is compared with.")
+    harness_hash: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    gpu_type: str | None = Field(None, description="Requested GPU tier; None = any slot.")
+    priority: int = 0
+    status: Status = Status.queued
+    decision: Decision | None = None
+    cluster: str | None = Field(None, description="Slot/cluster it ran on (last attempt).")
+    ran_on_gpu: str | None = Field(None, description="GPU type of the slot it actually ran on.")
+    attempts: int = 0
+    metrics: Metrics = Field(default_factory=Metrics)
+    error: str | None = None
+    log_path: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class Wave(BaseModel):
+    id: str = Field(description="Wave id, e.g. 'w0003'.")
+    description: str
+    kind: str = Field(description="factorial | replicates | promotion | single")
+    design: dict[str, Any] = Field(default_factory=dict, description="Axes and levels, replicates, control.")
+    experiment_ids: list[str] = Field(default_factory=list)
+    created_at: float = 0.0
+
+
+class Cluster(BaseModel):
+    """A place where one experiment runs at a time: a local GPU/CPU slot or a SkyPilot cluster."""
+
+    name: str
+    backend: str = Field(description="local | skypilot")
+    gpu_type: str = Field(description="e.g. H100, H200, CPU")
+    gpu_count: int = 1
+    state: str = Field(description="up | provisioning | stopped | gone")
+    cost_per_hour: float | None = None
+    simulated: bool = Field(False, description="True when the GPU type is a label on a local slot (a simulation).")
+    running: list[str] = Field(default_factory=list, description="Experiment ids on this cluster now.")
+    created_at: float = 0.0

@@ -7,41 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from .analysis import Leaderboard, LeaderboardRow, Verdict  # noqa: F401 (re-exported: the engine API returns them)
 from .backends.base import Backend
 from .config import FleetConfig
 from .models import Cluster, Experiment, Wave
-
-
-class Verdict(BaseModel):
-    experiment_id: str
-    gpu_type: str | None
-    val_bpb: float | None
-    reference_id: str | None = Field(None, description="Same-GPU-type baseline/control it is compared with.")
-    delta: float | None = Field(None, description="val_bpb - reference val_bpb (negative = better).")
-    noise: float | None = Field(None, description="Noise floor (std of replicated baselines) on this GPU type.")
-    verdict: Literal["improvement", "within_noise", "worse", "no_reference", "failed"]
-    note: str = ""
-
-
-class LeaderboardRow(BaseModel):
-    rank: int
-    experiment_id: str
-    description: str
-    val_bpb: float
-    delta: float | None
-    verdict: str
-    seeds: int = Field(1, description="Replicates averaged into val_bpb.")
-    std: float | None = None
-    decision: str | None = None
-    num_steps: int | None = None
-
-
-class Leaderboard(BaseModel):
-    by_gpu_type: dict[str, list[LeaderboardRow]]
-    noise_floor: dict[str, float | None]
-    notes: list[str] = Field(default_factory=list)
 
 
 class WaitResult(BaseModel):

@@ -1,0 +1,355 @@
+"""What results mean: noise floors, verdicts and leaderboards, per GPU type. Pure functions, no I/O.
+
+Rules (the skills and tool descriptions repeat them; change them together):
+
+* Results are only ever compared within one GPU type (`Experiment.ran_on_gpu`, the type of the
+  slot the run actually used). A fixed wall-clock budget lets a faster GPU take more steps, so
+  an H200 result is not comparable with an H100 one. An experiment that finished without a
+  known GPU type is grouped under "unknown".
+* A *group* is the finished experiments with the same (ran_on_gpu, code_hash): identical code on
+  the same GPU type. Its members differ only by seed: they are replicates, and the group's
+  value is their mean.
+* Noise floor of a GPU type = pooled standard deviation of val_bpb over all its groups that
+  have >= 2 finished replicates: sqrt(sum of squared deviations from each group's mean /
+  sum of (n_group - 1)). One run of the same code has roughly this spread between seeds.
+* Verdict of a target vs its reference (the same-GPU group of its parent's code, i.e. the
+  unmodified control), with delta = mean(target group) - mean(reference group):
+      threshold = 2 * noise * sqrt(1/n_target + 1/n_reference)   (about two standard errors)
+      delta < -threshold -> improvement;  delta > threshold -> worse;  else -> within_noise.
+  Without a noise estimate the verdict falls back to the sign of delta and says that seed
+  noise was not accounted for (launch replicates of the baseline to measure it).
+* Leaderboard reference per GPU type: the best (lowest mean) group containing a kept
+  experiment; if nothing was kept there, the baseline: the group of the earliest finished
+  experiment whose code is the parent of other experiments (the control); failing that, the
+  group of the earliest finished experiment on that GPU type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+from pydantic import BaseModel, Field
+
+from .errors import InvalidInput
+from .models import Decision, Experiment, LIVE, Status
+
+UNKNOWN_GPU = "unknown"
+SIGMAS = 2.0            # width of the "within noise" band, in standard errors of the difference
+MAX_LEADERBOARD_ROWS = 1000
+MAX_IDS_PER_ROW = 20
+
+
+class Verdict(BaseModel):
+    experiment_id: str
+    gpu_type: str | None
+    val_bpb: float | None = Field(None, description="This experiment's own val_bpb.")
+    reference_id: str | None = Field(None, description="Same-GPU-type baseline/control it is compared with.")
+    delta: float | None = Field(None, description="mean val_bpb of its group - mean of the reference group (negative = better).")
+    noise: float | None = Field(None, description="Noise floor (pooled std of replicated groups) on this GPU type.")
+    verdict: Literal["improvement", "within_noise", "worse", "no_reference", "failed", "pending"]
+    note: str = ""
+    # additions beyond the first stub
+    mean_val_bpb: float | None = Field(None, description="Mean val_bpb over its replicates (same code, same GPU type).")
+    replicates: int = Field(0, description="Finished runs averaged into mean_val_bpb.")
+    reference_val_bpb: float | None = Field(None, description="Mean val_bpb of the reference group.")
+    reference_replicates: int = 0
+    threshold: float | None = Field(None, description="|delta| at or below this is within noise.")
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    experiment_id: str = Field(description="First finished experiment of the group (its description is shown).")
+    description: str
+    val_bpb: float = Field(description="Mean over the group's replicates.")
+    delta: float | None
+    verdict: str = Field(description="reference | improvement | within_noise | worse")
+    seeds: int = Field(1, description="Replicates averaged into val_bpb.")
+    std: float | None = None
+    decision: str | None = None
+    num_steps: int | None = None
+    # additions beyond the first stub
+    code_hash: str | None = None
+    experiment_ids: list[str] = Field(default_factory=list, description=f"Up to {MAX_IDS_PER_ROW} ids of the group.")
+
+
+class Leaderboard(BaseModel):
+    by_gpu_type: dict[str, list[LeaderboardRow]]
+    noise_floor: dict[str, float | None]
+    notes: list[str] = Field(default_factory=list)
+    reference: dict[str, str] = Field(default_factory=dict, description="GPU type -> experiment id the deltas are measured against.")
+
+
+# ------------------------------------------------------------------------------------------
+# grouping
+
+
+@dataclass(eq=False)
+class _Group:
+    gpu: str
+    code_hash: str | None
+    members: list[Experiment] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(self.values) / len(self.values)
+
+    def sq_dev(self) -> float:
+        m = self.mean
+        return math.fsum((v - m) ** 2 for v in self.values)
+
+    @property
+    def std(self) -> float | None:
+        return math.sqrt(self.sq_dev() / (self.n - 1)) if self.n >= 2 else None
+
+    @property
+    def first(self) -> Experiment:
+        return self.members[0]
+
+
+def gpu_of(e: Experiment) -> str:
+    return e.ran_on_gpu or UNKNOWN_GPU
+
+
+def _finished(e: Experiment) -> bool:
+    return e.status == Status.done and e.metrics.val_bpb is not None and math.isfinite(e.metrics.val_bpb)
+
+
+def _order(e: Experiment) -> tuple[float, str]:
+    return (e.created_at, e.id)
+
+
+def _groups(experiments: Iterable[Experiment]) -> dict[tuple[str, str | None], _Group]:
+    """Finished experiments by (gpu type, code hash), members in creation order.
+    An experiment without a code hash forms a group of its own (its code is unknown)."""
+    groups: dict[tuple[str, str | None], _Group] = {}
+    for e in sorted((e for e in experiments if _finished(e)), key=_order):
+        key = (gpu_of(e), e.code_hash if e.code_hash is not None else f"<no code hash: {e.id}>")
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = _Group(key[0], e.code_hash)
+        g.members.append(e)
+        g.values.append(float(e.metrics.val_bpb))
+    return groups
+
+
+def _pooled_noise(groups: Iterable[_Group]) -> float | None:
+    ss, dof = 0.0, 0
+    for g in groups:
+        if g.n >= 2:
+            ss += g.sq_dev()
+            dof += g.n - 1
+    return math.sqrt(ss / dof) if dof else None
+
+
+def _noise_by_gpu(groups: dict[tuple[str, str | None], _Group]) -> dict[str, float | None]:
+    by_gpu: dict[str, list[_Group]] = {}
+    for g in groups.values():
+        by_gpu.setdefault(g.gpu, []).append(g)
+    return {gpu: _pooled_noise(gs) for gpu, gs in by_gpu.items()}
+
+
+def noise_floor(experiments: Iterable[Experiment], gpu_type: str) -> float | None:
+    """Pooled std of val_bpb over the groups on `gpu_type` with >= 2 finished replicates
+    (None when there are none: launch replicates of the baseline to measure it)."""
+    return _pooled_noise(g for g in _groups(experiments).values() if g.gpu == gpu_type)
+
+
+def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[str, float | None]:
+    if noise is None:
+        return ("improvement" if delta < 0 else "worse" if delta > 0 else "within_noise"), None
+    threshold = SIGMAS * noise * math.sqrt(1.0 / n_t + 1.0 / n_r)
+    if delta < -threshold:
+        return "improvement", threshold
+    if delta > threshold:
+        return "worse", threshold
+    return "within_noise", threshold
+
+
+def _no_noise_note(gpu: str) -> str:
+    return (
+        f"No noise estimate on {gpu} yet (no code has >= 2 finished seeds there), so this verdict ignores "
+        "seed noise: launch replicates of the baseline (e.g. replicates=3) to measure it."
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# verdicts
+
+
+def verdicts(experiments: list[Experiment], targets: list[Experiment]) -> list[Verdict]:
+    """One verdict per target, against the same-GPU group of its parent's code (see module doc)."""
+    groups = _groups(experiments)
+    noise = _noise_by_gpu(groups)
+    gpus_with_code: dict[str | None, set[str]] = {}
+    for g in groups.values():
+        gpus_with_code.setdefault(g.code_hash, set()).add(g.gpu)
+
+    out: list[Verdict] = []
+    for t in targets:
+        gpu = gpu_of(t) if t.ran_on_gpu else t.gpu_type
+        base = dict(experiment_id=t.id, gpu_type=gpu, val_bpb=t.metrics.val_bpb)
+        if t.status in LIVE:
+            out.append(Verdict(**base, verdict="pending", note=f"Status {t.status.value}: no result yet; wait for it."))
+            continue
+        if not _finished(t):
+            why = f": {t.error}" if t.error else ""
+            out.append(Verdict(**base, verdict="failed", note=f"Status {t.status.value}{why}. No val_bpb to compare."))
+            continue
+        gpu = gpu_of(t)
+        base["gpu_type"] = gpu
+        own = groups.get((gpu, t.code_hash)) if t.code_hash is not None else None
+        n_t = own.n if own else 1
+        mean_t = own.mean if own else float(t.metrics.val_bpb)
+        base.update(mean_val_bpb=mean_t, replicates=n_t, noise=noise.get(gpu))
+
+        if t.parent_code_hash is None:
+            out.append(Verdict(**base, verdict="no_reference",
+                               note="It has no parent code to compare with (a baseline). Launch variants of it, or replicates to measure noise."))
+            continue
+        ref = groups.get((gpu, t.parent_code_hash))
+        if ref is None:
+            elsewhere = sorted(gpus_with_code.get(t.parent_code_hash, set()))
+            if elsewhere:
+                note = (
+                    f"Its parent code has no finished run on {gpu}; it has on: {', '.join(elsewhere)}. Results on "
+                    f"different GPU types are not comparable (a faster GPU fits more steps in the same time budget), "
+                    f"so no verdict: run the parent on {gpu} too (launch it as a control, or promote it)."
+                )
+            else:
+                note = (
+                    "Its parent code has no finished run on any GPU type: launch the unmodified parent as a control "
+                    "(launch_wave include_control=true, or launch_experiment with no changes)."
+                )
+            out.append(Verdict(**base, verdict="no_reference", note=note))
+            continue
+
+        delta = mean_t - ref.mean
+        label, threshold = _classify(delta, base["noise"], n_t, ref.n)
+        notes: list[str] = []
+        if t.code_hash == t.parent_code_hash:
+            label, delta = "within_noise", 0.0
+            notes.append("This is a control: same code as its parent (its own reference), so no change.")
+        elif base["noise"] is None:
+            notes.append(_no_noise_note(gpu))
+        elif base["noise"] == 0.0:
+            notes.append(f"Replicates on {gpu} were identical (noise 0): the seed may not change anything on this GPU type.")
+        if label == "improvement" and n_t == 1 and t.code_hash != t.parent_code_hash:
+            notes.append("Single seed: confirm with replicates (or promote) before keeping.")
+        out.append(Verdict(
+            **base, verdict=label, delta=delta, threshold=threshold,
+            reference_id=ref.first.id, reference_val_bpb=ref.mean, reference_replicates=ref.n,
+            note=" ".join(notes),
+        ))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# leaderboard
+
+
+def _reference_group(gs: list[_Group], parent_hashes: set[str | None]) -> tuple[_Group, str]:
+    kept = [g for g in gs if any(m.decision == Decision.keep for m in g.members)]
+    if kept:
+        return min(kept, key=lambda g: g.mean), "best kept"
+    controls = [g for g in gs if g.code_hash is not None and g.code_hash in parent_hashes]
+    if controls:
+        return min(controls, key=lambda g: _order(g.first)), "baseline (the parent/control code)"
+    return min(gs, key=lambda g: _order(g.first)), "first result"
+
+
+def _decision(g: _Group) -> str | None:
+    decisions = {m.decision for m in g.members}
+    if Decision.keep in decisions:
+        return Decision.keep.value
+    if Decision.discard in decisions:
+        return Decision.discard.value
+    return None
+
+
+def _mean_steps(g: _Group) -> int | None:
+    steps = [m.metrics.num_steps for m in g.members if m.metrics.num_steps is not None]
+    return round(sum(steps) / len(steps)) if steps else None
+
+
+def leaderboard(experiments: list[Experiment], gpu_type: str | None = None, limit: int = 20) -> Leaderboard:
+    """Groups of identical code ranked by mean val_bpb, separately per GPU type (see module doc)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LEADERBOARD_ROWS:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LEADERBOARD_ROWS}, got {limit!r}.")
+    if gpu_type is not None and not isinstance(gpu_type, str):
+        raise InvalidInput(f"gpu_type must be a GPU type name such as 'H100' (or omitted for all), got {gpu_type!r}.")
+
+    groups = _groups(experiments)
+    parent_hashes = {e.parent_code_hash for e in experiments if e.parent_code_hash is not None}
+    by_gpu: dict[str, list[_Group]] = {}
+    for g in groups.values():
+        by_gpu.setdefault(g.gpu, []).append(g)
+
+    notes: list[str] = []
+    all_types = sorted(by_gpu)
+    if gpu_type is not None:
+        wanted = {t.lower(): t for t in all_types}.get(gpu_type.lower())
+        if wanted is None:
+            notes.append(
+                f"No finished experiments on {gpu_type}. GPU types with results: {', '.join(all_types) or 'none yet'}."
+            )
+            return Leaderboard(by_gpu_type={}, noise_floor={}, notes=notes)
+        by_gpu = {wanted: by_gpu[wanted]}
+    elif len(all_types) > 1:
+        notes.append(
+            f"{' and '.join(all_types)} results are ranked separately and are not comparable: the time budget is fixed, "
+            "so a faster GPU fits more steps. Compare within one type; promote to a type to compare there."
+        )
+
+    table: dict[str, list[LeaderboardRow]] = {}
+    noise_floor_by_type: dict[str, float | None] = {}
+    reference_ids: dict[str, str] = {}
+    for gpu in sorted(by_gpu):
+        gs = by_gpu[gpu]
+        noise = _pooled_noise(gs)
+        noise_floor_by_type[gpu] = noise
+        ref, why = _reference_group(gs, parent_hashes)
+        reference_ids[gpu] = ref.first.id
+        notes.append(f"{gpu}: deltas are vs {ref.first.id} ({why}, mean of {ref.n} seed{'s' if ref.n != 1 else ''}).")
+        if noise is None:
+            notes.append(f"{gpu}: no noise estimate (no code has >= 2 finished seeds); verdicts go by sign only. "
+                         "Launch replicates of the baseline to measure it.")
+        ranked = sorted(gs, key=lambda g: (g.mean, _order(g.first)))[:limit]
+        if ref not in ranked:
+            notes.append(f"{gpu}: the reference {ref.first.id} ranks below the top {limit}.")
+        rows = []
+        for rank, g in enumerate(ranked, start=1):
+            if g is ref:
+                delta, verdict = 0.0, "reference"
+            else:
+                delta = g.mean - ref.mean
+                verdict, _ = _classify(delta, noise, g.n, ref.n)
+            first = g.first
+            rows.append(LeaderboardRow(
+                rank=rank, experiment_id=first.id, description=first.description, val_bpb=g.mean,
+                delta=delta, verdict=verdict, seeds=g.n, std=g.std, decision=_decision(g),
+                num_steps=_mean_steps(g), code_hash=g.code_hash,
+                experiment_ids=[m.id for m in g.members[:MAX_IDS_PER_ROW]],
+            ))
+        table[gpu] = rows
+
+    # Say what is not on the board, so nothing is hidden.
+    unfinished: dict[str, int] = {}
+    live = 0
+    for e in experiments:
+        if e.status in LIVE:
+            live += 1
+        elif not _finished(e) and (gpu_type is None or gpu_of(e).lower() == gpu_type.lower()):
+            unfinished[e.status.value] = unfinished.get(e.status.value, 0) + 1
+    if unfinished:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))
+        notes.append(f"Not ranked (no val_bpb): {parts}.")
+    if live:
+        notes.append(f"{live} experiment{'s are' if live != 1 else ' is'} still queued or running.")
+    return Leaderboard(by_gpu_type=table, noise_floor=noise_floor_by_type, notes=notes, reference=reference_ids)

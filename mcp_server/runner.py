@@ -1,0 +1,422 @@
+"""The runner: the one command a backend executes for an experiment attempt.
+
+    python runner.py --expected-hash HEX --timeout SECONDS [--python PYTHON] [--kill-grace S]
+
+Run from inside the run directory (train.py, prepare.py, runner.py). See docs/contracts.md,
+section 2. It:
+
+1. refuses to start train.py when sha256(prepare.py) differs from --expected-hash (`rejected`);
+2. runs `python train.py` in its own session / process group, stdout+stderr -> run.log;
+3. kills that whole group (SIGTERM, then SIGKILL after --kill-grace) at --timeout (`timeout`),
+   or when the runner itself receives SIGTERM/SIGINT (`cancelled`);
+4. classifies the run (done / nan / oom / crash) from the exit code and the log;
+5. writes result.json atomically, then prints `AUTORESEARCH_RESULT: {json}` as its last line.
+
+STANDARD LIBRARY ONLY: this file is copied into every run directory and runs on remote nodes
+where the mcp_server package is not installed. Do not import from the package here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+LOG_FILE = "run.log"
+# Written by the runner right after train.py starts: lets a backend kill train.py's group
+# itself when the runner was killed (SIGKILL cannot be forwarded) and train.py was orphaned.
+TRAIN_PID_FILE = "train.pid"
+RESULT_PREFIX = "AUTORESEARCH_RESULT: "
+RESULT_JSON_PREFIX = "RESULT_JSON:"
+LOG_TAIL_LINES = 40
+# How much of the end of run.log is read to classify and parse: the summary block and the
+# error are at the end, and a chatty run can write hundreds of MB.
+LOG_READ_BYTES = 1 << 20
+DEFAULT_KILL_GRACE_S = 5.0
+POLL_INTERVAL_S = 0.1
+
+# Types of the summary keys (contracts.md section 1); other keys are kept as float or str.
+_INT_KEYS = frozenset({"num_steps", "depth"})
+_STR_KEYS = frozenset({"device"})
+_SUMMARY_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s+(.*?)\s*$")
+_OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "MemoryError")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b.*$|^[A-Za-z_][\w.]*: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared with the backends (they import this module from the package)
+# ---------------------------------------------------------------------------------------------
+
+def harness_hash(path: str | os.PathLike[str]) -> str:
+    """sha256 hex of the bytes of the file at `path` (prepare.py); must equal prepare.harness_hash()."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22), None if gone.
+
+    A pid plus its start time names one process for good: pids are reused, start times with them
+    are not. Linux only, which is where runs happen.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # comm (field 2) is in parentheses and may itself contain spaces or ')': split after the last.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state), so field 22 is index 19
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_state(pid: int) -> str | None:
+    """Single-letter state of `pid` (R, S, Z, ...), None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2:]
+    return rest[:1] or None
+
+
+def parse_result(log_text: str) -> dict[str, Any]:
+    """Metrics from train.py's output: the summary block merged with the final RESULT_JSON line.
+
+    RESULT_JSON wins where both give a key (it is the machine-readable one); the summary block
+    fills in anything it lacks. Returns {} when the log has neither.
+    """
+    lines = log_text.splitlines()
+    metrics: dict[str, Any] = {}
+
+    # Summary block: `key: value` lines after the LAST line that is exactly '---'.
+    last_sep = max((i for i, line in enumerate(lines) if line.strip() == "---"), default=None)
+    if last_sep is not None:
+        for line in lines[last_sep + 1:]:
+            if line.startswith(RESULT_JSON_PREFIX):
+                break
+            m = _SUMMARY_LINE.match(line.strip())
+            if m:
+                metrics[m.group(1)] = _summary_value(m.group(1), m.group(2))
+
+    result_json = _find_result_json(lines)
+    if result_json is not None:
+        metrics.update(result_json)
+    return metrics
+
+
+def parse_runner_output(stdout_text: str) -> dict[str, Any] | None:
+    """The runner's result object from its stdout (the last `AUTORESEARCH_RESULT:` line), or None.
+
+    For backends that only see the runner's stdout (e.g. a remote job log).
+    """
+    for line in reversed(stdout_text.splitlines()):
+        line = line.strip()
+        if line.startswith(RESULT_PREFIX):
+            try:
+                obj = json.loads(line[len(RESULT_PREFIX):])
+            except ValueError:
+                return None
+            return obj if isinstance(obj, dict) else None
+    return None
+
+
+def _summary_value(key: str, raw: str) -> Any:
+    if key in _STR_KEYS:
+        return raw
+    if raw.lower() in ("none", "null", "n/a", "nan", ""):
+        return None
+    try:
+        return int(float(raw)) if key in _INT_KEYS else float(raw)
+    except ValueError:
+        return raw
+
+
+def _find_result_json(lines: list[str]) -> dict[str, Any] | None:
+    """The object on the last `RESULT_JSON:` line, or None if absent or not a JSON object."""
+    for line in reversed(lines):
+        if line.startswith(RESULT_JSON_PREFIX):
+            try:
+                obj = json.loads(line[len(RESULT_JSON_PREFIX):].strip())
+            except ValueError:
+                return None
+            return obj if isinstance(obj, dict) else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# classification
+# ---------------------------------------------------------------------------------------------
+
+def _fail_line(lines: list[str]) -> str | None:
+    """The last `FAIL:` line that names nan/exploded (train.py's own divergence report)."""
+    for line in reversed(lines):
+        s = line.strip()
+        if s.startswith("FAIL:") and ("nan" in s.lower() or "exploded" in s.lower()):
+            return s
+    return None
+
+
+def _crash_error(lines: list[str]) -> str | None:
+    """The most telling lines of a failure: the exception line and where it was raised.
+
+    For a Python traceback that is its last line ('ValueError: boom') plus the innermost
+    'File ..., line N' frame; otherwise the last non-empty line of the log.
+    """
+    meaningful = [l.rstrip() for l in lines if l.strip()]
+    if not meaningful:
+        return None
+    tb_start = max((i for i, l in enumerate(meaningful) if l.startswith("Traceback (most recent call last)")), default=None)
+    if tb_start is not None:
+        tb = meaningful[tb_start + 1:]
+        exc = next((l.strip() for l in reversed(tb) if not l.startswith(" ") and _EXCEPTION_LINE.match(l.strip())), None)
+        if exc is None:
+            exc = next((l.strip() for l in reversed(tb) if not l.startswith(" ")), tb[-1].strip() if tb else None)
+        frame = next((l.strip() for l in reversed(tb) if l.strip().startswith('File "')), None)
+        if exc and frame:
+            return f"{exc} ({frame})"
+        if exc:
+            return exc
+    return meaningful[-1].strip()
+
+
+def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled: bool,
+             timeout_s: float) -> tuple[str, str | None]:
+    """(status, error) for a finished train.py, per contracts.md section 2 step 4."""
+    lines = log_text.splitlines()
+    if cancelled:
+        return "cancelled", "cancelled: the runner received a stop signal and killed train.py's process group"
+    if timed_out:
+        return "timeout", (f"timeout: train.py ran past the hard timeout of {timeout_s:g} s and its process "
+                           "group was killed; shorten the run or raise the timeout")
+    if exit_code == 0 and _find_result_json(lines) is not None:
+        return "done", None
+    fail = _fail_line(lines)
+    if fail is not None:
+        return "nan", fail
+    if any(marker in line for line in lines[-200:] for marker in _OOM_MARKERS):
+        oom = next((l.strip() for l in reversed(lines) if any(m in l for m in _OOM_MARKERS)), "out of memory")
+        return "oom", f"out of memory: {oom}"
+    if exit_code == 0:
+        return "crash", "train.py exited 0 but printed no RESULT_JSON line; it must end with the summary block and RESULT_JSON"
+    detail = _crash_error(lines)
+    if exit_code is not None and exit_code < 0:
+        sig = -exit_code
+        try:
+            signame = signal.Signals(sig).name
+        except ValueError:
+            signame = f"signal {sig}"
+        hint = " (possibly the kernel OOM killer)" if sig == signal.SIGKILL else ""
+        head = f"train.py was killed by {signame}{hint}"
+    else:
+        head = f"train.py exited with code {exit_code}"
+    return "crash", f"{head}: {detail}" if detail else head
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+
+class _Stop:
+    """Signals the runner got (SIGTERM/SIGINT): forwarded to train.py's group, remembered."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.pgid: int | None = None
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        if self.pgid is not None:
+            _signal_group(self.pgid, signal.SIGTERM)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already empty
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM train.py's whole group, give it `grace_s` to exit, then SIGKILL whatever is left."""
+    pgid = proc.pid  # start_new_session: train.py leads its own group
+    _signal_group(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # SIGKILL the group even when the leader exited: grandchildren (dataloader workers, a stray
+    # subprocess) may still be in it. The pgid cannot have been reused while members remain.
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _read_log_tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - LOG_READ_BYTES))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    if size > LOG_READ_BYTES:
+        text = text.split("\n", 1)[-1]  # drop the partial first line
+    return text
+
+
+def _append_log(path: Path, message: str) -> None:
+    """A runner note at the end of run.log, so a human reading the log sees what happened."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"[runner] {message}\n")
+    except OSError:
+        pass
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+        run_dir: Path | None = None) -> dict[str, Any]:
+    """Run train.py in `run_dir` (default: cwd) under the contract; returns the result object
+    after writing it to result.json."""
+    run_dir = Path(run_dir or os.getcwd())
+    log_path = run_dir / LOG_FILE
+    started_at = time.time()
+    result: dict[str, Any] = {
+        "status": "crash", "exit_code": None, "metrics": {}, "error": None, "log_tail": "",
+        "harness_hash": None, "started_at": started_at, "ended_at": None, "runner_pid": os.getpid(),
+        "hostname": socket.gethostname(),
+    }
+
+    stop = _Stop()
+    # Installed before anything starts, so a cancel that arrives early is never lost.
+    signal.signal(signal.SIGTERM, stop.handler)
+    signal.signal(signal.SIGINT, stop.handler)
+
+    def finish(status: str, error: str | None, exit_code: int | None = None,
+               metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        tail_text = _read_log_tail(log_path)
+        result.update(status=status, error=error, exit_code=exit_code, metrics=metrics or {},
+                      log_tail="\n".join(tail_text.splitlines()[-LOG_TAIL_LINES:]), ended_at=time.time())
+        _write_json_atomic(run_dir / RESULT_FILE, result)
+        return result
+
+    prepare = run_dir / "prepare.py"
+    train = run_dir / "train.py"
+    try:
+        actual = harness_hash(prepare)
+    except OSError as e:
+        msg = f"rejected: cannot read the harness {prepare.name} ({e.strerror}); the run directory must hold prepare.py"
+        log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
+        return finish("rejected", msg)
+    result["harness_hash"] = actual
+    if actual != expected_hash.strip().lower():
+        msg = (f"rejected: prepare.py was modified (sha256 {actual[:12]}..., expected {expected_hash[:12]}...). "
+               "prepare.py is the fixed harness: restore it; edit only train.py")
+        log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
+        return finish("rejected", msg)
+    if not train.is_file():
+        msg = "train.py is missing from the run directory; the backend must export the snapshot before starting the runner"
+        log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
+        return finish("crash", msg)
+    if stop.requested:
+        log_path.write_text("[runner] cancelled before train.py started\n", encoding="utf-8")
+        return finish("cancelled", "cancelled before train.py started")
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # progress lines reach run.log as they are printed
+    # buffering=1 is line buffering for our own notes; train.py writes straight to the fd.
+    with open(log_path, "w", buffering=1, encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(
+                [python, "train.py"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+        except OSError as e:
+            msg = f"could not start train.py with interpreter {python!r}: {e}; check the --python path"
+            log.write(f"[runner] {msg}\n")
+            return finish("crash", msg)
+    stop.pgid = proc.pid
+    try:
+        _write_json_atomic(run_dir / TRAIN_PID_FILE,
+                           {"pid": proc.pid, "pgid": proc.pid, "start_time": proc_start_time(proc.pid)})
+    except OSError:
+        pass  # only a cleanup aid for the backend; the run itself is unaffected
+    if stop.requested:  # a signal raced with the start: the handler had no group to forward to
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    deadline = time.monotonic() + timeout_s
+    timed_out = False
+    while True:
+        try:
+            proc.wait(timeout=POLL_INTERVAL_S)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if stop.requested:
+            _kill_group(proc, kill_grace_s)
+            break
+        if time.monotonic() >= deadline:
+            timed_out = True
+            _kill_group(proc, kill_grace_s)
+            break
+    exit_code = proc.returncode
+    # Leftover members of the group (a grandchild that outlived train.py) die with the run.
+    _signal_group(proc.pid, signal.SIGKILL)
+
+    log_text = _read_log_tail(log_path)
+    status, error = classify(exit_code, log_text, timed_out=timed_out, cancelled=stop.requested,
+                             timeout_s=timeout_s)
+    metrics = parse_result(log_text) if status == "done" else {}
+    if status in ("timeout", "cancelled"):
+        _append_log(log_path, error or status)
+    return finish(status, error, exit_code, metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run train.py in this run directory under the harness contract.")
+    parser.add_argument("--expected-hash", required=True, help="sha256 hex of prepare.py")
+    parser.add_argument("--timeout", required=True, type=float, help="hard timeout for train.py, seconds")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
+    parser.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE_S,
+                        help="seconds between SIGTERM and SIGKILL when stopping train.py")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    try:
+        result = run(args.expected_hash, args.timeout, args.python, args.kill_grace)
+    except OSError as e:
+        print(f"runner: could not run or record the experiment: {e}", file=sys.stderr, flush=True)
+        return 2
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -113,9 +113,10 @@ WaveIdStr = Annotated[str, Field(pattern=r"^w\d{4,7}$", max_length=8)]
 GpuTypeStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", max_length=32)]
 BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,7}|[0-9a-fA-F]{7,40})$", max_length=40)]
 ClusterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", max_length=63)]
-OverrideName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", max_length=64)]
-Scalar = bool | int | float | Annotated[str, Field(max_length=200)] | None
-OverrideValue = Scalar | Annotated[list[Scalar], Field(max_length=16)]
+OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
+Scalar = bool | int | float | Annotated[str, Field(max_length=1000)] | None
+# Lists and dicts nest (the engine checks depth and size); the schema stays readable.
+OverrideValue = Scalar | Annotated[list[Any], Field(max_length=64)] | Annotated[dict[str, Any], Field(max_length=64)]
 
 GPU_DESC = ("GPU type / tier, e.g. 'H100', 'H200', 'A10G', or 'CPU' for local CPU slots; "
             "get_gpu_info lists the types in the fleet.")
@@ -138,7 +139,7 @@ Description = Annotated[
 OptOverrides = Annotated[
     dict[OverrideName, OverrideValue] | None,
     Field(max_length=32,
-          description="Module-level constants of train.py to set for this run, as Python literals "
+          description="Module-level UPPER_CASE constants of train.py to set for this run, as Python literals "
           "written through the AST, e.g. {\"MATRIX_LR\": 0.05, \"DEPTH\": 6}. Names must exist in train.py."),
 ]
 

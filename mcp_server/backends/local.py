@@ -1,0 +1,473 @@
+"""The local backend: this machine's GPUs (one slot each) or, without GPUs, a few CPU slots.
+
+Every job is one `python runner.py ...` process started in its own session, so that
+- it survives the engine: an engine restart finds it again from the persisted handle
+  (pid + process start time + boot id) and its result.json;
+- it never shares the server's stdout (the MCP stdio transport): stdin is /dev/null and its
+  stdout/stderr go to `runner.out` in the run directory;
+- cancel can signal it as a group. The runner itself starts train.py in a second session and
+  forwards SIGTERM to it (see runner.py); when the runner is gone without a result (SIGKILL,
+  OOM killer) train.py's group is found through `train.pid` and killed here.
+
+Slots are static: `provision` refuses (use the skypilot backend for clusters) and `teardown`
+is a no-op that returns [] (nothing is billed, nothing to delete; cancelling the experiments on
+a slot is the engine's job).
+
+SIMULATION: `slot_labels=["H100", "H100", "H200"]` labels local slots as GPU types so that GPU
+tiering, promotion and per-type analysis can be exercised on a CPU-only machine. Such clusters
+report `simulated=True` and runs get `AUTORESEARCH_GPU_LABEL=<label>` (informational only: the
+run still happens on this machine's CPU or GPU i).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import gpus, runner
+from ..errors import Conflict, InvalidInput, NotFound
+from ..models import Cluster
+from .base import Backend, JobHandle, JobOutcome, JobSpec
+
+RUNNER_SOURCE = Path(runner.__file__).resolve()
+RUNNER_OUT = "runner.out"          # the runner's own stdout/stderr (its last line is the result)
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_SLOTS = 256
+
+# Runner processes started by this Python process (any LocalBackend instance): pid -> (Popen,
+# start time). Kept so they are reaped (no zombies) and their exit status can explain a `lost`;
+# the start time tells our child apart from a later process that reused its pid.
+_CHILDREN: dict[int, tuple[subprocess.Popen[bytes], int | None]] = {}
+_CHILDREN_LOCK = threading.Lock()
+_DELIVERED: set[int] = set()   # pids whose outcome was handed out but that had not exited yet
+
+
+@dataclass
+class _Slot:
+    name: str
+    gpu_type: str
+    simulated: bool
+    env: dict[str, str] = field(default_factory=dict)   # pinned per slot: CUDA_VISIBLE_DEVICES, threads, label
+
+
+def boot_id() -> str:
+    """This boot's id: a pid + start time from before a reboot must not match a new process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def detect_gpus(nvidia_smi: str = "nvidia-smi") -> list[tuple[str, float | None]]:
+    """(device name, memory MiB) per local NVIDIA GPU, in nvidia-smi order; [] when there is none.
+
+    Uses nvidia-smi (argument list, no shell) rather than torch: the engine must not need a CUDA
+    torch to count its GPUs, and importing torch costs seconds.
+    """
+    exe = shutil.which(nvidia_smi)
+    if exe is None:
+        return []
+    try:
+        proc = subprocess.run(
+            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []  # e.g. driver not loaded: treat as a CPU machine
+    return parse_nvidia_smi(proc.stdout)
+
+
+def parse_nvidia_smi(text: str) -> list[tuple[str, float | None]]:
+    """Parse `name, memory.total` CSV lines such as 'NVIDIA H100 80GB HBM3, 81559 MiB'."""
+    found: list[tuple[str, float | None]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, _, mem = line.rpartition(",")
+        if not name:  # no comma: the whole line is a name
+            name, mem = mem, ""
+        m = re.search(r"[\d.]+", mem)
+        found.append((name.strip(), float(m.group()) if m else None))
+    return found
+
+
+def _visible_indices(count: int) -> list[int]:
+    """GPU indices this server may use: all, or those listed in CUDA_VISIBLE_DEVICES.
+
+    Only integer lists are honoured (UUID / MIG forms fall back to all GPUs), and
+    CUDA_DEVICE_ORDER=PCI_BUS_ID is set per slot so an index means nvidia-smi's index.
+    """
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return list(range(count))
+    tokens = [t.strip() for t in raw.split(",") if t.strip()]
+    if not tokens:
+        return []  # explicitly hidden: run on CPU
+    if all(t.isdigit() for t in tokens):
+        return [int(t) for t in tokens if int(t) < count]
+    return list(range(count))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LocalBackend(Backend):
+    """One slot per local GPU, else `cpu_slots` CPU slots; optional simulated GPU labels."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        cpu_slots: int = 2,
+        slot_labels: list[str] | None = None,
+        python: str | None = None,
+        cache_dir: Path | str | None = None,
+        nvidia_smi: str = "nvidia-smi",
+        kill_grace_s: float = runner.DEFAULT_KILL_GRACE_S,
+    ) -> None:
+        if not isinstance(cpu_slots, int) or not 1 <= cpu_slots <= _MAX_SLOTS:
+            raise InvalidInput(f"cpu_slots must be an integer from 1 to {_MAX_SLOTS}, got {cpu_slots!r}")
+        self.python = python or sys.executable
+        self.cache_dir = str(cache_dir) if cache_dir is not None else None
+        self.kill_grace_s = float(kill_grace_s)
+        self._created_at = time.time()
+        self._lock = threading.Lock()
+        self._running: dict[str, set[str]] = {}     # slot name -> experiment ids live on it
+        self._slots = self._build_slots(cpu_slots, slot_labels, detect_gpus(nvidia_smi))
+        self._by_name = {s.name: s for s in self._slots}
+
+    @classmethod
+    def from_config(cls, config: Any, *, python: str | None = None) -> "LocalBackend":
+        """From a FleetConfig (cpu_slots, slot_labels, cache_dir)."""
+        return cls(cpu_slots=config.cpu_slots, slot_labels=config.slot_labels, python=python,
+                   cache_dir=config.cache_dir)
+
+    # -- slots ---------------------------------------------------------------------------------
+    @staticmethod
+    def _build_slots(cpu_slots: int, labels: list[str] | None, gpu_list: list[tuple[str, float | None]]) -> list[_Slot]:
+        indices = _visible_indices(len(gpu_list))
+        if labels is not None:
+            if not isinstance(labels, list) or not labels or len(labels) > _MAX_SLOTS:
+                raise InvalidInput(f"slot_labels must be a non-empty list of at most {_MAX_SLOTS} GPU type names, "
+                                   f"e.g. ['H100', 'H100', 'H200']; got {labels!r}")
+            canon = []
+            for label in labels:
+                gpu = gpus.find(label) if isinstance(label, str) else None
+                if gpu is None:
+                    raise InvalidInput(f"slot label {label!r} is not a known GPU type; use one of "
+                                       f"{', '.join(gpus.known_names())}")
+                canon.append(gpu.name)
+            if indices and len(canon) > len(indices):
+                raise InvalidInput(f"{len(canon)} slot labels but only {len(indices)} local GPUs; give at most "
+                                   f"{len(indices)} labels (one per GPU) or run without GPUs")
+            threads = max(1, _cores() // len(canon))
+            slots = []
+            for i, label in enumerate(canon):
+                env = {"AUTORESEARCH_THREADS": str(threads), "AUTORESEARCH_GPU_LABEL": label}
+                if indices:
+                    env.update(CUDA_VISIBLE_DEVICES=str(indices[i]), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+                else:
+                    env["CUDA_VISIBLE_DEVICES"] = ""
+                slots.append(_Slot(f"local-sim{i}-{label.lower()}", label, True, env))
+            return slots
+        if indices:
+            threads = max(1, _cores() // len(indices))
+            return [
+                _Slot(f"local-gpu{i}", gpus.normalize_device_name(*gpu_list[i]), False,
+                      {"CUDA_VISIBLE_DEVICES": str(i), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                       "AUTORESEARCH_THREADS": str(threads)})
+                for i in indices
+            ]
+        threads = max(1, _cores() // cpu_slots)
+        return [
+            _Slot(f"local-cpu{i}", "CPU", False, {"CUDA_VISIBLE_DEVICES": "", "AUTORESEARCH_THREADS": str(threads)})
+            for i in range(cpu_slots)
+        ]
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self._by_name.get(name)
+        if slot is None:
+            raise NotFound(f"no local slot named {name!r}; the slots are {', '.join(self._by_name)} "
+                           "(call list_clusters to see them)")
+        return slot
+
+    def _describe(self) -> str:
+        kinds = sorted({s.gpu_type for s in self._slots})
+        what = "simulated " if any(s.simulated for s in self._slots) else ""
+        return f"{len(self._slots)} {what}{'/'.join(kinds)} slots ({', '.join(self._by_name)})"
+
+    def clusters(self) -> list[Cluster]:
+        with self._lock:
+            running = {name: sorted(ids) for name, ids in self._running.items()}
+        return [
+            Cluster(name=s.name, backend=self.name, gpu_type=s.gpu_type, gpu_count=1, state="up",
+                    cost_per_hour=None, simulated=s.simulated, running=running.get(s.name, []),
+                    created_at=self._created_at)
+            for s in self._slots
+        ]
+
+    def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
+        raise InvalidInput(f"the local backend has a fixed set of slots: {self._describe()}; "
+                           "use backend skypilot to provision clusters")
+
+    def teardown(self, names: list[str] | None = None) -> list[str]:
+        # Local slots are this machine: there is nothing to stop or stop paying for. Unknown
+        # names are still an error, so a typo is not silently accepted.
+        for name in names or []:
+            self._slot(name)
+        return []
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def submit(self, cluster: str, job: JobSpec) -> JobHandle:
+        slot = self._slot(cluster)
+        run_dir = Path(job.run_dir).resolve()
+        if not run_dir.is_dir():
+            raise InvalidInput(f"run directory {run_dir} does not exist; the scheduler must create it "
+                               "(train.py + prepare.py) before submit")
+        missing = [n for n in ("train.py", "prepare.py") if not (run_dir / n).is_file()]
+        if missing:
+            raise InvalidInput(f"run directory {run_dir} lacks {', '.join(missing)}; export the snapshot first")
+        if (run_dir / runner.RESULT_FILE).exists():
+            raise Conflict(f"run directory {run_dir} already holds a result.json from an earlier run; "
+                           "each attempt needs a fresh run directory")
+        if not isinstance(job.harness_hash, str) or not _HASH_RE.match(job.harness_hash):
+            raise InvalidInput(f"harness_hash must be 64 lowercase hex characters (sha256 of prepare.py), "
+                               f"got {job.harness_hash!r}")
+        if not (isinstance(job.timeout_s, (int, float)) and 0 < job.timeout_s < 10 * 86400):
+            raise InvalidInput(f"timeout_s must be a positive number of seconds below 10 days, got {job.timeout_s!r}")
+        bad_env = [k for k, v in job.env.items() if not isinstance(k, str) or not isinstance(v, str) or "\0" in k + v or "=" in k]
+        if bad_env:
+            raise InvalidInput(f"job env entries must be str -> str without '=' in names or NUL bytes; bad: {bad_env!r}")
+        with self._lock:
+            busy = self._running.get(cluster)
+            if busy:
+                raise Conflict(f"slot {cluster} is running {', '.join(sorted(busy))}; a local slot runs one "
+                               "job at a time: wait for it to finish or cancel it")
+
+        # A private copy of the runner: the run does not depend on the package staying put.
+        tmp = run_dir / ".runner.py.tmp"
+        shutil.copyfile(RUNNER_SOURCE, tmp)
+        os.replace(tmp, run_dir / "runner.py")
+
+        env = dict(os.environ)
+        env.update(job.env)
+        if self.cache_dir is not None and "AUTORESEARCH_CACHE" not in job.env:
+            env["AUTORESEARCH_CACHE"] = self.cache_dir
+        env.update(slot.env)
+        env["AUTORESEARCH_PROFILE"] = job.profile
+        env["AUTORESEARCH_SEED"] = str(job.seed)
+
+        args = [self.python, "runner.py", "--expected-hash", job.harness_hash,
+                "--timeout", repr(float(job.timeout_s)), "--python", self.python,
+                "--kill-grace", repr(self.kill_grace_s)]
+        with open(run_dir / RUNNER_OUT, "wb") as out:
+            proc = subprocess.Popen(
+                args, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        # Not reaped yet, so /proc/<pid> still exists even if the runner already exited.
+        start = runner.proc_start_time(proc.pid)
+        with _CHILDREN_LOCK:
+            _CHILDREN[proc.pid] = (proc, start)
+            _DELIVERED.discard(proc.pid)
+        with self._lock:
+            self._running.setdefault(cluster, set()).add(job.experiment_id)
+        return JobHandle(
+            experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
+            backend_ref={"pid": proc.pid, "start_time": start, "boot_id": boot_id(), "python": self.python},
+            submitted_at=time.time(),
+        )
+
+    def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
+        _sweep()
+        outcomes = []
+        for handle in handles:
+            # Alive is checked BEFORE looking for result.json: the runner writes the file and
+            # then exits, so "not alive and still no file" can only mean it never wrote one.
+            alive = _runner_alive(handle)
+            run_dir = Path(handle.run_dir)
+            log = run_dir / runner.LOG_FILE
+            log_path = str(log) if log.exists() else None
+            result = _read_result(run_dir)
+            if result is not None:
+                _forget_child(handle)
+                self._finished(handle)
+                outcomes.append(JobOutcome(handle, result=result, log_path=log_path))
+            elif not alive:
+                reason = _lost_reason(handle)
+                _kill_training(run_dir)
+                _forget_child(handle)
+                self._finished(handle)
+                outcomes.append(JobOutcome(handle, lost=True, log_path=log_path, reason=reason))
+            else:  # still running; after a restart this adopts it into the slot's running list
+                with self._lock:
+                    self._running.setdefault(handle.cluster, set()).add(handle.experiment_id)
+        return outcomes
+
+    def cancel(self, handle: JobHandle) -> None:
+        """SIGTERM the runner (it forwards to train.py's group, records `cancelled` and exits);
+        SIGKILL it if it has not exited after its kill grace + 2 s; then make sure train.py's
+        group is gone too. Idempotent: a finished or vanished job is left as it is."""
+        pid = handle.backend_ref.get("pid")
+        if isinstance(pid, int) and _runner_alive(handle):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.kill_grace_s + 2.0
+            while _runner_alive(handle) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _runner_alive(handle):
+                _signal_group(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 2.0
+                while _runner_alive(handle) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        _kill_training(Path(handle.run_dir))
+        _forget_child(handle)
+        self._finished(handle)
+
+    def queue_depth(self, cluster: str) -> int:
+        return 1
+
+    def close(self) -> None:
+        # The runners are deliberately left running: they belong to the experiments, not to this
+        # process, and a restarted engine adopts them. Exited children are reaped.
+        _sweep()
+
+    def _finished(self, handle: JobHandle) -> None:
+        with self._lock:
+            ids = self._running.get(handle.cluster)
+            if ids is not None:
+                ids.discard(handle.experiment_id)
+                if not ids:
+                    del self._running[handle.cluster]
+
+
+# -- process helpers (module level: they work from the handle alone) ----------------------------
+
+def _our_child(handle: JobHandle) -> subprocess.Popen[bytes] | None:
+    """The Popen of the handle's runner if this process started it (same pid AND start time)."""
+    ref = handle.backend_ref or {}
+    with _CHILDREN_LOCK:
+        entry = _CHILDREN.get(ref.get("pid"))  # type: ignore[arg-type]
+    if entry is None or entry[1] != ref.get("start_time"):
+        return None
+    return entry[0]
+
+
+def _runner_alive(handle: JobHandle) -> bool:
+    """Is the handle's runner process still running? Recognised by pid + start time + boot id,
+    so a reused pid or a reboot never counts as alive; a zombie counts as exited."""
+    ref = handle.backend_ref or {}
+    pid, start = ref.get("pid"), ref.get("start_time")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if ref.get("boot_id") and ref.get("boot_id") != boot_id():
+        return False
+    proc = _our_child(handle)
+    if proc is not None:
+        return proc.poll() is None  # also reaps it once it has exited
+    if start is None or runner.proc_start_time(pid) != start:
+        return False
+    return runner.proc_state(pid) not in (None, "Z", "X")
+
+
+def _forget_child(handle: JobHandle) -> None:
+    """Drop our Popen for a finished job once it has exited (a runner that wrote result.json but
+    is still exiting is kept, and reaped on a later call)."""
+    proc = _our_child(handle)
+    if proc is None:
+        return
+    with _CHILDREN_LOCK:
+        if proc.poll() is not None:
+            _CHILDREN.pop(proc.pid, None)
+        else:
+            _DELIVERED.add(proc.pid)
+
+
+def _sweep() -> None:
+    """Reap and drop delivered runners that have exited since."""
+    with _CHILDREN_LOCK:
+        for pid in list(_DELIVERED):
+            entry = _CHILDREN.get(pid)
+            if entry is None or entry[0].poll() is not None:
+                _CHILDREN.pop(pid, None)
+                _DELIVERED.discard(pid)
+
+
+def _read_result(run_dir: Path) -> dict[str, Any] | None:
+    """result.json as a dict, or None when absent. It is written by rename, so never partial."""
+    try:
+        obj = json.loads((run_dir / runner.RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _lost_reason(handle: JobHandle) -> str:
+    pid = handle.backend_ref.get("pid")
+    if not isinstance(pid, int):
+        return "the job has no runner process on record (it was never started) and no result.json"
+    proc = _our_child(handle)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        how = "is no longer running (it was started by an earlier engine process)"
+    elif code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    reason = f"runner process {pid} on {handle.cluster} {how} without writing result.json"
+    last = _last_line(Path(handle.run_dir) / RUNNER_OUT)
+    return f"{reason}; its last output: {last}" if last else reason
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:500] if lines else ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_training(run_dir: Path) -> None:
+    """SIGKILL train.py's process group if its leader (from train.pid) is still that process.
+
+    Needed when the runner died without cleaning up (it was SIGKILLed): train.py lives in its own
+    session and would otherwise keep a GPU busy. The leader's start time guards against a reused
+    pid; if the leader already exited, its group is not touched (it cannot be told apart from a
+    new group that reused the number).
+    """
+    try:
+        info = json.loads((run_dir / runner.TRAIN_PID_FILE).read_text(encoding="utf-8"))
+        pid, pgid, start = int(info["pid"]), int(info["pgid"]), info.get("start_time")
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if start is not None and runner.proc_start_time(pid) == start and runner.proc_state(pid) not in (None, "Z", "X"):
+        _signal_group(pgid, signal.SIGKILL)

@@ -1,0 +1,201 @@
+"""`autoresearch-fleet`: serve the MCP server (stdio or HTTP), run the demo, or look at a workspace.
+
+    autoresearch-fleet serve [--transport stdio|http] [--workspace DIR] [--tag T] [--backend local|skypilot] ...
+    autoresearch-fleet demo  [--workspace DIR] [--time-budget S]
+    autoresearch-fleet status [--workspace DIR]
+    autoresearch-fleet report [--workspace DIR]
+
+In stdio mode nothing but the MCP protocol goes to stdout: logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import FleetConfig
+
+DEFAULT_HTTP_PORT = 8765
+
+
+def _tiers(text: str) -> list[str]:
+    labels = [t.strip() for t in text.split(",") if t.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("give GPU type labels separated by commas, e.g. A10G,H100")
+    return labels
+
+
+def _session_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", type=Path, default=Path(os.environ.get("AUTORESEARCH_WORKSPACE", "research")),
+                   help="the research git repo (created from train_template/ when missing); default ./research")
+    p.add_argument("--tag", default=os.environ.get("AUTORESEARCH_TAG", "default"),
+                   help="session tag: the branch is autoresearch/<tag>")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch-fleet", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio for Claude Code, or streamable HTTP)")
+    _session_args(serve)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (non-loopback needs --token)")
+    serve.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT)
+    serve.add_argument("--token", default=None,
+                       help="bearer token for HTTP (default: $AUTORESEARCH_FLEET_TOKEN); required off loopback")
+    serve.add_argument("--backend", choices=["local", "skypilot"], default="local")
+    serve.add_argument("--profile", choices=["cpu", "gpu"], default=None,
+                       help="harness size (default: gpu if CUDA is available, else cpu)")
+    serve.add_argument("--cpu-slots", type=int, default=None, help="local CPU slots when there is no GPU")
+    serve.add_argument("--time-budget", type=float, default=None, help="training seconds per run (override)")
+    serve.add_argument("--simulate-tiers", type=_tiers, default=None, metavar="H100,H200",
+                       help="SIMULATION: label local slots as these GPU types to exercise tiering on CPU")
+    serve.add_argument("--max-clusters", type=int, default=None)
+    serve.add_argument("--max-concurrent", type=int, default=None)
+    serve.add_argument("--gpu-hour-budget", type=float, default=None)
+    serve.add_argument("--cache-dir", type=Path, default=None, help="AUTORESEARCH_CACHE for local runs")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    demo = sub.add_parser("demo", help="a scripted research session through the real server (CPU, < 5 min)")
+    demo.add_argument("--workspace", type=Path, default=None,
+                      help="default: ./research/demo-<timestamp> (a fresh one per run)")
+    demo.add_argument("--time-budget", type=float, default=None, help="training seconds per run (default 8)")
+    demo.add_argument("--slots", type=int, default=None, help="local CPU slots (default 2)")
+
+    status = sub.add_parser("status", help="summary of a workspace's session: experiments, best per GPU type")
+    _session_args(status)
+    report = sub.add_parser("report", help="write results.tsv and progress.png, print the leaderboard")
+    _session_args(report)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FleetConfig:
+    values: dict = {"workspace": args.workspace, "tag": args.tag, "backend": args.backend, "profile": args.profile,
+                    "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir}
+    for arg, field in (("cpu_slots", "cpu_slots"), ("max_clusters", "max_clusters"),
+                       ("max_concurrent", "max_concurrent"), ("gpu_hour_budget", "gpu_hour_budget")):
+        if getattr(args, arg) is not None:
+            values[field] = getattr(args, arg)
+    if args.simulate_tiers and args.cpu_slots is None:
+        values["cpu_slots"] = len(args.simulate_tiers)
+    if values["cache_dir"] is None and os.environ.get("AUTORESEARCH_CACHE"):
+        values["cache_dir"] = Path(os.environ["AUTORESEARCH_CACHE"])
+    return FleetConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Everything to stderr: in stdio mode stdout carries the protocol only."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    from . import http
+    from .server import build_server
+
+    token = args.token or os.environ.get(http.TOKEN_ENV) or None
+    if args.transport == "http":
+        try:
+            http.check_bind(args.host, token)  # refuse before anything starts
+        except http.InsecureBind as exc:
+            print(f"autoresearch-fleet: {exc}", file=sys.stderr)
+            return 2
+    config = config_from_args(args)
+    server = build_server(config)
+    if args.transport == "stdio":
+        server.run("stdio")
+    else:
+        http.serve(server, host=args.host, port=args.port, token=token)
+    return 0
+
+
+def _open_ledger(workspace: Path):
+    from .ledger import Ledger
+
+    path = workspace / ".autoresearch" / "ledger.db"
+    if not path.exists():
+        print(f"No research session in {workspace} (no {path}). Start one with `autoresearch-fleet serve "
+              f"--workspace {workspace}` or `autoresearch-fleet demo`.", file=sys.stderr)
+        return None
+    return Ledger(path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import analysis
+
+    ledger = _open_ledger(args.workspace)
+    if ledger is None:
+        return 1
+    try:
+        counts = ledger.count_by_status()
+        clusters = ledger.clusters()
+        usage = ledger.usage()
+        exps = ledger.all_experiments()
+        print(f"workspace {args.workspace}  branch autoresearch/{args.tag}")
+        print(f"experiments {sum(counts.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(f"clusters {len(clusters)}: " + ", ".join(f"{c.name} ({c.gpu_type}, {c.state})" for c in clusters))
+        print(f"GPU-hours {usage['gpu_hours'] + usage['gpu_hours_in_flight']:.3f}, est. cost ${usage['cost_usd'] + usage['cost_usd_in_flight']:.2f}")
+        board = analysis.leaderboard(exps, limit=1)
+        for gpu, rows in board.by_gpu_type.items():
+            if rows:
+                r = rows[0]
+                print(f"best on {gpu}: {r.val_bpb:.6f} {r.experiment_id} ({r.description}), noise {board.noise_floor.get(gpu)}")
+    finally:
+        ledger.close()
+    return 0
+
+
+def print_leaderboard(board, out=sys.stdout) -> None:
+    for gpu, rows in board.by_gpu_type.items():
+        noise = board.noise_floor.get(gpu)
+        print(f"\n== {gpu}  (noise floor {'n/a' if noise is None else f'{noise:.5f}'}) ==", file=out)
+        print(f"{'rank':>4}  {'id':<6} {'val_bpb':>9} {'delta':>9} {'seeds':>5}  {'verdict':<13} {'decision':<8} description", file=out)
+        for r in rows:
+            delta = "" if r.delta is None else f"{r.delta:+.5f}"
+            print(f"{r.rank:>4}  {r.experiment_id:<6} {r.val_bpb:>9.5f} {delta:>9} {r.seeds:>5}  {r.verdict:<13} "
+                  f"{(r.decision or ''):<8} {r.description[:60]}", file=out)
+    for note in board.notes:
+        print(f"note: {note}", file=out)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import analysis, plot
+
+    ledger = _open_ledger(args.workspace)
+    if ledger is None:
+        return 1
+    try:
+        tsv = ledger.export_tsv(args.workspace / "results.tsv")
+        exps = ledger.all_experiments()
+        _, summary = plot.render_progress(exps, args.workspace / "progress.png")
+        print_leaderboard(analysis.leaderboard(exps, limit=20))
+        print(f"\n{summary}\nwrote {tsv} and {args.workspace / 'progress.png'}")
+    finally:
+        ledger.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "demo":
+        from . import demo
+
+        return demo.main(workspace=args.workspace, time_budget=args.time_budget, slots=args.slots)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "report":
+        return cmd_report(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -114,7 +114,8 @@ GpuTypeStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", 
 BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,7}|[0-9a-fA-F]{7,40})$", max_length=40)]
 ClusterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", max_length=63)]
 OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
-Scalar = bool | int | float | Annotated[str, Field(max_length=1000)] | None
+Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1000)]
+          | None)
 # Lists and dicts nest (the engine checks depth and size); the schema stays readable.
 OverrideValue = Scalar | Annotated[list[Any], Field(max_length=64)] | Annotated[dict[str, Any], Field(max_length=64)]
 

@@ -27,7 +27,6 @@ Rules (the skills and tool descriptions repeat them; change them together):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from pydantic import BaseModel, Field
@@ -85,40 +84,75 @@ class Leaderboard(BaseModel):
 # grouping
 
 
-@dataclass(eq=False)
 class _Group:
-    gpu: str
-    code_hash: str | None
-    members: list[Experiment] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    """Finished runs of one code on one GPU type. Statistics are computed once, on demand
+    (the leaderboard must stay fast at 10,000 experiments)."""
+
+    __slots__ = ("gpu", "code_hash", "members", "values", "kept", "discarded", "first", "_first_key", "_stats")
+
+    def __init__(self, gpu: str, code_hash: str | None) -> None:
+        self.gpu, self.code_hash = gpu, code_hash
+        self.members: list[Experiment] = []
+        self.values: list[float] = []
+        self.kept = self.discarded = False
+        self.first: Experiment | None = None  # earliest created member: the group's face
+        self._first_key: tuple[float, str] | None = None
+        self._stats: tuple[float, float] | None = None
+
+    def add(self, e: Experiment, value: float) -> None:
+        key = (e.created_at, e.id)
+        if self._first_key is None or key < self._first_key:
+            self.first, self._first_key = e, key
+        self.members.append(e)
+        self.values.append(value)
+        if e.decision is not None:
+            self.kept |= e.decision == Decision.keep
+            self.discarded |= e.decision == Decision.discard
+        self._stats = None
 
     @property
     def n(self) -> int:
         return len(self.values)
 
+    def _compute(self) -> tuple[float, float]:
+        if self._stats is None:
+            m = math.fsum(self.values) / len(self.values)
+            self._stats = (m, math.fsum((v - m) ** 2 for v in self.values))
+        return self._stats
+
     @property
     def mean(self) -> float:
-        return math.fsum(self.values) / len(self.values)
+        return self._compute()[0]
 
     def sq_dev(self) -> float:
-        m = self.mean
-        return math.fsum((v - m) ** 2 for v in self.values)
+        return self._compute()[1]
 
     @property
     def std(self) -> float | None:
         return math.sqrt(self.sq_dev() / (self.n - 1)) if self.n >= 2 else None
 
     @property
-    def first(self) -> Experiment:
-        return self.members[0]
+    def order(self) -> tuple[float, str]:
+        return self._first_key  # type: ignore[return-value]
+
+    def ordered_members(self) -> list[Experiment]:
+        return sorted(self.members, key=_order)
 
 
 def gpu_of(e: Experiment) -> str:
     return e.ran_on_gpu or UNKNOWN_GPU
 
 
+def _value(e: Experiment) -> float | None:
+    """val_bpb of a finished experiment; None for anything that has no usable result."""
+    if e.status != Status.done:
+        return None
+    v = e.metrics.val_bpb
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
 def _finished(e: Experiment) -> bool:
-    return e.status == Status.done and e.metrics.val_bpb is not None and math.isfinite(e.metrics.val_bpb)
+    return _value(e) is not None
 
 
 def _order(e: Experiment) -> tuple[float, str]:
@@ -126,16 +160,19 @@ def _order(e: Experiment) -> tuple[float, str]:
 
 
 def _groups(experiments: Iterable[Experiment]) -> dict[tuple[str, str | None], _Group]:
-    """Finished experiments by (gpu type, code hash), members in creation order.
-    An experiment without a code hash forms a group of its own (its code is unknown)."""
+    """Finished experiments by (gpu type, code hash). An experiment without a code hash forms
+    a group of its own (its code is unknown)."""
     groups: dict[tuple[str, str | None], _Group] = {}
-    for e in sorted((e for e in experiments if _finished(e)), key=_order):
-        key = (gpu_of(e), e.code_hash if e.code_hash is not None else f"<no code hash: {e.id}>")
+    for e in experiments:
+        v = _value(e)
+        if v is None:
+            continue
+        code = e.code_hash
+        key = (e.ran_on_gpu or UNKNOWN_GPU, code if code is not None else f"<no code hash: {e.id}>")
         g = groups.get(key)
         if g is None:
-            g = groups[key] = _Group(key[0], e.code_hash)
-        g.members.append(e)
-        g.values.append(float(e.metrics.val_bpb))
+            g = groups[key] = _Group(key[0], code)
+        g.add(e, v)
     return groups
 
 
@@ -255,22 +292,19 @@ def verdicts(experiments: list[Experiment], targets: list[Experiment]) -> list[V
 
 
 def _reference_group(gs: list[_Group], parent_hashes: set[str | None]) -> tuple[_Group, str]:
-    kept = [g for g in gs if any(m.decision == Decision.keep for m in g.members)]
+    kept = [g for g in gs if g.kept]
     if kept:
         return min(kept, key=lambda g: g.mean), "best kept"
     controls = [g for g in gs if g.code_hash is not None and g.code_hash in parent_hashes]
     if controls:
-        return min(controls, key=lambda g: _order(g.first)), "baseline (the parent/control code)"
-    return min(gs, key=lambda g: _order(g.first)), "first result"
+        return min(controls, key=lambda g: g.order), "baseline (the parent/control code)"
+    return min(gs, key=lambda g: g.order), "first result"
 
 
 def _decision(g: _Group) -> str | None:
-    decisions = {m.decision for m in g.members}
-    if Decision.keep in decisions:
+    if g.kept:
         return Decision.keep.value
-    if Decision.discard in decisions:
-        return Decision.discard.value
-    return None
+    return Decision.discard.value if g.discarded else None
 
 
 def _mean_steps(g: _Group) -> int | None:
@@ -320,8 +354,8 @@ def leaderboard(experiments: list[Experiment], gpu_type: str | None = None, limi
         if noise is None:
             notes.append(f"{gpu}: no noise estimate (no code has >= 2 finished seeds); verdicts go by sign only. "
                          "Launch replicates of the baseline to measure it.")
-        ranked = sorted(gs, key=lambda g: (g.mean, _order(g.first)))[:limit]
-        if ref not in ranked:
+        ranked = sorted(gs, key=lambda g: (g.mean, g.order))[:limit]
+        if not any(g is ref for g in ranked):
             notes.append(f"{gpu}: the reference {ref.first.id} ranks below the top {limit}.")
         rows = []
         for rank, g in enumerate(ranked, start=1):
@@ -335,7 +369,7 @@ def leaderboard(experiments: list[Experiment], gpu_type: str | None = None, limi
                 rank=rank, experiment_id=first.id, description=first.description, val_bpb=g.mean,
                 delta=delta, verdict=verdict, seeds=g.n, std=g.std, decision=_decision(g),
                 num_steps=_mean_steps(g), code_hash=g.code_hash,
-                experiment_ids=[m.id for m in g.members[:MAX_IDS_PER_ROW]],
+                experiment_ids=[m.id for m in g.ordered_members()[:MAX_IDS_PER_ROW]],
             ))
         table[gpu] = rows
 

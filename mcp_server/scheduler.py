@@ -1,0 +1,446 @@
+"""The scheduler: moves queued experiments onto free slots and records how each attempt ends.
+
+The queue is the ledger itself (status `queued`, ordered by priority desc then launch order), so a
+restart loses nothing. One background thread runs `tick()` in a loop:
+
+1. poll every in-flight handle (`Backend.poll`) and record each outcome:
+   a runner result -> the experiment's terminal status (done/crash/nan/oom/timeout/rejected/...),
+   metrics, error and log; `lost` -> requeued while attempts remain, else `lost`;
+2. watchdog: a job with no outcome long after its hard timeout (runner unresponsive) is cancelled
+   and recorded as `timeout`;
+3. dispatch: while a slot has `outstanding < backend.queue_depth(slot)` and fewer than
+   `max_concurrent` experiments run, the first queued experiment that fits the slot (any slot, or
+   only slots of its `gpu_type`) gets a fresh run directory and is submitted.
+
+It sleeps between ticks on an Event that launches and cancels set, so new work is dispatched at
+once; while a job is expected to end soon (learned from earlier runs) it polls faster, so a slot
+that frees is refilled within ~50 ms rather than a full poll interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from .backends.base import Backend, JobHandle, JobOutcome, JobSpec
+from .ledger import Ledger
+from .models import Cluster, Experiment, Metrics, Status
+
+log = logging.getLogger("autoresearch.scheduler")
+
+RESULT_STATUSES = {s.value: s for s in (Status.done, Status.crash, Status.nan, Status.oom, Status.timeout,
+                                        Status.rejected, Status.cancelled)}
+LOG_TAIL_CHARS = 2000
+
+
+@dataclass
+class Flight:
+    """An attempt the scheduler is tracking (submitted, or being submitted when handle is None)."""
+
+    exp_id: str
+    attempt: int
+    cluster: str
+    gpu_type: str | None
+    run_dir: str
+    handle: JobHandle | None = None
+    deadline: float = float("inf")
+    submitted_at: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+
+
+def _to_epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_metrics(raw: Any) -> Metrics:
+    """The runner's metrics dict as Metrics; unknown keys and badly typed values are dropped."""
+    if not isinstance(raw, dict):
+        return Metrics()
+    clean: dict[str, Any] = {}
+    for key in Metrics.model_fields:
+        value = raw.get(key)
+        if value is None:
+            continue
+        try:
+            clean[key] = getattr(Metrics.model_validate({key: value}), key)
+        except ValidationError:
+            continue
+    return Metrics(**clean)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: Backend,
+        build_job: Callable[[Experiment, int, Cluster, Path], JobSpec],
+        runs_dir: Path,
+        *,
+        max_attempts: int = 3,
+        max_concurrent: int = 64,
+        hard_timeout_s: float = 720.0,
+        watchdog_margin_s: float = 30.0,
+        poll_interval_s: float = 0.5,
+        fast_poll_s: float = 0.05,
+        cluster_refresh_s: float = 10.0,
+        before_dispatch: Callable[[], bool] | None = None,
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.backend = backend
+        self.build_job = build_job
+        self.runs_dir = Path(runs_dir)
+        self.max_attempts = max_attempts
+        self.max_concurrent = max_concurrent
+        self.hard_timeout_s = hard_timeout_s
+        self.watchdog_margin_s = watchdog_margin_s
+        self.poll_interval_s = poll_interval_s
+        self.fast_poll_s = fast_poll_s
+        self.cluster_refresh_s = cluster_refresh_s
+        self.before_dispatch = before_dispatch
+        self.on_change = on_change or (lambda ids: None)
+
+        self._lock = threading.RLock()          # flights + submit/cancel of one experiment
+        self._flights: dict[str, Flight] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._slots: list[Cluster] = []
+        self._slots_at = 0.0
+        self._slot_backoff: dict[str, float] = {}
+        self._durations: deque[float] = deque(maxlen=50)   # submit -> outcome seen, recent runs
+        self.ticks = 0
+        self.last_error: str | None = None
+        self.stats = {"dispatched": 0, "outcomes": 0, "lost": 0, "watchdog": 0, "tick_seconds": 0.0}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="autoresearch-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.tick()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - the loop must survive any one failure
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("scheduler tick failed")
+            self.stats["tick_seconds"] += time.monotonic() - t0
+            self._wake.wait(self._next_delay())
+            self._wake.clear()
+
+    def _next_delay(self) -> float:
+        with self._lock:
+            flights = list(self._flights.values())
+        if not flights:
+            return self.poll_interval_s
+        if not self._durations:
+            return min(self.poll_interval_s, 0.25)
+        typical = statistics.median(self._durations)
+        now = time.time()
+        for f in flights:
+            if f.submitted_at + typical - 0.5 <= now:   # expected to end about now
+                return self.fast_poll_s
+        return self.poll_interval_s
+
+    # -- slots ---------------------------------------------------------------------------------
+    def refresh_clusters(self, clusters: list[Cluster] | None = None) -> list[Cluster]:
+        self._slots = list(clusters) if clusters is not None else self.backend.clusters()
+        self._slots_at = time.monotonic()
+        self._wake.set()
+        return self._slots
+
+    def slots(self) -> list[Cluster]:
+        if not self._slots_at or time.monotonic() - self._slots_at > self.cluster_refresh_s:
+            self.refresh_clusters()
+        return self._slots
+
+    def in_flight(self) -> dict[str, Flight]:
+        with self._lock:
+            return dict(self._flights)
+
+    def outstanding(self) -> Counter[str]:
+        with self._lock:
+            return Counter(f.cluster for f in self._flights.values())
+
+    # -- recovery ------------------------------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Adopt the attempts an earlier process left open, then poll them once.
+
+        With a handle: tracked again (the next poll decides: result -> recorded; lost -> requeued
+        or lost; alive -> kept). Without one (the process died between marking the attempt and
+        submitting it): a result file in its run directory is recorded, otherwise the attempt is
+        lost and the experiment requeued."""
+        adopted = requeued = recorded = 0
+        changed: list[str] = []
+        for row in self.ledger.open_attempts():
+            eid, attempt = row["experiment_id"], row["attempt"]
+            if row["handle"]:
+                handle = JobHandle.from_json(row["handle"])
+                depth = max(1, self._depth(row["cluster"]))
+                with self._lock:
+                    self._flights[eid] = Flight(
+                        eid, attempt, row["cluster"], row["gpu_type"], row["run_dir"], handle,
+                        deadline=(handle.submitted_at or row["submitted_at"]) + depth * self.hard_timeout_s
+                        + self.watchdog_margin_s,
+                        submitted_at=handle.submitted_at or row["submitted_at"])
+                adopted += 1
+                continue
+            result_file = Path(row["run_dir"]) / "result.json"
+            result = None
+            if result_file.is_file():
+                try:
+                    result = json.loads(result_file.read_text())
+                except (OSError, ValueError):
+                    result = None
+            fake = JobHandle(eid, attempt, row["cluster"], row["run_dir"], {}, row["submitted_at"])
+            flight = Flight(eid, attempt, row["cluster"], row["gpu_type"], row["run_dir"], fake)
+            if isinstance(result, dict):
+                if self._record(flight, JobOutcome(fake, result=result, log_path=str(Path(row["run_dir"]) / "run.log"))):
+                    recorded += 1
+                    changed.append(eid)
+            else:
+                if self.ledger.lose_attempt(eid, attempt, self.max_attempts,
+                                            "the engine stopped before the job was submitted") is not None:
+                    requeued += 1
+                    changed.append(eid)
+        if adopted:
+            changed += self._poll()
+        if changed:
+            self.on_change(changed)
+        self.ledger.add_event(None, "recovered", f"adopted {adopted}, recorded {recorded}, requeued {requeued}")
+        return {"adopted": adopted, "recorded": recorded, "requeued": requeued}
+
+    # -- one round -----------------------------------------------------------------------------
+    def tick(self) -> list[str]:
+        self.ticks += 1
+        changed = self._poll()
+        changed += self._watchdog()
+        changed += self._dispatch()
+        if changed:
+            self.on_change(changed)
+        return changed
+
+    def _poll(self) -> list[str]:
+        with self._lock:
+            handles = [f.handle for f in self._flights.values() if f.handle is not None]
+        if not handles:
+            return []
+        outcomes = self.backend.poll(handles)
+        changed = []
+        for outcome in outcomes:
+            h = outcome.handle
+            with self._lock:
+                flight = self._flights.get(h.experiment_id)
+                if flight is None or flight.attempt != h.attempt:
+                    continue
+                self._durations.append(max(0.0, time.time() - flight.submitted_at))
+                if self._record(flight, outcome):
+                    changed.append(h.experiment_id)
+                self._flights.pop(h.experiment_id, None)
+        return changed
+
+    def _record(self, flight: Flight, outcome: JobOutcome) -> bool:
+        """Record one outcome in the ledger (idempotent). True if something changed."""
+        run_log = str(Path(flight.run_dir) / "run.log")
+        log_path = outcome.log_path or run_log
+        self.stats["outcomes"] += 1
+        if outcome.lost or outcome.result is None:
+            self.stats["lost"] += 1
+            try:   # make sure nothing it started survives (idempotent)
+                self.backend.cancel(outcome.handle)
+            except Exception:  # noqa: BLE001
+                log.exception("cancel of lost job %s failed", flight.exp_id)
+            return self.ledger.lose_attempt(flight.exp_id, flight.attempt, self.max_attempts,
+                                            outcome.reason or "the job vanished without a result",
+                                            log_path=log_path) is not None
+        res = outcome.result
+        raw_status = str(res.get("status", ""))
+        status = RESULT_STATUSES.get(raw_status, Status.crash)
+        metrics = parse_metrics(res.get("metrics"))
+        error = res.get("error")
+        if raw_status not in RESULT_STATUSES:
+            error = f"runner reported unknown status {raw_status!r}" + (f": {error}" if error else "")
+        if status == Status.done and metrics.val_bpb is None:
+            status, error = Status.crash, "run finished but reported no val_bpb"
+        if status == Status.rejected:
+            metrics = Metrics()   # a rejected run has no result
+        tail = res.get("log_tail")
+        if status not in (Status.done, Status.cancelled) and tail:
+            error = ((error or status.value) + "\n--- log tail ---\n" + str(tail)[-LOG_TAIL_CHARS:])
+        started, ended = _to_epoch(res.get("started_at")), _to_epoch(res.get("ended_at"))
+        busy = (ended - started) if started is not None and ended is not None and ended >= started else None
+        return self.ledger.finish_attempt(flight.exp_id, flight.attempt, status, metrics=metrics,
+                                          error=str(error)[:20000] if error else None, log_path=log_path,
+                                          busy_seconds=busy, detail=(error or "").splitlines()[0][:200] if error else "")
+
+    def _watchdog(self) -> list[str]:
+        now = time.time()
+        with self._lock:
+            late = [f for f in self._flights.values() if f.handle is not None and now > f.deadline]
+        changed = []
+        for f in late:
+            with self._lock:
+                if self._flights.get(f.exp_id) is not f:
+                    continue
+                self.stats["watchdog"] += 1
+                try:
+                    self.backend.cancel(f.handle)
+                except Exception:  # noqa: BLE001
+                    log.exception("watchdog cancel of %s failed", f.exp_id)
+                waited = now - f.submitted_at
+                if self.ledger.finish_attempt(
+                        f.exp_id, f.attempt, Status.timeout, log_path=str(Path(f.run_dir) / "run.log"),
+                        error=f"watchdog: no result {waited:.0f} s after submission (hard timeout "
+                              f"{self.hard_timeout_s:.0f} s + margin); the runner was unresponsive and the job "
+                              f"was cancelled", detail="watchdog"):
+                    changed.append(f.exp_id)
+                self._flights.pop(f.exp_id, None)
+        return changed
+
+    def _depth(self, cluster: str) -> int:
+        try:
+            return max(1, int(self.backend.queue_depth(cluster)))
+        except Exception:  # noqa: BLE001
+            return 1
+
+    def _dispatch(self) -> list[str]:
+        queued = self.ledger.queued()
+        if not queued:
+            return []
+        if self.before_dispatch is not None and not self.before_dispatch():
+            return []
+        now = time.monotonic()
+        slots = [s for s in self.slots() if s.state == "up" and self._slot_backoff.get(s.name, 0) <= now]
+        if not slots:
+            return []
+        outstanding = self.outstanding()
+        depth = {s.name: self._depth(s.name) for s in slots}
+        changed: list[str] = []
+        for eid, gpu_type, _prio in queued:
+            if self._stop.is_set():
+                break
+            with self._lock:
+                running = len(self._flights)
+            if running >= self.max_concurrent:
+                break
+            free = [s for s in slots if outstanding[s.name] < depth[s.name]]
+            if not free:
+                break
+            fits = [s for s in free if gpu_type is None or s.gpu_type == gpu_type]
+            if not fits:
+                continue
+            slot = min(fits, key=lambda s: (outstanding[s.name], s.name))   # idle slots first
+            if self._submit(eid, slot, outstanding[slot.name] + 1):
+                outstanding[slot.name] += 1
+            changed.append(eid)
+        return changed
+
+    def _submit(self, eid: str, slot: Cluster, position: int) -> bool:
+        """Submit one queued experiment to `slot`. True if it is now in flight."""
+        with self._lock:
+            exp = self.ledger.get(eid)
+            if exp is None or exp.status != Status.queued:
+                return False
+            attempt = exp.attempts + 1
+            run_dir = self.runs_dir / eid / f"a{attempt}"
+            if not self.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
+                                             slot.cost_per_hour, str(run_dir)):
+                return False
+            flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
+            self._flights[eid] = flight
+            try:
+                spec = self.build_job(exp, attempt, slot, run_dir)
+            except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
+                log.exception("could not build the run dir of %s", eid)
+                self.ledger.finish_attempt(eid, attempt, Status.crash,
+                                           error=f"could not build the run directory: {type(exc).__name__}: {exc}")
+                self._flights.pop(eid, None)
+                return False
+            try:
+                handle = self.backend.submit(slot.name, spec)
+            except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
+                log.exception("submit of %s to %s failed", eid, slot.name)
+                self._slot_backoff[slot.name] = time.monotonic() + 5.0
+                self.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(exc).__name__}: {exc}"[:500])
+                self.ledger.lose_attempt(eid, attempt, self.max_attempts, f"submit to {slot.name} failed: {exc}")
+                self._flights.pop(eid, None)
+                return False
+            submitted = handle.submitted_at or time.time()
+            self.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
+            flight.handle = handle
+            flight.submitted_at = submitted
+            flight.deadline = submitted + position * self.hard_timeout_s + self.watchdog_margin_s
+            self.stats["dispatched"] += 1
+            return True
+
+    def _flight_from_ledger(self, eid: str) -> Flight | None:
+        """The open attempt of a running experiment this process is not tracking (not recovered yet)."""
+        for row in self.ledger.open_attempts():
+            if row["experiment_id"] == eid:
+                handle = JobHandle.from_json(row["handle"]) if row["handle"] else None
+                return Flight(eid, row["attempt"], row["cluster"], row["gpu_type"], row["run_dir"], handle)
+        return None
+
+    # -- cancellation --------------------------------------------------------------------------
+    def cancel(self, exp_ids: list[str], reason: str = "cancelled by the agent") -> list[str]:
+        """Cancel queued (at once) and running (backend.cancel, then recorded) experiments.
+        Terminal ones are left as they are. Returns the ids that changed."""
+        changed = self.ledger.cancel_queued(exp_ids, reason)
+        for eid in exp_ids:
+            if eid in changed:
+                continue
+            with self._lock:
+                flight = self._flights.get(eid) or self._flight_from_ledger(eid)
+                if flight is None:
+                    continue
+                if flight.handle is not None:
+                    try:
+                        self.backend.cancel(flight.handle)
+                    except Exception:  # noqa: BLE001
+                        log.exception("cancel of %s failed", eid)
+                if self.ledger.finish_attempt(eid, flight.attempt, Status.cancelled,
+                                              log_path=str(Path(flight.run_dir) / "run.log"),
+                                              error=reason, detail=reason):
+                    changed.append(eid)
+                self._flights.pop(eid, None)
+        if changed:
+            self.on_change(changed)
+        self._wake.set()
+        return changed

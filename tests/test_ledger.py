@@ -1,0 +1,195 @@
+"""The ledger on a real SQLite file: schema/migrations, the life of an attempt, idempotent
+recording, threads, results.tsv, and query speed at 10,000 experiments."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from mcp_server.ledger import MIGRATIONS, SCHEMA_VERSION, TSV_COLUMNS, Ledger, LedgerError, format_exp_id
+from mcp_server.models import Cluster, Decision, Experiment, Metrics, Status, Wave
+
+
+def _exp(n: int, **kw) -> Experiment:
+    base = dict(id=format_exp_id(n), description=f"exp {n}", commit=f"{n:040x}", code_hash=f"{n % 7:040x}",
+                parent_code_hash=f"{0:040x}", harness_hash="h" * 64, overrides={"DEPTH": n % 3}, seed=42,
+                created_at=1000.0 + n)
+    base.update(kw)
+    return Experiment(**base)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    lg = Ledger(tmp_path / "ledger.db")
+    yield lg
+    lg.close()
+
+
+def test_schema_versioned_and_wal(ledger, tmp_path):
+    assert ledger.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+    mode = sqlite3.connect(tmp_path / "ledger.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    # reopening does not re-run migrations
+    again = Ledger(tmp_path / "ledger.db")
+    assert again.schema_version == SCHEMA_VERSION
+    again.close()
+
+
+def test_newer_schema_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(LedgerError, match="newer"):
+        Ledger(tmp_path / "ledger.db")
+
+
+def test_session_meta_pinned_once(ledger):
+    ledger.init_session(harness_hash="a" * 64, profile="cpu", tag="t1")
+    meta = ledger.init_session(harness_hash="b" * 64, profile="gpu", tag="t2")
+    assert meta["harness_hash"] == "a" * 64 and meta["profile"] == "cpu" and meta["tag"] == "t1"
+
+
+def test_insert_launch_with_wave_and_events(ledger):
+    wave = Wave(id="w0001", description="grid", kind="factorial", design={"axes": {"DEPTH": [1, 2]}})
+    exps = [_exp(i, wave_id="w0001") for i in (1, 2, 3)]
+    ledger.insert_launch(exps, {"e0001": "control"}, wave)
+    got = ledger.get_wave("w0001")
+    assert got.experiment_ids == ["e0001", "e0002", "e0003"] and got.design == {"axes": {"DEPTH": [1, 2]}}
+    assert ledger.kind_of("e0001") == "control" and ledger.kind_of("e0002") == "single"
+    e = ledger.get("e0002")
+    assert e.status == Status.queued and e.overrides == {"DEPTH": 2} and e.commit == f"{2:040x}"
+    assert [ev["kind"] for ev in ledger.events("e0002")] == ["queued"]
+
+
+def test_insert_is_atomic(ledger):
+    ledger.insert_launch([_exp(1)])
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.insert_launch([_exp(2), _exp(1)])   # e0001 clashes: e0002 must not be written either
+    assert ledger.row_counts()["experiments"] == 1
+
+
+def test_queue_order_priority_then_launch_order(ledger):
+    ledger.insert_launch([_exp(1), _exp(2, priority=5), _exp(3), _exp(4, priority=5, gpu_type="H100")])
+    assert [r[0] for r in ledger.queued()] == ["e0002", "e0004", "e0001", "e0003"]
+    assert ledger.queued()[1][1] == "H100"
+
+
+def test_attempt_lifecycle_and_idempotent_result(ledger, tmp_path):
+    ledger.insert_launch([_exp(1)])
+    assert ledger.begin_attempt("e0001", 1, "local-cpu0", "CPU", 1, None, str(tmp_path / "a1"))
+    assert not ledger.begin_attempt("e0001", 1, "local-cpu0", "CPU", 1, None, str(tmp_path / "a1"))  # not queued
+    ledger.set_handle("e0001", 1, '{"x": 1}', time.time())
+    assert ledger.open_attempts()[0]["handle"] == '{"x": 1}'
+    m = Metrics(val_bpb=1.25, num_steps=10, peak_vram_mb=2048.0)
+    assert ledger.finish_attempt("e0001", 1, Status.done, metrics=m, busy_seconds=3.0)
+    # the same result seen again (after a restart, or a cancel racing the finish): nothing recorded twice
+    assert not ledger.finish_attempt("e0001", 1, Status.done, metrics=m)
+    assert not ledger.finish_attempt("e0001", 1, Status.cancelled)
+    assert ledger.lose_attempt("e0001", 1, 3) is None
+    e = ledger.get("e0001")
+    assert e.status == Status.done and e.metrics.val_bpb == 1.25 and e.ran_on_gpu == "CPU" and e.attempts == 1
+    kinds = [ev["kind"] for ev in ledger.events("e0001")]
+    assert kinds == ["queued", "submitted", "finished"]
+    assert ledger.usage()["gpu_hours"] == pytest.approx(3.0 / 3600)
+    assert ledger.open_attempts() == []
+
+
+def test_lost_requeues_until_max_attempts(ledger, tmp_path):
+    ledger.insert_launch([_exp(1)])
+    for attempt in (1, 2):
+        assert ledger.begin_attempt("e0001", attempt, "c", "CPU", 1, None, str(tmp_path / f"a{attempt}"))
+        assert ledger.lose_attempt("e0001", attempt, 3, "vanished") == Status.queued
+        assert ledger.get("e0001").status == Status.queued
+    assert ledger.begin_attempt("e0001", 3, "c", "CPU", 1, None, str(tmp_path / "a3"))
+    assert ledger.lose_attempt("e0001", 3, 3, "vanished") == Status.lost
+    e = ledger.get("e0001")
+    assert e.status == Status.lost and e.attempts == 3
+    kinds = [ev["kind"] for ev in ledger.events("e0001")]
+    assert kinds.count("lost") == 3 and kinds.count("requeued") == 2
+    assert [a["outcome"] for a in ledger.attempts("e0001")] == ["lost", "lost", "lost"]
+
+
+def test_cancel_and_decisions(ledger, tmp_path):
+    ledger.insert_launch([_exp(1), _exp(2)])
+    assert ledger.cancel_queued(["e0001", "e0002"]) == ["e0001", "e0002"]
+    assert ledger.cancel_queued(["e0001"]) == []
+    assert not ledger.set_decision("e0001", Decision.keep)   # only done experiments
+    ledger.insert_launch([_exp(3)])
+    ledger.begin_attempt("e0003", 1, "c", "CPU", 1, None, str(tmp_path))
+    ledger.finish_attempt("e0003", 1, Status.done, metrics=Metrics(val_bpb=1.0))
+    assert ledger.set_decision("e0003", Decision.keep)
+    assert ledger.get("e0003").decision == Decision.keep
+
+
+def test_results_tsv(ledger, tmp_path):
+    ledger.insert_launch([_exp(1, description="tab\there\nnewline", wave_id=None), _exp(2), _exp(3)])
+    for n, status in ((1, Status.done), (2, Status.crash)):
+        ledger.begin_attempt(format_exp_id(n), 1, f"local-cpu{n}", "CPU", 1, None, str(tmp_path))
+        ledger.finish_attempt(format_exp_id(n), 1, status,
+                              metrics=Metrics(val_bpb=1.2345678, peak_vram_mb=3072, num_steps=77) if status == Status.done else None)
+    ledger.set_decision("e0001", Decision.keep)
+    path = ledger.export_tsv(tmp_path / "out" / "results.tsv")
+    rows = list(csv.reader(path.open(), delimiter="\t"))
+    assert rows[0] == TSV_COLUMNS
+    assert rows[0][:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert len(rows) == 3  # the queued e0003 is not a result yet
+    r1 = dict(zip(TSV_COLUMNS, rows[1]))
+    assert r1 == {"commit": f"{1:040x}"[:7], "val_bpb": "1.234568", "memory_gb": "3.0", "status": "keep",
+                  "description": "tab here newline", "id": "e0001", "wave": "", "gpu": "CPU",
+                  "cluster": "local-cpu1", "seed": "42", "steps": "77", "decision": "keep"}
+    r2 = dict(zip(TSV_COLUMNS, rows[2]))
+    assert (r2["val_bpb"], r2["memory_gb"], r2["status"], r2["decision"]) == ("0.000000", "0.0", "crash", "")
+
+
+def test_clusters_upsert_and_gone(ledger):
+    ledger.upsert_clusters([Cluster(name="a", backend="local", gpu_type="CPU", state="up"),
+                            Cluster(name="b", backend="local", gpu_type="CPU", state="up")])
+    ledger.upsert_clusters([Cluster(name="a", backend="local", gpu_type="CPU", state="up")], mark_missing_gone=True)
+    assert [c.name for c in ledger.clusters()] == ["a"]
+    assert {c.name: c.state for c in ledger.clusters(include_gone=True)} == {"a": "up", "b": "gone"}
+
+
+def test_threads_record_each_result_once(ledger, tmp_path):
+    """8 threads race to record the same 50 results: each is recorded exactly once."""
+    ledger.insert_launch([_exp(i) for i in range(1, 51)])
+    for i in range(1, 51):
+        ledger.begin_attempt(format_exp_id(i), 1, "c", "CPU", 1, None, str(tmp_path))
+    wins: list[str] = []
+    lock = threading.Lock()
+
+    def worker():
+        for i in range(1, 51):
+            if ledger.finish_attempt(format_exp_id(i), 1, Status.done, metrics=Metrics(val_bpb=1.0)):
+                with lock:
+                    wins.append(format_exp_id(i))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [format_exp_id(i) for i in range(1, 51)]
+    finished = [ev for ev in ledger.events(limit=10_000) if ev["kind"] == "finished"]
+    assert len(finished) == 50
+
+
+def test_queries_fast_at_10k(ledger, tmp_path):
+    exps = [_exp(i, status=Status.queued) for i in range(1, 10_001)]
+    ledger.insert_launch(exps)
+    with ledger.tx() as c:
+        c.execute("UPDATE experiments SET status='done', val_bpb=1.0 + (seq % 97) / 1000.0, ran_on_gpu='CPU' "
+                  "WHERE seq % 10 != 0")
+    t0 = time.perf_counter()
+    page, total = ledger.list(status="done", offset=5000, limit=50)
+    t_list = time.perf_counter() - t0
+    assert total == 9000 and len(page) == 50
+    t0 = time.perf_counter()
+    q = ledger.queued()
+    t_queue = time.perf_counter() - t0
+    assert len(q) == 1000
+    assert t_list < 0.2 and t_queue < 0.2, (t_list, t_queue)
+    assert format_exp_id(10_000) == "e10000" and ledger.max_experiment_seq() == 10_000

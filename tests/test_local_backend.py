@@ -1,0 +1,314 @@
+"""LocalBackend with real runner processes: slots, submit/poll/cancel, handles that outlive the
+engine process, and children that never hold the server's stdout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mcp_server import runner
+from mcp_server.backends.base import JobHandle, JobSpec
+from mcp_server.backends.local import LocalBackend, parse_nvidia_smi
+from mcp_server.errors import Conflict, InvalidInput, NotFound
+
+PREPARE = "# stand-in harness\nHARNESS = 1\n"
+HASH = hashlib.sha256(PREPARE.encode()).hexdigest()
+
+# Records what it was given (env, stdin), optionally waits for a GO file, then reports a result.
+REPORTING_TRAIN = textwrap.dedent("""\
+    import json, os, time
+    keys = ["AUTORESEARCH_PROFILE", "AUTORESEARCH_SEED", "AUTORESEARCH_THREADS", "AUTORESEARCH_GPU_LABEL",
+            "AUTORESEARCH_CACHE", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED", "EXTRA_KNOB"]
+    seen = {k: os.environ.get(k) for k in keys}
+    seen["stdin"] = os.readlink("/proc/self/fd/0")
+    seen["pgid_is_own"] = os.getpgid(0) == os.getpid()
+    with open("env.json.tmp", "w") as f:
+        json.dump(seen, f)
+    os.replace("env.json.tmp", "env.json")
+    print("TRAIN OUTPUT that must stay in run.log", flush=True)
+    while os.environ.get("WAIT_FOR_GO") and not os.path.exists("GO"):
+        time.sleep(0.05)
+    print("---")
+    print("val_bpb:          1.234000")
+    print('RESULT_JSON: {"val_bpb": 1.234, "num_steps": 5}')
+""")
+
+HANG = "import time\nopen('started', 'w').close()\nwhile True:\n    time.sleep(1)\n"
+
+
+def make_run_dir(tmp_path: Path, train: str = REPORTING_TRAIN, name: str = "run") -> Path:
+    d = tmp_path / name
+    d.mkdir(parents=True)
+    (d / "prepare.py").write_text(PREPARE)
+    (d / "train.py").write_text(train)
+    return d
+
+
+def spec(d: Path, eid: str = "e0001", env: dict[str, str] | None = None, **kw: object) -> JobSpec:
+    fields: dict = dict(experiment_id=eid, attempt=1, run_dir=d, profile="cpu", timeout_s=60.0,
+                        harness_hash=HASH, seed=7, env=env or {})
+    fields.update(kw)
+    return JobSpec(**fields)
+
+
+def wait_outcome(backend: LocalBackend, handle: JobHandle, seconds: float = 30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        outcomes = backend.poll([handle])
+        if outcomes:
+            assert len(outcomes) == 1 and outcomes[0].handle == handle
+            return outcomes[0]
+        time.sleep(0.05)
+    raise AssertionError("no outcome in time")
+
+
+def wait_for(path: Path, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    return runner.proc_state(pid) in (None, "Z", "X")
+
+
+def fake_nvidia_smi(tmp_path: Path, body: str) -> str:
+    """A stand-in nvidia-smi executable (this machine has no GPU)."""
+    exe = tmp_path / "bin" / "nvidia-smi"
+    exe.parent.mkdir(exist_ok=True)
+    exe.write_text("#!/bin/sh\n" + body)
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_gpu_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+# -- slots ------------------------------------------------------------------------------------
+
+def test_cpu_slots_without_gpus(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=3, nvidia_smi=str(tmp_path / "no-such-nvidia-smi"))
+    clusters = backend.clusters()
+    assert [c.name for c in clusters] == ["local-cpu0", "local-cpu1", "local-cpu2"]
+    assert all(c.gpu_type == "CPU" and c.state == "up" and c.backend == "local" and not c.simulated
+               for c in clusters)
+    assert backend.reconcile() == clusters
+    assert backend.queue_depth("local-cpu0") == 1
+
+
+def test_slot_labels_are_a_named_simulation(tmp_path: Path) -> None:
+    backend = LocalBackend(slot_labels=["h100", "H100", "nvidia h200"], nvidia_smi=str(tmp_path / "none"))
+    clusters = backend.clusters()
+    assert [c.gpu_type for c in clusters] == ["H100", "H100", "H200"]
+    assert all(c.simulated for c in clusters)
+    assert [c.name for c in clusters] == ["local-sim0-h100", "local-sim1-h100", "local-sim2-h200"]
+    with pytest.raises(InvalidInput, match="not a known GPU type"):
+        LocalBackend(slot_labels=["H100", "TPUv9"], nvidia_smi=str(tmp_path / "none"))
+    with pytest.raises(InvalidInput, match="non-empty list"):
+        LocalBackend(slot_labels=[], nvidia_smi=str(tmp_path / "none"))
+    with pytest.raises(InvalidInput, match="cpu_slots"):
+        LocalBackend(cpu_slots=0)
+
+
+def test_gpu_slots_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\necho "NVIDIA A100-SXM4-80GB, 81920 MiB"\n')
+    backend = LocalBackend(cpu_slots=5, nvidia_smi=smi)
+    assert [(c.name, c.gpu_type, c.simulated) for c in backend.clusters()] == [
+        ("local-gpu0", "H100", False), ("local-gpu1", "A100-80GB", False)]
+    # each slot pins its own device for the run
+    d = make_run_dir(tmp_path)
+    out = wait_outcome(backend, backend.submit("local-gpu1", spec(d)))
+    assert out.result["status"] == "done"
+    assert json.loads((d / "env.json").read_text())["CUDA_VISIBLE_DEVICES"] == "1"
+    # a server started with CUDA_VISIBLE_DEVICES=1 only uses that GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [(c.name, c.gpu_type) for c in LocalBackend(nvidia_smi=smi).clusters()] == [("local-gpu1", "A100-80GB")]
+    # more simulation labels than GPUs is refused
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(InvalidInput, match="only 2 local GPUs"):
+        LocalBackend(slot_labels=["H100", "H100", "H200"], nvidia_smi=smi)
+
+
+def test_broken_nvidia_smi_means_cpu_slots(tmp_path: Path) -> None:
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"\nexit 9\n')
+    assert [c.gpu_type for c in LocalBackend(cpu_slots=2, nvidia_smi=smi).clusters()] == ["CPU", "CPU"]
+
+
+def test_parse_nvidia_smi() -> None:
+    assert parse_nvidia_smi("NVIDIA L4, 23034 MiB\n\nNVIDIA GeForce RTX 4090, 24564 MiB\n") == [
+        ("NVIDIA L4", 23034.0), ("NVIDIA GeForce RTX 4090", 24564.0)]
+
+
+def test_provision_refuses_and_teardown_is_a_no_op(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=2, nvidia_smi=str(tmp_path / "none"))
+    with pytest.raises(InvalidInput, match="fixed set of slots: 2 CPU slots.*use backend skypilot"):
+        backend.provision(1, "H100")
+    assert backend.teardown() == []
+    assert backend.teardown(["local-cpu1"]) == []
+    assert len(backend.clusters()) == 2
+    with pytest.raises(NotFound, match="local-cpu0, local-cpu1"):
+        backend.teardown(["local-cpu9"])
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+def test_submit_poll_passes_the_slot_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    backend = LocalBackend(slot_labels=["H100", "H200"], cache_dir=tmp_path / "cache", nvidia_smi=str(tmp_path / "none"))
+    d = make_run_dir(tmp_path)
+    handle = backend.submit("local-sim1-h200", spec(d, env={"EXTRA_KNOB": "3", "WAIT_FOR_GO": "1"}))
+    assert handle.cluster == "local-sim1-h200" and handle.experiment_id == "e0001"
+    assert isinstance(handle.backend_ref["pid"], int) and handle.backend_ref["start_time"]
+    wait_for(d / "env.json")
+    assert backend.poll([handle]) == []                       # still running
+    assert backend.clusters()[1].running == ["e0001"]
+    with pytest.raises(Conflict, match="one job at a time"):  # the slot is busy
+        backend.submit("local-sim1-h200", spec(make_run_dir(tmp_path, name="other"), eid="e0002"))
+    (d / "GO").touch()
+    out = wait_outcome(backend, handle)
+    assert not out.lost and out.result["status"] == "done"
+    assert out.result["metrics"] == {"val_bpb": 1.234, "num_steps": 5}
+    assert out.log_path == str(d / "run.log")
+    assert backend.clusters()[1].running == []
+    seen = json.loads((d / "env.json").read_text())
+    assert seen == {
+        "AUTORESEARCH_PROFILE": "cpu", "AUTORESEARCH_SEED": "7", "AUTORESEARCH_THREADS": str(max(1, cores // 2)),
+        "AUTORESEARCH_GPU_LABEL": "H200", "AUTORESEARCH_CACHE": str(tmp_path / "cache"),
+        "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "EXTRA_KNOB": "3",
+        "stdin": "/dev/null", "pgid_is_own": True,
+    }
+    assert (d / "runner.py").read_bytes() == Path(runner.__file__).read_bytes()
+    assert "TRAIN OUTPUT" in (d / "run.log").read_text()
+    assert (d / "runner.out").read_text().strip().splitlines()[-1].startswith("AUTORESEARCH_RESULT: ")
+
+
+def test_submit_rejects_bad_jobs(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    d = make_run_dir(tmp_path)
+    with pytest.raises(NotFound, match="local-cpu0"):
+        backend.submit("local-gpu7", spec(d))
+    with pytest.raises(InvalidInput, match="harness_hash"):
+        backend.submit("local-cpu0", spec(d, harness_hash="abc; rm -rf /"))
+    with pytest.raises(InvalidInput, match="timeout_s"):
+        backend.submit("local-cpu0", spec(d, timeout_s=-1))
+    with pytest.raises(InvalidInput, match="does not exist"):
+        backend.submit("local-cpu0", spec(tmp_path / "missing"))
+    (d / "prepare.py").unlink()
+    with pytest.raises(InvalidInput, match="lacks prepare.py"):
+        backend.submit("local-cpu0", spec(d))
+    d2 = make_run_dir(tmp_path, name="used")
+    (d2 / "result.json").write_text("{}")
+    with pytest.raises(Conflict, match="fresh run directory"):
+        backend.submit("local-cpu0", spec(d2))
+    assert backend.clusters()[0].running == []
+    assert not (d / "runner.py").exists()
+
+
+def test_cancel_is_idempotent_and_keeps_a_finished_result(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=2, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    d = make_run_dir(tmp_path, HANG)
+    handle = backend.submit("local-cpu0", spec(d))
+    wait_for(d / "started")
+    backend.cancel(handle)
+    backend.cancel(handle)
+    assert gone(handle.backend_ref["pid"])
+    assert wait_outcome(backend, handle).result["status"] == "cancelled"
+    # cancelling a job that already finished changes nothing
+    d2 = make_run_dir(tmp_path, name="finished")
+    h2 = backend.submit("local-cpu1", spec(d2, eid="e0002"))
+    assert wait_outcome(backend, h2).result["status"] == "done"
+    before = (d2 / "result.json").read_bytes()
+    backend.cancel(h2)
+    assert (d2 / "result.json").read_bytes() == before
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_runner(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    d = make_run_dir(tmp_path)
+    # a live process (this one) with the wrong start time: the runner it names is gone
+    handle = JobHandle("e0001", 1, "local-cpu0", str(d),
+                       {"pid": os.getpid(), "start_time": 1, "boot_id": ""}, time.time())
+    out = backend.poll([handle])
+    assert len(out) == 1 and out[0].lost and "no longer running" in out[0].reason
+    # an empty backend_ref (never submitted) with a result on disk still yields the result
+    (d / "result.json").write_text(json.dumps({"status": "done", "metrics": {"val_bpb": 1.0}}))
+    bare = JobHandle("e0001", 1, "local-cpu0", str(d), {}, 0.0)
+    assert backend.poll([bare])[0].result["status"] == "done"
+    backend.cancel(bare)  # nothing to do, no error
+
+
+# -- engine restarts and stdout ---------------------------------------------------------------
+
+SUBMIT_SCRIPT = textwrap.dedent("""\
+    import sys
+    from pathlib import Path
+    from mcp_server.backends.base import JobSpec
+    from mcp_server.backends.local import LocalBackend
+    run_dir, handle_file, hash_ = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    backend = LocalBackend(cpu_slots=1, nvidia_smi="/nonexistent/nvidia-smi", kill_grace_s=0.5)
+    handle = backend.submit("local-cpu0", JobSpec("e0001", 1, run_dir, "cpu", 60.0, hash_, 7,
+                                                   {"WAIT_FOR_GO": "1"}))
+    handle_file.write_text(handle.to_json())
+    print("submitted", flush=True)
+""")
+
+
+def submit_from_another_process(tmp_path: Path, d: Path) -> tuple[JobHandle, str]:
+    """Submit from a short-lived 'engine' process whose stdout is a pipe; return the handle and
+    everything that ever reached that pipe (read to EOF: no runner may still hold it)."""
+    script = tmp_path / "engine.py"
+    script.write_text(SUBMIT_SCRIPT)
+    handle_file = tmp_path / "handle.json"
+    engine = subprocess.Popen([sys.executable, str(script), str(d), str(handle_file), HASH],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # communicate() reads to EOF: it would block until the run ends if a child kept the pipe.
+    stdout, stderr = engine.communicate(timeout=30)
+    assert engine.returncode == 0, stderr.decode()
+    return JobHandle.from_json(handle_file.read_text()), stdout.decode()
+
+
+def test_handle_survives_an_engine_restart_and_children_do_not_inherit_stdout(tmp_path: Path) -> None:
+    d = make_run_dir(tmp_path)
+    handle, stdout = submit_from_another_process(tmp_path, d)
+    assert stdout == "submitted\n"                 # nothing from the runner or train.py
+    wait_for(d / "env.json")
+    assert not gone(handle.backend_ref["pid"])     # the run outlived its engine
+    fresh = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    assert fresh.poll([handle]) == []              # recognised as alive by pid + start time
+    assert fresh.clusters()[0].running == ["e0001"]
+    (d / "GO").touch()
+    out = wait_outcome(fresh, handle)
+    assert out.result["status"] == "done" and out.result["metrics"]["val_bpb"] == 1.234
+    assert fresh.clusters()[0].running == []
+
+
+def test_runner_killed_while_the_engine_was_down_is_lost_after_restart(tmp_path: Path) -> None:
+    d = make_run_dir(tmp_path)
+    handle, _ = submit_from_another_process(tmp_path, d)
+    wait_for(d / "env.json")
+    wait_for(d / "train.pid")
+    train_pid = json.loads((d / "train.pid").read_text())["pid"]
+    os.kill(handle.backend_ref["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not gone(handle.backend_ref["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fresh = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    out = wait_outcome(fresh, handle)
+    assert out.lost and out.result is None
+    assert "no longer running" in out.reason and "without writing result.json" in out.reason
+    deadline = time.monotonic() + 5
+    while not gone(train_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(train_pid), "the orphaned train.py was not killed"

@@ -1,0 +1,273 @@
+"""Scheduler policy against a SIMULATED backend (an in-memory stand-in, no processes): placement by
+GPU type, priority, queue depth, retries of lost attempts, watchdog, cancellation, recovery.
+
+The real runner + LocalBackend path is covered by tests/test_engine.py and tests/test_recovery.py;
+this file checks the scheduling rules quickly and deterministically (tick() is driven by hand)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
+from mcp_server.ledger import Ledger, format_exp_id
+from mcp_server.models import Cluster, Experiment, Status
+from mcp_server.scheduler import Scheduler
+
+
+class SimulatedBackend(Backend):
+    """SIMULATION: slots and jobs live in memory; the test decides when and how jobs end."""
+
+    name = "simulated"
+
+    def __init__(self, slots: dict[str, str], depth: int = 1) -> None:
+        self.slots = slots                       # name -> gpu type
+        self.depth = depth
+        self.jobs: dict[str, JobHandle] = {}     # exp id -> handle of live jobs
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.submitted: list[tuple[str, str, int]] = []   # (exp id, slot, attempt)
+        self.cancelled: list[str] = []
+        self.fail_submit: set[str] = set()
+
+    def clusters(self):
+        return [Cluster(name=n, backend=self.name, gpu_type=g, state="up", simulated=True) for n, g in self.slots.items()]
+
+    def queue_depth(self, cluster):
+        return self.depth
+
+    def provision(self, count, gpu_type=None):
+        raise NotImplementedError
+
+    def teardown(self, names=None):
+        return []
+
+    def submit(self, cluster, job: JobSpec):
+        if cluster in self.fail_submit:
+            raise RuntimeError("simulated submit failure")
+        h = JobHandle(job.experiment_id, job.attempt, cluster, str(job.run_dir), {"sim": True}, time.time())
+        self.jobs[job.experiment_id] = h
+        self.submitted.append((job.experiment_id, cluster, job.attempt))
+        return h
+
+    def poll(self, handles):
+        out = []
+        for h in handles:
+            o = self.outcomes.get(h.experiment_id)
+            if o is not None and o.handle.attempt == h.attempt:
+                out.append(JobOutcome(h, result=o.result, lost=o.lost, reason=o.reason))
+                self.jobs.pop(h.experiment_id, None)
+                del self.outcomes[h.experiment_id]
+        return out
+
+    def cancel(self, handle):
+        self.cancelled.append(handle.experiment_id)
+        self.jobs.pop(handle.experiment_id, None)
+
+    # test helpers
+    def finish(self, exp_id, status="done", val_bpb=1.0):
+        h = self.jobs[exp_id]
+        self.outcomes[exp_id] = JobOutcome(h, result={"status": status, "metrics": {"val_bpb": val_bpb, "num_steps": 5},
+                                                      "error": None if status == "done" else "boom",
+                                                      "log_tail": "Traceback...\nValueError: boom",
+                                                      "started_at": time.time() - 2, "ended_at": time.time()})
+
+    def lose(self, exp_id):
+        h = self.jobs[exp_id]
+        self.outcomes[exp_id] = JobOutcome(h, lost=True, reason="simulated slot vanished")
+
+    def running_on(self):
+        return {eid: h.cluster for eid, h in self.jobs.items()}
+
+
+def _build_job(exp: Experiment, attempt: int, slot: Cluster, run_dir: Path) -> JobSpec:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return JobSpec(exp.id, attempt, run_dir, "cpu", 10.0, "0" * 64, exp.seed)
+
+
+def _queue(ledger: Ledger, n: int, start: int = 1, **kw) -> list[str]:
+    exps = [Experiment(id=format_exp_id(start + i), description=f"x{start + i}", commit="c" * 40, **kw)
+            for i in range(n)]
+    ledger.insert_launch(exps)
+    return [e.id for e in exps]
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    lg = Ledger(tmp_path / "ledger.db")
+    yield lg
+    lg.close()
+
+
+def _sched(ledger, backend, tmp_path, **kw):
+    s = Scheduler(ledger, backend, _build_job, tmp_path / "runs", **kw)
+    s.refresh_clusters()
+    return s
+
+
+def test_placement_by_gpu_type(ledger, tmp_path):
+    be = SimulatedBackend({"s-h100-0": "H100", "s-h100-1": "H100", "s-h200-0": "H200"})
+    s = _sched(ledger, be, tmp_path)
+    h200 = _queue(ledger, 2, 1, gpu_type="H200")
+    anyg = _queue(ledger, 3, 3)
+    s.tick()
+    on = be.running_on()
+    assert on[h200[0]] == "s-h200-0"                   # only the H200 slot takes H200 work
+    assert h200[1] not in on                           # ... and waits for it, never an H100
+    assert {on[anyg[0]], on[anyg[1]]} == {"s-h100-0", "s-h100-1"} and anyg[2] not in on
+    be.finish(h200[0])
+    s.tick()
+    assert be.running_on()[h200[1]] == "s-h200-0"      # the freed H200 slot goes to queued H200 work first
+    e = ledger.get(h200[0])
+    assert e.status == Status.done and e.ran_on_gpu == "H200" and e.cluster == "s-h200-0"
+
+
+def test_priority_then_launch_order(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    low = _queue(ledger, 2, 1)
+    high = _queue(ledger, 1, 3, priority=1000)
+    s.tick()
+    assert list(be.running_on()) == high
+    be.finish(high[0])
+    s.tick()
+    assert list(be.running_on()) == [low[0]]
+
+
+def test_queue_depth_two_and_max_concurrent(ledger, tmp_path):
+    be = SimulatedBackend({"a": "H100", "b": "H100"}, depth=2)
+    s = _sched(ledger, be, tmp_path, max_concurrent=3)
+    _queue(ledger, 6)
+    s.tick()
+    assert len(be.jobs) == 3                           # max_concurrent caps it below 2 x 2
+    s.max_concurrent = 64
+    s.tick()
+    on = list(be.running_on().values())
+    assert sorted(on) == ["a", "a", "b", "b"]          # two outstanding per slot (one queued ahead)
+
+
+def test_lost_is_retried_then_lost(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path, max_attempts=2)
+    (eid,) = _queue(ledger, 1)
+    s.tick()
+    be.lose(eid)
+    s.tick()                                           # lost -> requeued -> dispatched again as attempt 2
+    assert be.submitted == [(eid, "a", 1), (eid, "a", 2)]
+    assert ledger.get(eid).status == Status.running and ledger.get(eid).attempts == 2
+    be.lose(eid)
+    s.tick()
+    e = ledger.get(eid)
+    assert e.status == Status.lost and e.attempts == 2 and "vanished" in e.error
+    assert eid in be.cancelled                         # whatever a lost job left behind is cleaned up
+    assert [a["run_dir"].endswith(f"a{i}") for i, a in enumerate(ledger.attempts(eid), 1)] == [True, True]
+
+
+def test_code_failures_are_not_retried(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    (eid,) = _queue(ledger, 1)
+    s.tick()
+    be.finish(eid, status="crash")
+    s.tick()
+    e = ledger.get(eid)
+    assert e.status == Status.crash and e.attempts == 1 and "ValueError: boom" in e.error
+    assert len(be.submitted) == 1
+
+
+def test_unknown_runner_status_and_missing_bpb_are_crashes(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU", "b": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    e1, e2 = _queue(ledger, 2)
+    s.tick()
+    be.finish(e1, status="weird")
+    be.finish(e2, status="done", val_bpb=None)
+    s.tick()
+    assert ledger.get(e1).status == Status.crash and "unknown status" in ledger.get(e1).error
+    assert ledger.get(e2).status == Status.crash and "no val_bpb" in ledger.get(e2).error
+
+
+def test_watchdog_cancels_unresponsive_job(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path, hard_timeout_s=0.2, watchdog_margin_s=0.1)
+    (eid,) = _queue(ledger, 1)
+    s.tick()
+    time.sleep(0.4)
+    s.tick()
+    e = ledger.get(eid)
+    assert e.status == Status.timeout and "watchdog" in e.error and be.cancelled == [eid]
+
+
+def test_cancel_queued_and_running(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    run, queued = _queue(ledger, 2)
+    s.tick()
+    changed = s.cancel([run, queued])
+    assert set(changed) == {run, queued}
+    assert ledger.get(run).status == Status.cancelled and ledger.get(queued).status == Status.cancelled
+    assert be.cancelled == [run]
+    be.outcomes[run] = JobOutcome(JobHandle(run, 1, "a", ""), result={"status": "done", "metrics": {"val_bpb": 1.0}})
+    s.tick()                                           # a late result of a cancelled attempt is ignored
+    assert ledger.get(run).status == Status.cancelled
+
+
+def test_submit_failure_requeues_and_backs_off(ledger, tmp_path):
+    be = SimulatedBackend({"bad": "CPU", "good": "CPU"})
+    be.fail_submit = {"bad"}
+    s = _sched(ledger, be, tmp_path)
+    (eid,) = _queue(ledger, 1)
+    s.tick()      # tries 'bad' (alphabetical tie-break) -> fails -> requeued; 'bad' backs off
+    s.tick()
+    assert be.running_on() == {eid: "good"}
+    kinds = [ev["kind"] for ev in ledger.events(eid)]
+    assert "submit_failed" in kinds and "requeued" in kinds
+
+
+def test_recover_adopts_open_attempts_once(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU", "b": "CPU"})
+    s1 = _sched(ledger, be, tmp_path)
+    e1, e2 = _queue(ledger, 2)
+    s1.tick()
+    # "engine dies": s1 is dropped. e1 finished meanwhile, e2 still runs.
+    be.finish(e1)
+    s2 = _sched(ledger, be, tmp_path)
+    summary = s2.recover()
+    assert summary["adopted"] == 2
+    assert ledger.get(e1).status == Status.done and ledger.get(e2).status == Status.running
+    # s1 coming back to life and seeing the same result records nothing twice
+    be.outcomes[e1] = JobOutcome(JobHandle(e1, 1, "a", ""), result={"status": "done", "metrics": {"val_bpb": 9.0}})
+    s1.tick()
+    assert ledger.get(e1).metrics.val_bpb == 1.0
+    assert [ev["kind"] for ev in ledger.events(e1)].count("finished") == 1
+    be.finish(e2)
+    s2.tick()
+    assert ledger.get(e2).status == Status.done
+
+
+def test_recover_attempt_without_handle(ledger, tmp_path):
+    """The process died between marking the attempt and submitting: requeued (no result file)."""
+    be = SimulatedBackend({"a": "CPU"})
+    (eid,) = _queue(ledger, 1)
+    ledger.begin_attempt(eid, 1, "a", "CPU", 1, None, str(tmp_path / "runs" / eid / "a1"))
+    s = _sched(ledger, be, tmp_path)
+    assert s.recover()["requeued"] == 1
+    s.tick()
+    assert be.submitted == [(eid, "a", 2)]
+
+
+def test_background_thread_dispatches_on_wake(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path, poll_interval_s=5.0)
+    s.start()
+    try:
+        time.sleep(0.1)
+        (eid,) = _queue(ledger, 1)
+        t0 = time.monotonic()
+        s.wake()
+        while eid not in be.jobs and time.monotonic() - t0 < 2:
+            time.sleep(0.005)
+        assert eid in be.jobs and time.monotonic() - t0 < 1.0   # not after the 5 s poll interval
+    finally:
+        s.stop()

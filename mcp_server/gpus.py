@@ -36,8 +36,8 @@ GPU_TYPES: tuple[GpuType, ...] = (
     GpuType("A100", 40, 312.0, 1.56, 1.30, ("a100-40gb", "a100 40gb", "a100-sxm4-40gb", "a100-pcie-40gb", "nvidia a100")),
     GpuType("L40S", 48, 362.0, 0.864, 1.00, ("nvidia l40s", "l40-s", "l40 s")),
     GpuType("L4", 24, 121.0, 0.30, 0.75, ("nvidia l4",)),
-    # AWS does not publish A10G tensor peaks; ~70 dense bf16 is the commonly measured/quoted figure
-    # (the full-rate A10 is listed at 125).
+    # The A10G (AWS's variant) has half the A10's tensor rate: ~70 dense bf16 TFLOP/s (Baseten's
+    # "A10 vs A10G" spec comparison), not the A10's 125 — do not copy the A10 number here.
     GpuType("A10G", 24, 70.0, 0.60, 1.00, ("nvidia a10g",)),
     GpuType("RTX4090", 24, 165.2, 1.008, 0.60, ("rtx 4090", "geforce rtx 4090", "nvidia geforce rtx 4090", "4090")),
     GpuType("RTX3090", 24, 71.0, 0.936, 0.30, ("rtx 3090", "geforce rtx 3090", "nvidia geforce rtx 3090", "3090")),

@@ -214,6 +214,10 @@ def test_submit_rejects_bad_jobs(tmp_path: Path) -> None:
         backend.submit("local-cpu0", spec(d2))
     assert backend.clusters()[0].running == []
     assert not (d / "runner.py").exists()
+    broken = LocalBackend(cpu_slots=1, python=str(tmp_path / "no-python"), nvidia_smi=str(tmp_path / "none"))
+    with pytest.raises(InvalidInput, match="cannot start the runner"):
+        broken.submit("local-cpu0", spec(make_run_dir(tmp_path, name="fresh")))
+    assert broken.clusters()[0].running == []
 
 
 def test_cancel_is_idempotent_and_keeps_a_finished_result(tmp_path: Path) -> None:

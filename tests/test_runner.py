@@ -264,6 +264,18 @@ def test_harness_hash_is_sha256_of_the_bytes(tmp_path: Path) -> None:
     assert runner.harness_hash(p) == hashlib.sha256(b"\x00\xffprint('x')\r\n").hexdigest()
 
 
+def test_harness_hash_agrees_with_the_template_prepare_py() -> None:
+    template = ROOT / "train_template"
+    if not (template / "prepare.py").is_file():
+        pytest.skip("train_template/prepare.py is not there yet")
+    # prepare.harness_hash() imported in a child (-B: no __pycache__ left in the template)
+    out = subprocess.run([sys.executable, "-B", "-c", "import prepare; print(prepare.harness_hash())"],
+                         cwd=template, env=dict(os.environ, AUTORESEARCH_PROFILE="cpu"), capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == runner.harness_hash(template / "prepare.py")
+
+
 def test_parse_result_merges_summary_and_result_json() -> None:
     log = "noise: 1\n---\nval_bpb:          1.250000\nnum_steps:        10\ndevice:           cuda:NVIDIA H100 80GB HBM3\n" \
           'RESULT_JSON: {"val_bpb": 1.2, "total_tokens_M": 0.5}\n'

@@ -278,10 +278,14 @@ class LocalBackend(Backend):
                 "--timeout", repr(float(job.timeout_s)), "--python", self.python,
                 "--kill-grace", repr(self.kill_grace_s)]
         with open(run_dir / RUNNER_OUT, "wb") as out:
-            proc = subprocess.Popen(
-                args, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    args, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                )
+            except OSError as e:
+                raise InvalidInput(f"cannot start the runner with Python {self.python!r}: {e}; "
+                                   "configure the local backend's python to an existing interpreter") from e
         # Not reaped yet, so /proc/<pid> still exists even if the runner already exited.
         start = runner.proc_start_time(proc.pid)
         with _CHILDREN_LOCK:

@@ -18,9 +18,11 @@ from .common import ClusterName, OptGpuType, engine, tool_errors
 
 class MeasuredThroughput(BaseModel):
     runs: int = Field(description="Finished runs measured on this GPU type.")
-    median_steps: float | None = Field(None, description="Optimizer steps within the time budget (median).")
-    median_tokens_M: float | None = Field(None, description="Million tokens trained within the budget (median).")
-    median_training_seconds: float | None = None
+    mean_steps: float | None = Field(None, description="Optimizer steps within the time budget (mean).")
+    mean_tokens_per_s: float | None = Field(None, description="Training tokens per second (mean).")
+    mean_training_seconds: float | None = None
+    mean_peak_vram_mb: float | None = None
+    best_val_bpb: float | None = None
 
 
 class GpuTypeInfo(BaseModel):
@@ -32,6 +34,7 @@ class GpuTypeInfo(BaseModel):
     mem_bandwidth_tbs: float | None = Field(None, description="Memory bandwidth TB/s per GPU (spec sheet).")
     cost_per_hour: float | None = Field(None, description="$/hour per cluster where known.")
     simulated: bool = Field(False, description="True when the type is only a label on a local slot (simulation).")
+    cluster_names: list[str] = Field(default_factory=list)
     measured: MeasuredThroughput | None = Field(
         None, description="Measured on this fleet's finished runs: a faster tier fits more steps in the budget."
     )
@@ -52,10 +55,13 @@ class BudgetStatus(BaseModel):
     gpu_hours_spent: float = Field(description="GPU-hours used by experiments so far.")
     gpu_hour_budget: float | None = Field(None, description="Launches are refused past this; null = no budget.")
     gpu_hours_left: float | None = None
+    gpu_hours_by_type: dict[str, float] = Field(default_factory=dict)
     estimated_cost_usd: float | None = Field(None, description="Estimated spend where $/hour is known.")
     clusters_alive: int
     max_clusters: int
     experiments_live: int = Field(description="Queued + running now.")
+    experiments_running: int = 0
+    experiments_queued: int = 0
     max_concurrent: int
     cost_per_hour_now: float | None = Field(None, description="$/hour of the clusters up now, where known.")
     notes: list[str] = Field(default_factory=list)
@@ -96,7 +102,8 @@ def gpu_info_of(raw: dict[str, Any]) -> GpuInfo:
             mem_bandwidth_tbs=_num(row, "bandwidth_tbs", "mem_bandwidth_tbs"),
             cost_per_hour=_num(row, "price_per_hour_usd", "cost_per_hour"),
             simulated=bool(row.get("simulated", False)),
-            measured=MeasuredThroughput(**measured) if isinstance(measured, dict) else None,
+            cluster_names=list(row.get("cluster_names") or [])[:64],
+            measured=MeasuredThroughput.model_validate(measured) if isinstance(measured, dict) else None,
         ))
     return GpuInfo(gpu_types=types, notes=list(raw.get("notes") or []))
 
@@ -110,6 +117,9 @@ def budget_of(raw: dict[str, Any]) -> BudgetStatus:
         clusters_alive=int(_num(raw, "clusters_alive", "clusters") or 0),
         max_clusters=int(_num(raw, "max_clusters") or 0),
         experiments_live=int(_num(raw, "experiments_live", "live") or 0),
+        experiments_running=int(_num(raw, "experiments_running") or 0),
+        experiments_queued=int(_num(raw, "experiments_queued") or 0),
+        gpu_hours_by_type={str(k): float(v or 0.0) for k, v in (raw.get("gpu_hours_by_type") or {}).items()},
         max_concurrent=int(_num(raw, "max_concurrent") or 0),
         cost_per_hour_now=_num(raw, "cost_per_hour_now", "cost_per_hour"),
         notes=list(raw.get("notes") or []),

@@ -108,10 +108,10 @@ def tool_errors(fn: F) -> F:
 # Constraint-only types, then the parameter types with their description at the top level (so an
 # optional parameter's description is not buried inside an anyOf arm).
 
-ExperimentIdStr = Annotated[str, Field(pattern=r"^e\d{4,7}$", max_length=8)]
-WaveIdStr = Annotated[str, Field(pattern=r"^w\d{4,7}$", max_length=8)]
+ExperimentIdStr = Annotated[str, Field(pattern=r"^e\d{4,9}$", max_length=10)]
+WaveIdStr = Annotated[str, Field(pattern=r"^w\d{4,9}$", max_length=10)]
 GpuTypeStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", max_length=32)]
-BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,7}|[0-9a-fA-F]{7,40})$", max_length=40)]
+BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,9}|[0-9a-fA-F]{7,40})$", max_length=40)]
 ClusterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", max_length=63)]
 OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
 Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1000)]

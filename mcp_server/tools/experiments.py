@@ -65,6 +65,7 @@ class WaitResult(BaseModel):
     )
     still_running: list[str]
     timed_out: bool
+    interrupted: bool = Field(False, description="True when the server shut down during the wait.")
     next_step: str
 
 
@@ -196,7 +197,8 @@ async def wait_for_experiments(
         hint = ("All finished. Read the verdicts; keep_experiment the best improvement (beyond the noise), "
                 "discard_experiment the rest, or launch the next wave. leaderboard ranks everything per GPU type.")
     return WaitResult(finished=[ExperimentBrief.of(e) for e in res.finished], verdicts=res.verdicts,
-                      still_running=res.still_running, timed_out=res.timed_out, next_step=hint)
+                      still_running=res.still_running, timed_out=res.timed_out,
+                      interrupted=getattr(res, "interrupted", False), next_step=hint)
 
 
 @tool_errors

@@ -14,7 +14,7 @@ from .. import plot
 from .common import ExperimentBrief, ExperimentId, GpuTypeStr, WaveIdStr, engine, fleet, tool_errors
 
 LOG_PAGE_MAX = 16000
-PLOT_PAGE = 1000
+PLOT_PAGE = 500
 
 # -- outputs -----------------------------------------------------------------------------------
 
@@ -73,20 +73,11 @@ def get_experiment(
 
 
 def read_log_page(eng, experiment_id: str, offset: int | None, limit: int) -> tuple[str, int, int | None]:
-    """(text, offset of text, next offset or None). offset None = the tail of the log."""
-    if offset is not None:
-        text, nxt = eng.read_log(experiment_id, offset=offset, limit=limit)
-        return text, offset, nxt
-    # The tail: find the log's length by reading past the end, then read the last `limit` chars.
-    text, nxt = eng.read_log(experiment_id, offset=0, limit=limit)
-    start = 0
-    while nxt is not None:
-        start = nxt
-        text, nxt = eng.read_log(experiment_id, offset=start, limit=LOG_PAGE_MAX * 8)
-    end = start + len(text)
-    start = max(0, end - limit)
-    text, nxt = eng.read_log(experiment_id, offset=start, limit=limit)
-    return text, start, nxt
+    """(text, offset of text, next offset or None). offset None = the last `limit` characters."""
+    if offset is None:
+        offset = max(0, eng.log_size(experiment_id) - limit)
+    text, nxt = eng.read_log(experiment_id, offset=offset, limit=limit)
+    return text, offset, nxt
 
 
 @tool_errors

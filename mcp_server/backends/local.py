@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import gpus, runner
+from ..config import FleetConfig
 from ..errors import Conflict, InvalidInput, NotFound
 from ..models import Cluster
 from .base import Backend, JobHandle, JobOutcome, JobSpec
@@ -154,7 +155,7 @@ class LocalBackend(Backend):
         self._by_name = {s.name: s for s in self._slots}
 
     @classmethod
-    def from_config(cls, config: Any, *, python: str | None = None) -> "LocalBackend":
+    def from_config(cls, config: FleetConfig, *, python: str | None = None) -> "LocalBackend":
         """From a FleetConfig (cpu_slots, slot_labels, cache_dir)."""
         return cls(cpu_slots=config.cpu_slots, slot_labels=config.slot_labels, python=python,
                    cache_dir=config.cache_dir)

@@ -195,7 +195,7 @@ def _scan(source: str) -> tuple[dict[str, _Binding], dict[str, str]]:
             targets, value = [stmt.target], stmt.value
         else:
             continue
-        names = [t.id for t in targets if isinstance(t, ast.Name) and CONSTANT_NAME.match(t.id)]
+        names = [t.id for t in targets if isinstance(t, ast.Name) and CONSTANT_NAME.fullmatch(t.id)]
         if not names:
             continue
         if len(targets) > 1:
@@ -361,7 +361,7 @@ def _unknown_name_error(name: Any, constants: dict[str, _Binding], excluded: dic
         )
     close = difflib.get_close_matches(name.upper(), list(constants), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    if not CONSTANT_NAME.match(name):
+    if not CONSTANT_NAME.fullmatch(name):
         why = "constants are module-level UPPER_CASE names (e.g. DEPTH)"
     else:
         why = "train.py has no module-level literal constant with that name"
@@ -445,7 +445,7 @@ def factorial(axes: dict[str, list[Any]], max_cells: int = 64) -> list[dict[str,
         )
     total = 1
     for name, levels in axes.items():
-        if not isinstance(name, str) or not CONSTANT_NAME.match(name):
+        if not isinstance(name, str) or not CONSTANT_NAME.fullmatch(name):
             raise InvalidInput(
                 f"Axis name {_short_repr(name)} is not a constant name: axes are module-level UPPER_CASE constants of train.py (e.g. DEPTH)."
             )

@@ -57,7 +57,7 @@ def _ref_name_ok(name: str) -> bool:
 
 
 def validate_tag(tag: Any) -> str:
-    if not isinstance(tag, str) or not TAG_PATTERN.match(tag) or not _ref_name_ok(tag) or tag.startswith("-"):
+    if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag) or not _ref_name_ok(tag) or tag.startswith("-"):
         raise InvalidInput(
             f"Invalid session tag {tag!r}: use 1-40 characters from A-Z a-z 0-9 . _ - (not starting with '.' or '-', "
             "no '..', not ending in '.lock'), e.g. 'mar27' or 'h100-sweep'. The branch will be autoresearch/<tag>."
@@ -66,7 +66,7 @@ def validate_tag(tag: Any) -> str:
 
 
 def validate_experiment_id(exp_id: Any) -> str:
-    if not isinstance(exp_id, str) or not EXPERIMENT_ID_PATTERN.match(exp_id):
+    if not isinstance(exp_id, str) or not EXPERIMENT_ID_PATTERN.fullmatch(exp_id):
         raise InvalidInput(
             f"Invalid experiment id {exp_id!r}: 1-64 characters from A-Z a-z 0-9 _ -, starting with a letter or digit "
             "(ids look like 'e0042')."
@@ -89,7 +89,8 @@ def _utf8(text: str, what: str) -> bytes:
 
 def _git_error(e: git.GitCommandError) -> str:
     text = (e.stderr or e.stdout or str(e)).strip()
-    return text.removeprefix("stderr:").strip().strip("'").strip()
+    text = text.removeprefix("stderr:").strip().strip("'").strip()
+    return " ".join(text.split())  # one line: the message is read by a model
 
 
 class Workspace:
@@ -270,11 +271,12 @@ class Workspace:
         experiment id (its snapshot ref wins over a short sha that reads the same)."""
         hint = "Give a commit sha (full or at least 4 hex digits), a branch such as " \
                f"{self.branch}, HEAD, or an experiment id with a snapshot."
-        if not isinstance(rev, str) or not REV_PATTERN.match(rev) or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev)):
+        if not isinstance(rev, str) or not REV_PATTERN.fullmatch(rev) or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev)):
             shown = rev[:60] + "..." if isinstance(rev, str) and len(rev) > 60 else rev
             raise InvalidInput(f"Invalid revision {shown!r}: not a sha or ref name. {hint}")
         with self._lock:
-            if EXPERIMENT_ID_PATTERN.match(rev):
+            name, suffix = re.fullmatch(r"(.*?)((?:[~^][0-9]*)*)", rev).groups()  # e0003~1 works too
+            if EXPERIMENT_ID_PATTERN.fullmatch(name) and self._rev_parse(EXPERIMENT_REF_PREFIX + name):
                 sha = self._rev_parse(EXPERIMENT_REF_PREFIX + rev)
                 if sha:
                     return sha

@@ -378,7 +378,9 @@ class Workspace:
             raise InvalidInput(f"train.py would be {len(train_bytes)} bytes; the limit is {MAX_SOURCE_BYTES} (1 MB).")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS or "\0" in message:
             raise InvalidInput(f"The commit message must be text of at most {MAX_MESSAGE_CHARS} characters without NUL bytes.")
-        message = message.strip() or f"experiment {exp_id}"
+        # The trailer names the experiment in the commit itself (and keeps two snapshots of the
+        # same code made in the same second from collapsing into one commit).
+        message = f"{message.strip() or 'experiment'}\n\nAutoresearch-Experiment: {exp_id}\n"
         harness_bytes = None
         if include_working_harness:
             harness = self.path / HARNESS

@@ -236,7 +236,7 @@ def test_snapshot_moves_nothing_but_its_own_ref(ws: Workspace):
     assert refs2.splitlines() == sorted(refs.splitlines() + [f"{sha} {EXPERIMENT_REF_PREFIX}e0001"], key=lambda l: l.split()[1])
     assert ws.experiment_refs() == {"e0001": sha}
     c = ws.repo.commit(sha)
-    assert c.parents[0].hexsha == ws.head_commit() and c.message.strip() == "lr 0.02"
+    assert c.parents[0].hexsha == ws.head_commit() and c.message == "lr 0.02\n\nAutoresearch-Experiment: e0001\n"
     snap = ws.file_at(sha, "train.py")
     assert "DEPTH = 6" in snap and "MATRIX_LR = 0.02" in snap
     assert ws.file_at(sha, "sky_task.yaml") == ws.file_at("HEAD", "sky_task.yaml")
@@ -284,8 +284,8 @@ def test_snapshot_chain_and_ref_overwrite(ws: Workspace):
 
 
 def test_identical_code_has_identical_code_hash(ws: Workspace):
-    a = launch(ws, "e0001", {"DEPTH": 8}, message="control")  # a no-op override
-    b = launch(ws, "e0002", message="baseline")
+    a = launch(ws, "e0001", {"DEPTH": 8})  # a no-op override: the control
+    b = launch(ws, "e0002")
     assert a != b and ws.code_hash_at(a) == ws.code_hash_at(b) == ws.code_hash_at("HEAD")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
@@ -17,11 +19,16 @@ class DecisionResult(BaseModel):
 
 
 @tool_errors
-def keep_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionResult:
+def keep_experiment(
+    ctx: Context,
+    experiment_id: ExperimentId,
+    force: Annotated[bool, Field(description="Reset the branch to the snapshot even when the branch has moved "
+                                 "since it was taken (only after a keep was refused for that reason).")] = False,
+) -> DecisionResult:
     """Adopt a finished experiment's code: the session branch moves to its snapshot and the
     workspace's train.py becomes that code, so the next experiments build on it. Use it for a
     verdict of 'improvement' (beyond the noise floor) on the GPU type you care about."""
-    exp = engine(ctx).keep(experiment_id)
+    exp = engine(ctx).keep(experiment_id, force=force)
     branch = f"autoresearch/{fleet(ctx).config.tag}"
     return DecisionResult(
         experiment=ExperimentBrief.of(exp), branch=branch, commit=exp.commit,

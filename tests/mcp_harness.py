@@ -1,0 +1,143 @@
+"""The scripted MCP harness's plumbing: start the REAL server (`python -m mcp_server.cli serve`) as a
+subprocess and talk to it over stdio or streamable HTTP with the SDK's real client; read the real
+ledger and git state to check what a call did (or did not) change."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def serve_args(workspace: Path, cache: str | Path, *, tag: str = "t", slots: int = 2, budget: float = 2.0,
+               extra: list[str] | None = None) -> list[str]:
+    return ["-m", "mcp_server.cli", "serve", "--workspace", str(workspace), "--tag", tag, "--backend", "local",
+            "--profile", "cpu", "--cpu-slots", str(slots), "--time-budget", str(budget),
+            "--cache-dir", str(cache), *(extra or [])]
+
+
+@asynccontextmanager
+async def stdio_session(args: list[str], log_path: Path) -> AsyncIterator[Client]:
+    params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO))
+    with open(log_path, "a", encoding="utf-8") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=600) as client:
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def http_server(args: list[str], log_path: Path, port: int, env: dict[str, str] | None = None,
+                      startup_s: float = 60.0) -> AsyncIterator[subprocess.Popen]:
+    """Start `serve --transport http` and wait until its port accepts connections."""
+    with open(log_path, "a", encoding="utf-8") as errlog:
+        proc = subprocess.Popen([sys.executable, *args], cwd=str(REPO), stdin=subprocess.DEVNULL,
+                                stdout=errlog, stderr=errlog, env={**os.environ, **(env or {})})
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"server did not listen on {port} in {startup_s}s; see {log_path}")
+                    await anyio.sleep(0.2)
+            yield proc
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def ok(client: Client, tool: str, args: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; return its structured content."""
+    res = await client.call_tool(tool, args or {}, **kw)
+    assert not res.is_error, f"{tool}({args}) failed: {res.content[0].text if res.content else res}"
+    assert res.structured_content is not None, f"{tool} returned no structured content"
+    # the text copy carries the same JSON for clients that ignore structured content
+    assert json.loads(res.content[0].text) == res.structured_content
+    return res.structured_content
+
+
+async def err(client: Client, tool: str, args: dict[str, Any] | None = None) -> str:
+    """Call a tool that must fail; return the error text."""
+    res = await client.call_tool(tool, args or {})
+    assert res.is_error, f"{tool}({args}) should have failed, got {res.structured_content}"
+    assert res.content and res.content[0].type == "text"
+    return res.content[0].text
+
+
+def png_of(result: Any) -> bytes:
+    images = [c for c in result.content if c.type == "image"]
+    assert len(images) == 1 and images[0].mime_type == "image/png"
+    return base64.b64decode(images[0].data)
+
+
+# -- state of the workspace -----------------------------------------------------------------------
+
+
+def git(workspace: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=workspace, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def git_state(workspace: Path) -> dict[str, str]:
+    return {
+        "refs": git(workspace, "for-each-ref", "--format=%(refname) %(objectname)"),
+        "head": git(workspace, "symbolic-ref", "-q", "HEAD"),
+        "head_commit": git(workspace, "rev-parse", "HEAD"),
+        "status": git(workspace, "status", "--porcelain"),
+        "train_py": (workspace / "train.py").read_text(),
+    }
+
+
+def ledger_path(workspace: Path) -> Path:
+    return workspace / ".autoresearch" / "ledger.db"
+
+
+def ledger_dump(workspace: Path) -> dict[str, Any]:
+    from mcp_server.ledger import Ledger
+
+    ledger = Ledger(ledger_path(workspace))
+    try:
+        return ledger.dump()
+    finally:
+        ledger.close()
+
+
+def ledger_experiments(workspace: Path) -> dict[str, Any]:
+    from mcp_server.ledger import Ledger
+
+    ledger = Ledger(ledger_path(workspace))
+    try:
+        return {e.id: e for e in ledger.all_experiments()}
+    finally:
+        ledger.close()

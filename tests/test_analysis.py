@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import time
 
 import pytest
 
@@ -196,7 +195,7 @@ def test_leaderboard_of_nothing():
     assert board.by_gpu_type == {} and board.noise_floor == {}
 
 
-def test_leaderboard_is_fast_at_10000_experiments():
+def test_leaderboard_at_10000_experiments():
     rng = random.Random(0)
     runs = []
     for i in range(10_000):
@@ -209,10 +208,8 @@ def test_leaderboard_is_fast_at_10000_experiments():
             decision=Decision.keep if i % 997 == 0 else None,
             metrics=Metrics(val_bpb=1.0 + rng.gauss(0, 0.01) if i % 10 else None, num_steps=900),
         ))
-    best = math.inf
-    for _ in range(5):  # best of five: the machine is shared
-        t0 = time.perf_counter()
-        board = leaderboard(runs)
-        best = min(best, time.perf_counter() - t0)
+    # Its speed (target < 50 ms) is measured by benchmarks/scheduler_utilization.py, not asserted here.
+    board = leaderboard(runs)
     assert len(board.by_gpu_type["H100"]) == 20
-    assert best < 0.050, f"leaderboard took {best * 1000:.1f} ms at 10,000 experiments"
+    means = [row.val_bpb for row in board.by_gpu_type["H100"]]
+    assert means == sorted(means)

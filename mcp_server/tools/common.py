@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 
@@ -41,20 +42,30 @@ def engine(ctx: Context) -> "Engine":
 
 # -- error mapping -----------------------------------------------------------------------------
 
-# (error kind, tools the hint names, the hint): appended when the engine's text names none of them.
-_HINTS: list[tuple[type[FleetError], tuple[str, ...], str]] = [
-    (NotFound, ("fetch_results", "list_clusters"),
-     "Call fetch_results (experiments) or list_clusters (clusters) to see the valid ids."),
-    (LimitExceeded, ("budget_status",), "Call budget_status to see the limits and what is in use."),
+# (error kind, word in the text, the hint): the first match is appended when the engine's text
+# names no tool call yet (its texts usually do).
+_HINTS: list[tuple[type[FleetError], str, str]] = [
+    (NotFound, "cluster", "Call list_clusters to see the cluster names."),
+    (NotFound, "wave", "Call fetch_results to see the experiments and their wave ids."),
+    (NotFound, "experiment", "Call fetch_results to see the experiment ids."),
+    (LimitExceeded, "", "Call budget_status to see the limits and what is in use."),
+    (FleetError, "no file", "Write the file into the workspace first (path relative to it), or omit source "
+     "to run train.py."),
 ]
+_TOOL_NAME = re.compile(r"\b(" + "|".join((
+    "get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard", "budget_status",
+    "plot_progress", "provision_clusters", "teardown_clusters", "launch_experiment", "launch_wave", "promote",
+    "wait_for_experiments", "cancel_experiments", "keep_experiment", "discard_experiment")) + r")\b")
 
 
 def to_tool_error(exc: FleetError) -> ToolError:
-    """The engine's text is already written for the model; add the next call where it is missing."""
+    """The engine's text is already written for the model; add the next call where it names none."""
     text = str(exc).strip() or type(exc).__name__
-    for kind, tools, hint in _HINTS:
-        if isinstance(exc, kind) and not any(t in text for t in tools):
-            text = f"{text} {hint}"
+    if not _TOOL_NAME.search(text):
+        for kind, word, hint in _HINTS:
+            if isinstance(exc, kind) and word in text.lower():
+                text = f"{text} {hint}"
+                break
     return ToolError(text)
 
 

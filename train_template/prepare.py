@@ -377,14 +377,15 @@ def _train_tokenizer(texts, out_dir):
     specials = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
     spec = dict(name=f"autoresearch{VOCAB_SIZE}", pattern=bpe.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
     enc = tiktoken.Encoding(name=spec["name"], pat_str=spec["pattern"], mergeable_ranks=ranks, special_tokens=specials)
-    assert enc.n_vocab == VOCAB_SIZE, (enc.n_vocab, VOCAB_SIZE)
+    if enc.n_vocab < VOCAB_SIZE:
+        print(f"warning: the text only supports {enc.n_vocab} tokens, fewer than the profile's {VOCAB_SIZE}", flush=True)
     # bytes per token: the denominator of bits-per-byte. Special tokens weigh 0 and so are never scored.
-    token_bytes = np.zeros(VOCAB_SIZE, dtype=np.int32)
+    token_bytes = np.zeros(enc.n_vocab, dtype=np.int32)
     for b, r in ranks.items():
         token_bytes[r] = len(b)
     _atomic_save_npy(out_dir / "token_bytes.npy", token_bytes)
     _atomic_write_bytes(out_dir / "tokenizer.pkl", pickle.dumps(spec))  # written last: marks the tokenizer done
-    print(f"tokenizer: vocab {VOCAB_SIZE} trained in {time.time() - t0:.1f}s", flush=True)
+    print(f"tokenizer: vocab {enc.n_vocab} trained in {time.time() - t0:.1f}s", flush=True)
 
 
 def _take_chars(docs, limit):

@@ -135,7 +135,8 @@ class Attention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         if ve is not None:  # per-head gate in (0, 2); its weights start at zero, so the gate starts at 1
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate.in_features]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).to(v.dtype)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # under bf16 autocast q, k, v are bf16: keep them so
         q, k = norm(apply_rope(q, cos, sin)), norm(apply_rope(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -172,6 +173,7 @@ class GPT(nn.Module):
         kv_dim = cfg.n_head * cfg.head_dim
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(cfg.vocab_size, kv_dim)
                                            for i in range(cfg.n_layer) if has_value_embedding(i, cfg.n_layer)})
+        self.ve_keys = [str(i) if has_value_embedding(i, cfg.n_layer) else None for i in range(cfg.n_layer)]
         self.lm_head = nn.Linear(cfg.model_dim, cfg.vocab_size, bias=False)
         self.resid_lambdas = nn.Parameter(torch.ones(cfg.n_layer))
         self.x0_lambdas = nn.Parameter(torch.zeros(cfg.n_layer))
@@ -211,7 +213,7 @@ class GPT(nn.Module):
         x = x0 = norm(self.wte(idx))
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            ve = self.value_embeds[self.ve_keys[i]](idx) if self.ve_keys[i] else None
             w = self.windows[i]
             mask = None if w >= T else getattr(self, f"mask{w}")[:T, :T]
             x = block(x, ve, cos, sin, mask)
@@ -364,6 +366,7 @@ if __name__ == "__main__":
     print(f"model: {cfg.n_layer} layers, dim {cfg.model_dim}, {cfg.n_head} heads of {cfg.head_dim}, "
           f"vocab {cfg.vocab_size}, seq {cfg.seq_len} | {num_params / 1e6:.2f}M params")
     print(f"batch: {total_batch:,} tokens/step = {grad_accum} x {rows} rows of {MAX_SEQ_LEN}")
+    print(f"setup: {time.time() - T_SCRIPT_START:.1f}s", flush=True)
 
     step, training_time, timed_tokens, smooth_loss = 0, 0.0, 0, 0.0
     explode_loss = 3 * math.log(cfg.vocab_size)  # a model that stays worse than 3x uniform has diverged
@@ -400,8 +403,12 @@ if __name__ == "__main__":
         if step > TIMER_SKIP_STEPS and training_time >= TIME_BUDGET:
             break
 
+    tokens_per_s = timed_tokens / max(training_time, 1e-9)
+    print(f"trained {step} steps ({step - TIMER_SKIP_STEPS} timed): {tokens_per_s:,.0f} tok/s", flush=True)
+    t_eval = time.time()
     with autocast:
-        val_bpb = evaluate_bpb(model, rows if DEVICE == "cuda" else 32)
+        val_bpb = evaluate_bpb(model, rows if DEVICE == "cuda" else 8)
+    print(f"eval: {time.time() - t_eval:.1f}s", flush=True)
     if not math.isfinite(val_bpb):
         print(f"FAIL: val_bpb is nan ({val_bpb})")
         sys.exit(1)
@@ -410,7 +417,6 @@ if __name__ == "__main__":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:  # peak resident memory of this process (Linux reports KiB)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tokens_per_s = timed_tokens / max(training_time, 1e-9)
     result = {
         "val_bpb": round(val_bpb, 6),
         "training_seconds": round(training_time, 1),

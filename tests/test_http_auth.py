@@ -4,6 +4,7 @@ The non-loopback case binds 0.0.0.0 and connects through 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp_harness import REPO, free_port, http_server, ok, serve_args
+from mcp_harness import REPO, cache, free_port, http_server, ok, serve_args  # noqa: F401 (fixture)
 
 from mcp_server.http import check_bind, is_loopback, InsecureBind
 
@@ -41,11 +42,11 @@ def test_short_token_refused():
 
 
 @pytest.mark.parametrize("env_token", [None, ""])
-def test_serve_refuses_non_loopback_without_token(tmp_path, prepared_cache, env_token, monkeypatch):
-    env = {k: v for k, v in __import__("os").environ.items() if k != "AUTORESEARCH_FLEET_TOKEN"}
+def test_serve_refuses_non_loopback_without_token(tmp_path, cache, env_token):
+    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_FLEET_TOKEN"}
     if env_token is not None:
         env["AUTORESEARCH_FLEET_TOKEN"] = env_token
-    args = serve_args(tmp_path / "ws", prepared_cache, extra=["--transport", "http", "--host", "0.0.0.0",
+    args = serve_args(tmp_path / "ws", cache, extra=["--transport", "http", "--host", "0.0.0.0",
                                                               "--port", str(free_port())])
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
@@ -55,10 +56,10 @@ def test_serve_refuses_non_loopback_without_token(tmp_path, prepared_cache, env_
 
 
 @pytest.mark.anyio
-async def test_token_required_on_every_request(tmp_path, prepared_cache):
+async def test_token_required_on_every_request(tmp_path, cache):
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
-    args = serve_args(tmp_path / "ws", prepared_cache, extra=["--transport", "http", "--host", "0.0.0.0",
+    args = serve_args(tmp_path / "ws", cache, extra=["--transport", "http", "--host", "0.0.0.0",
                                                               "--port", str(port)])
     async with http_server(args, tmp_path / "server.log", port, env={"AUTORESEARCH_FLEET_TOKEN": TOKEN}):
         async with httpx.AsyncClient(timeout=30) as http:

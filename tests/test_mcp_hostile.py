@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_harness import err, git_state, ledger_dump, ok, serve_args, stdio_session
+from mcp_harness import cache, err, git_state, ledger_dump, ok, serve_args, stdio_session  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -89,9 +89,9 @@ def hostile_calls(done: str, crashed: str) -> list[tuple[str, dict[str, Any], li
     ]
 
 
-async def test_hostile_calls_fail_with_guidance_and_change_nothing(tmp_path, prepared_cache):
+async def test_hostile_calls_fail_with_guidance_and_change_nothing(tmp_path, cache):
     ws = tmp_path / "ws"
-    args = serve_args(ws, prepared_cache, extra=["--max-clusters", "2", "--gpu-hour-budget", "0.001"])
+    args = serve_args(ws, cache, extra=["--max-clusters", "2", "--gpu-hour-budget", "0.001"])
     async with stdio_session(args, tmp_path / "server.log") as client:
         done = (await ok(client, "launch_experiment", {"description": "baseline"}))["experiments"][0]["id"]
         crashed = (await ok(client, "launch_experiment", {"description": "head dim zero",

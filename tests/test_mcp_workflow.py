@@ -13,7 +13,8 @@ import pytest
 
 from mcp_server.models import Decision, Status
 
-from mcp_harness import (
+from mcp_harness import (  # noqa: F401 (cache is a fixture)
+    cache,
     free_port,
     git,
     http_server,
@@ -161,20 +162,20 @@ def check_session_left_behind(workspace: Path, ids: dict[str, Any]) -> None:
     assert by_id[ids["cancelled"]]["status"] == "cancelled" and by_id[ids["best"]]["gpu"] == "CPU"
 
 
-async def test_workflow_over_stdio(tmp_path, prepared_cache):
+async def test_workflow_over_stdio(tmp_path, cache):
     ws = tmp_path / "ws"
-    async with stdio_session(serve_args(ws, prepared_cache), tmp_path / "server.log") as client:
+    async with stdio_session(serve_args(ws, cache), tmp_path / "server.log") as client:
         ids = await run_workflow(client, ws)
     check_session_left_behind(ws, ids)
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
-async def test_workflow_over_streamable_http(tmp_path, prepared_cache):
+async def test_workflow_over_streamable_http(tmp_path, cache):
     from mcp import Client
 
     ws = tmp_path / "ws"
     port = free_port()
-    args = serve_args(ws, prepared_cache, extra=["--transport", "http", "--port", str(port)])
+    args = serve_args(ws, cache, extra=["--transport", "http", "--port", str(port)])
     async with http_server(args, tmp_path / "server.log", port):
         async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=600) as client:
             ids = await run_workflow(client, ws)

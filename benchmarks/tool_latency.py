@@ -1,0 +1,150 @@
+"""Latency of the read-only MCP tools with a big ledger, measured the way Claude Code sees it:
+a real client calling the real server process over stdio.
+
+    python benchmarks/tool_latency.py [--experiments 10000] [--iterations 50] [--json out.json]
+
+Seeds the ledger directly through the engine's ledger API (10,000 finished experiments in 100
+waves, several GPU types, some failures), starts `autoresearch-fleet serve` on that workspace and
+times every read-only tool. Target: p95 < 50 ms for each (plot_progress renders an image and is
+reported, not held to the target). Exit code 1 when a tool misses the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp.client.stdio import stdio_client  # noqa: E402
+
+from mcp_server.config import FleetConfig  # noqa: E402
+from mcp_server.engine import Engine  # noqa: E402
+from mcp_server.models import Experiment, Metrics, Status, Wave  # noqa: E402
+
+TARGET_P95_MS = 50.0
+GPU_TYPES = ["CPU", "CPU", "CPU", "H100", "H200"]
+
+
+def seed_ledger(workspace: Path, n: int, rng: random.Random) -> None:
+    """n finished experiments, written through the Ledger API: launch -> attempt -> result."""
+    engine = Engine(FleetConfig(workspace=workspace, tag="bench", profile="cpu", cpu_slots=2))
+    ledger = engine.ledger
+    try:
+        per_wave = 100
+        hashes = [f"{rng.getrandbits(160):040x}" for _ in range(n // 10 + 1)]
+        t0 = time.time() - n * 10
+        for w in range(0, n, per_wave):
+            wave_id = f"w{w // per_wave + 1:04d}"
+            ids = [f"e{i + 1:04d}" for i in range(w, min(n, w + per_wave))]
+            exps = []
+            for k, eid in enumerate(ids):
+                lr = rng.choice([0.02, 0.03, 0.04, 0.06])
+                exps.append(Experiment(
+                    id=eid, description=f"wave {wave_id} cell MATRIX_LR={lr} DEPTH={4 + k % 4}", wave_id=wave_id,
+                    commit=f"{rng.getrandbits(160):040x}", code_hash=rng.choice(hashes), parent_code_hash=hashes[0],
+                    harness_hash="0" * 64, overrides={"MATRIX_LR": lr, "DEPTH": 4 + k % 4}, seed=42 + k % 3,
+                    gpu_type=None, created_at=t0 + int(eid[1:]) * 10))
+            wave = Wave(id=wave_id, description=f"bench wave {wave_id}", kind="factorial",
+                        design={"axes": {"MATRIX_LR": [0.02, 0.03, 0.04, 0.06], "DEPTH": [4, 5, 6, 7]}},
+                        experiment_ids=ids, created_at=t0 + w * 10)
+            ledger.insert_launch(exps, {e.id: "factorial" for e in exps}, wave)
+            for e in exps:
+                gpu = rng.choice(GPU_TYPES)
+                ledger.begin_attempt(e.id, 1, f"bench-{gpu.lower()}-{rng.randrange(8)}", gpu, 1, None,
+                                     str(workspace / ".autoresearch" / "runs" / e.id / "a1"))
+                roll = rng.random()
+                if roll < 0.9:
+                    speed = {"CPU": 1.0, "H100": 30.0, "H200": 40.0}[gpu]
+                    m = Metrics(val_bpb=1.0 + rng.gauss(0, 0.01) - 0.05 * (gpu != "CPU"), training_seconds=300.0,
+                                total_seconds=330.0, peak_vram_mb=40000.0, num_steps=int(30 * speed),
+                                total_tokens_M=15.0 * speed, num_params_M=50.0, depth=e.overrides["DEPTH"],
+                                device=gpu)
+                    ledger.finish_attempt(e.id, 1, Status.done, metrics=m, busy_seconds=330.0)
+                else:
+                    ledger.finish_attempt(e.id, 1, rng.choice([Status.crash, Status.oom, Status.nan]),
+                                          error="RuntimeError: synthetic failure", busy_seconds=20.0)
+    finally:
+        ledger.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+async def measure(workspace: Path, n: int, iterations: int, rng: random.Random, log: Path) -> dict[str, dict]:
+    args = ["-m", "mcp_server.cli", "serve", "--workspace", str(workspace), "--tag", "bench", "--profile", "cpu",
+            "--cpu-slots", "2", "--log-level", "WARNING"]
+    params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO))
+    calls = {
+        "get_gpu_info": lambda: {},
+        "list_clusters": lambda: {},
+        "budget_status": lambda: {},
+        "get_experiment": lambda: {"experiment_id": f"e{rng.randrange(1, n + 1):04d}"},
+        "fetch_results": lambda: {"offset": rng.randrange(0, n - 20), "limit": 20},
+        "fetch_results(status)": lambda: {"status": "crash", "offset": rng.randrange(0, 50), "limit": 20},
+        "leaderboard": lambda: {"limit": 10},
+        "plot_progress": lambda: {},
+    }
+    out: dict[str, dict] = {}
+    with open(log, "w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=300) as client:
+            for name, make in calls.items():
+                tool = name.split("(")[0]
+                reps = max(5, iterations // 10) if tool == "plot_progress" else iterations
+                for _ in range(3):  # warm-up (first call builds the engine's experiment cache)
+                    await client.call_tool(tool, make())
+                times = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    res = await client.call_tool(tool, make())
+                    times.append((time.perf_counter() - t) * 1000)
+                    if res.is_error:
+                        raise SystemExit(f"{name} failed: {res.content[0].text}")
+                size = len(res.content[0].text) if res.content and res.content[0].type == "text" else 0
+                out[name] = {"n": reps, "p50_ms": statistics.median(times), "p95_ms": pct(times, 0.95),
+                             "max_ms": max(times), "result_chars": size,
+                             "target": tool != "plot_progress"}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiments", type=int, default=10_000)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--workspace", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    rng = random.Random(a.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="arf-bench-"))
+    ws = a.workspace or tmp / "ws"
+    t = time.perf_counter()
+    seed_ledger(ws, a.experiments, rng)
+    print(f"seeded {a.experiments} experiments in {time.perf_counter() - t:.1f}s ({ws})", file=sys.stderr)
+    res = anyio.run(measure, ws, a.experiments, a.iterations, rng, tmp / "server.log")
+    print(f"{'tool':<24}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'result chars':>14}  target p95<{TARGET_P95_MS:g}ms")
+    missed = []
+    for name, r in res.items():
+        verdict = ("ok" if r["p95_ms"] < TARGET_P95_MS else "MISSED") if r["target"] else "(image, not targeted)"
+        if verdict == "MISSED":
+            missed.append(name)
+        print(f"{name:<24}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}{r['result_chars']:>14}  {verdict}")
+    if a.json:
+        a.json.write_text(json.dumps({"experiments": a.experiments, "results": res}, indent=2))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

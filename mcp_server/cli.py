@@ -138,7 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         clusters = ledger.clusters()
         usage = ledger.usage()
         exps = ledger.all_experiments()
-        print(f"workspace {args.workspace}  branch autoresearch/{args.tag}")
+        tag = ledger.get_meta("tag") or args.tag
+        print(f"workspace {args.workspace}  branch autoresearch/{tag}")
         print(f"experiments {sum(counts.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         print(f"clusters {len(clusters)}: " + ", ".join(f"{c.name} ({c.gpu_type}, {c.state})" for c in clusters))
         print(f"GPU-hours {usage['gpu_hours'] + usage['gpu_hours_in_flight']:.3f}, est. cost ${usage['cost_usd'] + usage['cost_usd_in_flight']:.2f}")
@@ -146,7 +147,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for gpu, rows in board.by_gpu_type.items():
             if rows:
                 r = rows[0]
-                print(f"best on {gpu}: {r.val_bpb:.6f} {r.experiment_id} ({r.description}), noise {board.noise_floor.get(gpu)}")
+                noise = board.noise_floor.get(gpu)
+                print(f"best on {gpu}: {r.val_bpb:.6f} over {r.seeds} seed(s), {r.experiment_id} ({r.description}); "
+                      f"noise floor {'n/a' if noise is None else f'{noise:.5f}'}")
     finally:
         ledger.close()
     return 0

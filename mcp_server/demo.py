@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 # Two knobs of train_template/train.py (module-level constants) and two levels each.
-DEMO_AXES: dict[str, list[Any]] = {"MATRIX_LR": [0.02, 0.08], "DEPTH": [2, 3]}
+DEMO_AXES: dict[str, list[Any]] = {"MATRIX_LR": [0.02, 0.08], "DEPTH": [4, 8]}
 DEFAULT_TIME_BUDGET = 8.0
 DEFAULT_SLOTS = 2
 WAIT_TIMEOUT = 600

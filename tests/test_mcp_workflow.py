@@ -6,6 +6,8 @@ the git branch the session left behind."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from mcp_server.models import Decision, Status
 
 from mcp_harness import (  # noqa: F401 (cache is a fixture)
     cache,
+    REPO,
     free_port,
     git,
     http_server,
@@ -168,6 +171,21 @@ async def test_workflow_over_stdio(tmp_path, cache):
         ids = await run_workflow(client, ws)
     check_session_left_behind(ws, ids)
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+    # the CLI reads the same ledger once the server is gone
+    status = cli(["status", "--workspace", str(ws)])
+    assert "branch autoresearch/t" in status and "cancelled 1" in status and "best on CPU" in status
+    (ws / "progress.png").unlink()
+    report = cli(["report", "--workspace", str(ws)])
+    assert "== CPU" in report and ids["best"] in report and (ws / "progress.png").exists()
+    assert (ws / "results.tsv").read_text() == (ws / ".autoresearch" / "results.tsv").read_text()
+
+
+def cli(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mcp_server.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 async def test_workflow_over_streamable_http(tmp_path, cache):

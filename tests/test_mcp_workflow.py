@@ -6,6 +6,7 @@ the git branch the session left behind."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,51 @@ async def test_workflow_over_streamable_http(tmp_path, cache):
         async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=600) as client:
             ids = await run_workflow(client, ws)
     check_session_left_behind(ws, ids)
+
+
+def test_stdout_carries_only_the_protocol(tmp_path, cache):
+    """In stdio mode every byte on stdout is JSON-RPC, even while training runs (child processes)
+    and the engine log: Claude Code would drop the server on a stray print."""
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "launch_experiment", "arguments": {"description": "stdout check"}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+         "params": {"name": "wait_for_experiments", "arguments": {"timeout_s": 300}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "plot_progress", "arguments": {}}},
+    ]
+    args = serve_args(tmp_path / "ws", cache, budget=1.0, extra=["--log-level", "DEBUG"])
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "server.log", "w"), text=True)
+    responses: dict[int, dict] = {}
+    lines: list[str] = []
+    try:
+        for req in requests:
+            proc.stdin.write(json.dumps(req) + "\n")
+            proc.stdin.flush()
+            if "id" not in req:
+                continue
+            while req["id"] not in responses:
+                line = proc.stdout.readline()
+                assert line, f"server closed stdout; see {tmp_path / 'server.log'}"
+                lines.append(line)
+                msg = json.loads(line)  # every line is one JSON-RPC message
+                assert msg.get("jsonrpc") == "2.0"
+                if "id" in msg:
+                    responses[msg["id"]] = msg
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rest == ""
+    assert proc.returncode == 0
+    waited = responses[3]["result"]["structuredContent"]
+    assert [e["status"] for e in waited["finished"]] == ["done"]
+    assert responses[4]["result"]["content"][1]["type"] == "image"
+    log = (tmp_path / "server.log").read_text()
+    assert "engine started" in log  # the log went to stderr

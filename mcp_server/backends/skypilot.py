@@ -166,6 +166,10 @@ class _Job:
     cancelled: bool = False
     cancel_sent: bool = False
     stage: str | None = None
+    spec: dict[str, Any] | None = None   # what to exec (kept on disk too: state_dir/stage/<key>.json)
+    deferred: bool = False               # not exec'd yet: waits until the job ahead is RUNNING
+    exec_busy: bool = False
+    exec_at: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -532,6 +536,7 @@ class SkyPilotBackend(Backend):
             "W=$PWD",
             f"cd {run_dir} || {{ echo 'ARF_ERROR: the run directory is missing on the cluster'; exit 97; }}",
             "mkdir -p ~/.arf",
+            'echo "ARF_WAITING_FOR_SLOT $(date +%s.%N)"',
             f'"$PY" -c {shlex.quote(_LOCK_AND_EXEC)} ~/.arf/slot.lock "$PY" runner.py'
             f" --expected-hash {shlex.quote(harness_hash)} --timeout {timeout} --python \"$PY\"",
             "rc=$?",
@@ -600,9 +605,8 @@ class SkyPilotBackend(Backend):
     def submit(self, cluster: str, job: JobSpec) -> JobHandle:
         if not self.is_ours(cluster):
             raise NotFound(f"{cluster!r} is not a cluster of this workspace (prefix {self.cluster_prefix!r}).")
-        for what, value in (("experiment_id", job.experiment_id),):
-            if not isinstance(value, str) or not _ID_RE.match(value):
-                raise InvalidInput(f"{what} must match {_ID_RE.pattern}, got {value!r}")
+        if not isinstance(job.experiment_id, str) or not _ID_RE.match(job.experiment_id):
+            raise InvalidInput(f"experiment_id must match {_ID_RE.pattern}, got {job.experiment_id!r}")
         if not isinstance(job.attempt, int) or job.attempt < 0:
             raise InvalidInput(f"attempt must be a non-negative integer, got {job.attempt!r}")
         if not (isinstance(job.timeout_s, (int, float)) and 0 < job.timeout_s < 10 * 86400):
@@ -615,35 +619,93 @@ class SkyPilotBackend(Backend):
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"
-        run_cmd = self.run_command(key, job.harness_hash, job.timeout_s)
-        envs = self._job_envs(job)
+        spec = {"cluster": cluster, "name": f"arf-{key}", "key": key,
+                "run": self.run_command(key, job.harness_hash, job.timeout_s),
+                "envs": self._job_envs(job), "demand": self.job_resources(info), "request_id": None}
         stage = self._stage_run(job, key)
-        try:
-            task = self.sky.Task(name=f"arf-{key}", run=run_cmd, workdir=str(stage), envs=envs)
-            demand = self.job_resources(info)
-            if demand:
-                task.set_resources(self.sky.Resources(accelerators=demand))
-            t0 = time.monotonic()
-            request_id = self.sky.exec(task, cluster_name=cluster)
-            self.timings["exec_submit_s"].append(time.monotonic() - t0)
-        except Exception:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+        spec["stage"] = str(stage)
+        self._write_spec(spec)
         now = time.time()
         handle = JobHandle(experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster,
                            run_dir=str(Path(job.run_dir).resolve()),
-                           backend_ref={"job_name": f"arf-{key}", "key": key, "request_id": str(request_id),
-                                        "timeout_s": float(job.timeout_s)},
+                           backend_ref={"job_name": spec["name"], "key": key, "timeout_s": float(job.timeout_s)},
                            submitted_at=now)
+        tracked = _Job(handle=handle, cluster=cluster, name=spec["name"], request_id=None, submitted_at=now,
+                       stage=str(stage), spec=spec, deferred=True)
         with self._lock:
-            self._jobs[(job.experiment_id, job.attempt)] = _Job(
-                handle=handle, cluster=cluster, name=f"arf-{key}", request_id=str(request_id),
-                submitted_at=now, stage=str(stage))
+            self._jobs[tracked.key] = tracked
+        try:
+            self._dispatch_deferred(cluster, raise_errors=True)
+        except Exception:
+            with self._lock:
+                self._jobs.pop(tracked.key, None)
+            self._drop_stage(tracked)
+            raise
+        handle.backend_ref["request_id"] = tracked.request_id
         self._ensure_thread()
         self._wake.set()
         return handle
 
+    # A job is exec'd only when every earlier job of ours on the cluster is RUNNING (or over):
+    # SkyPilot's per-cluster FIFO scheduler starts a queued job only when it is submitted or when
+    # a job ends, so a job submitted while the one ahead is still PENDING would wait for that one
+    # to END before it is even started. Exec'd once the one ahead runs, it is started at once
+    # (where its resource request fits beside it) and waits on the cluster lock instead.
+    def _dispatch_deferred(self, cluster: str, raise_errors: bool = False) -> None:
+        with self._lock:
+            jobs = sorted((j for j in self._jobs.values() if j.cluster == cluster and j.outcome is None
+                           and not j.cancelled), key=lambda j: j.submitted_at)
+            ahead_starting = any(not j.deferred and j.status != "RUNNING" for j in jobs)
+            nxt = next((j for j in jobs if j.deferred and not j.exec_busy), None)
+            if nxt is None or ahead_starting or any(j.exec_busy for j in jobs):
+                return
+            nxt.exec_busy = True
+        try:
+            spec = nxt.spec or {}
+            task = self.sky.Task(name=spec["name"], run=spec["run"], workdir=spec["stage"], envs=spec["envs"])
+            if spec.get("demand"):
+                task.set_resources(self.sky.Resources(accelerators=spec["demand"]))
+            t0 = time.monotonic()
+            request_id = str(self.sky.exec(task, cluster_name=cluster))
+            self.timings["exec_submit_s"].append(time.monotonic() - t0)
+        except Exception as e:
+            with self._lock:
+                nxt.exec_busy = False
+            if raise_errors:
+                raise
+            self._finish(nxt, JobOutcome(nxt.handle, lost=True,
+                                         reason=f"exec on {cluster} failed: {type(e).__name__}: {_ANSI_RE.sub('', str(e))[:500]}"))
+            return
+        with self._lock:
+            nxt.request_id = request_id
+            nxt.deferred = False
+            nxt.exec_busy = False
+            nxt.exec_at = time.time()
+            spec["request_id"] = request_id
+        self._write_spec(spec)
+
+    def _spec_path(self, key: str) -> Path:
+        return self.state_dir / "stage" / f"{key}.json"
+
+    def _write_spec(self, spec: dict[str, Any]) -> None:
+        path = self._spec_path(spec["key"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec, sort_keys=True))
+        os.replace(tmp, path)
+
+    def _drop_stage(self, job: _Job) -> None:
+        if job.stage:
+            shutil.rmtree(job.stage, ignore_errors=True)
+        key = (job.spec or {}).get("key") or (job.handle.backend_ref or {}).get("key")
+        if isinstance(key, str) and _ID_RE.match(key):
+            try:
+                self._spec_path(key).unlink()
+            except OSError:
+                pass
+
     def _track(self, handle: JobHandle) -> _Job | None:
+        """The job of a handle; one from an earlier process is rebuilt from the handle and its spec file."""
         key = (handle.experiment_id, handle.attempt)
         with self._lock:
             job = self._jobs.get(key)
@@ -655,9 +717,17 @@ class SkyPilotBackend(Backend):
                 return None
             job = _Job(handle=handle, cluster=handle.cluster, name=name,
                        request_id=ref.get("request_id"), submitted_at=float(handle.submitted_at or time.time()))
-            stage = self.state_dir / "stage" / str(ref.get("key", ""))
-            if ref.get("key") and stage.is_dir():
-                job.stage = str(stage)
+            rkey = ref.get("key")
+            if isinstance(rkey, str) and _ID_RE.match(rkey):
+                try:
+                    spec = json.loads(self._spec_path(rkey).read_text())
+                except (OSError, ValueError):
+                    spec = None
+                if isinstance(spec, dict) and spec.get("name") == name:
+                    job.spec = spec
+                    job.stage = spec.get("stage")
+                    job.request_id = spec.get("request_id") or job.request_id
+                    job.deferred = job.request_id is None    # never exec'd: this process does it
             self._jobs[key] = job
             return job
 
@@ -689,9 +759,15 @@ class SkyPilotBackend(Backend):
             if job.outcome is not None or job.status in _TERMINAL:
                 self._jobs.pop(job.key, None)
                 return
-            if handle.cluster in self._gone or handle.cluster in self._torn_down:
-                self._jobs.pop(job.key, None)
-                return
+            if (handle.cluster in self._gone or handle.cluster in self._torn_down
+                    or (job.deferred and not job.exec_busy)):
+                self._jobs.pop(job.key, None)    # nothing runs (any more), or it was never exec'd
+                drop = True
+            else:
+                drop = False
+        if drop:
+            self._drop_stage(job)
+            return
         self._send_cancel(job)
         self._ensure_thread()
         self._wake.set()
@@ -764,8 +840,7 @@ class SkyPilotBackend(Backend):
                 self._jobs.pop(job.key, None)
             else:
                 job.outcome = outcome
-        if job.stage:
-            shutil.rmtree(job.stage, ignore_errors=True)
+        self._drop_stage(job)
 
     def _jobs_on(self, cluster: str) -> list[_Job]:
         with self._lock:
@@ -811,6 +886,8 @@ class SkyPilotBackend(Backend):
                 by_name[name] = r
         finished: list[tuple[_Job, Any]] = []
         for job in jobs:
+            if job.deferred:
+                continue
             rec = by_name.get(job.name)
             if rec is None:
                 self._not_in_queue(job, asked_at)
@@ -823,6 +900,7 @@ class SkyPilotBackend(Backend):
                 finished.append((job, rec))
         for job, rec in finished:
             self._collect(job, rec)
+        self._dispatch_deferred(cluster)
 
     def _unreachable(self, cluster: str, jobs: list[_Job], reason: str, confirm: bool = False) -> None:
         with self._lock:

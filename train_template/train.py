@@ -370,6 +370,7 @@ if __name__ == "__main__":
 
     step, training_time, timed_tokens, smooth_loss = 0, 0.0, 0, 0.0
     explode_loss = 3 * math.log(cfg.vocab_size)  # a model that stays worse than 3x uniform has diverged
+    t_loop = time.time()
     while True:
         if DEVICE == "cuda":
             torch.cuda.synchronize()
@@ -394,6 +395,8 @@ if __name__ == "__main__":
             training_time += dt
             timed_tokens += total_batch
         step += 1
+        if step == TIMER_SKIP_STEPS:
+            print(f"warm-up: {step} untimed steps in {time.time() - t_loop:.1f}s (compilation included)", flush=True)
         smooth_loss = 0.9 * smooth_loss + 0.1 * loss_f
         if step % 25 == 0 or step <= 3:
             tok_s = total_batch / dt

@@ -167,21 +167,39 @@ def format_wave_id(n: int) -> str:
     return f"w{n:04d}"
 
 
+_STATUS = {s.value: s for s in Status}
+_DECISION = {d.value: d for d in Decision}
+_EXP_FIELDS = frozenset(Experiment.model_fields)
+_METRIC_SET = frozenset(METRIC_FIELDS)
+
+
+def _fast_model(cls: type, values: dict[str, Any]) -> Any:
+    """Build a pydantic model from trusted, complete values without validation (what
+    `model_construct` does, minus its per-field default handling: ~10x faster at 10k rows)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
 def _row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
     d = dict(zip(_EXP_COLUMNS, row))
-    metrics = Metrics.model_construct(**{k: d[k] for k in METRIC_FIELDS})
+    metrics = _fast_model(Metrics, {k: d[k] for k in METRIC_FIELDS})
     decision = d["decision"]
-    return Experiment.model_construct(
-        id=d["id"], description=d["description"], wave_id=d["wave_id"], parent_id=d["parent_id"],
-        parent_commit=d["parent_commit"], commit=d["commit_sha"], code_hash=d["code_hash"],
-        parent_code_hash=d["parent_code_hash"], harness_hash=d["harness_hash"],
-        overrides=json.loads(d["overrides"] or "{}"), seed=d["seed"], gpu_type=d["gpu_type"],
-        priority=d["priority"], status=Status(d["status"]),
-        decision=Decision(decision) if decision else None, cluster=d["cluster"],
-        ran_on_gpu=d["ran_on_gpu"], attempts=d["attempts"], metrics=metrics, error=d["error"],
-        log_path=d["log_path"], created_at=d["created_at"], started_at=d["started_at"],
-        ended_at=d["ended_at"],
-    )
+    overrides = d["overrides"]
+    return _fast_model(Experiment, {
+        "id": d["id"], "description": d["description"], "wave_id": d["wave_id"], "parent_id": d["parent_id"],
+        "parent_commit": d["parent_commit"], "commit": d["commit_sha"], "code_hash": d["code_hash"],
+        "parent_code_hash": d["parent_code_hash"], "harness_hash": d["harness_hash"],
+        "overrides": json.loads(overrides) if overrides and overrides != "{}" else {}, "seed": d["seed"],
+        "gpu_type": d["gpu_type"], "priority": d["priority"], "status": _STATUS[d["status"]],
+        "decision": _DECISION[decision] if decision else None, "cluster": d["cluster"],
+        "ran_on_gpu": d["ran_on_gpu"], "attempts": d["attempts"], "metrics": metrics, "error": d["error"],
+        "log_path": d["log_path"], "created_at": d["created_at"], "started_at": d["started_at"],
+        "ended_at": d["ended_at"],
+    })
 
 
 def _clean_tsv(text: Any) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import statistics
 import threading
 import time
@@ -90,7 +92,7 @@ class Scheduler:
         self,
         ledger: Ledger,
         backend: Backend,
-        build_job: Callable[[Experiment, int, Cluster, Path], JobSpec],
+        build_job: Callable[[Experiment, int, Cluster, Path, bool], JobSpec],
         runs_dir: Path,
         *,
         max_attempts: int = 3,
@@ -102,6 +104,8 @@ class Scheduler:
         cluster_refresh_s: float = 10.0,
         before_dispatch: Callable[[], bool] | None = None,
         on_change: Callable[[list[str]], None] | None = None,
+        stage: Callable[[Experiment, int, Path], None] | None = None,
+        orphan_cleanup: Callable[[Path], int] | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -116,6 +120,8 @@ class Scheduler:
         self.cluster_refresh_s = cluster_refresh_s
         self.before_dispatch = before_dispatch
         self.on_change = on_change or (lambda ids: None)
+        self.stage = stage
+        self.orphan_cleanup = orphan_cleanup
 
         self._lock = threading.RLock()          # flights + submit/cancel of one experiment
         self._flights: dict[str, Flight] = {}
@@ -126,9 +132,18 @@ class Scheduler:
         self._slots_at = 0.0
         self._slot_backoff: dict[str, float] = {}
         self._durations: deque[float] = deque(maxlen=50)   # submit -> outcome seen, recent runs
+        self._last_full_poll = 0.0
+        # staging: run directories of the next queued experiments are exported ahead of time by a
+        # second thread, so a freed slot is refilled with a rename instead of a git export.
+        self._stage_cond = threading.Condition()
+        self._staging_now: str | None = None
+        self._dispatching: set[str] = set()
+        self._stage_wake = threading.Event()
+        self._stager: threading.Thread | None = None
         self.ticks = 0
         self.last_error: str | None = None
-        self.stats = {"dispatched": 0, "outcomes": 0, "lost": 0, "watchdog": 0, "tick_seconds": 0.0}
+        self.stats = {"dispatched": 0, "outcomes": 0, "lost": 0, "watchdog": 0, "tick_seconds": 0.0,
+                      "staged": 0, "staged_used": 0, "polls": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,13 +152,19 @@ class Scheduler:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="autoresearch-scheduler", daemon=True)
         self._thread.start()
+        if self.stage is not None:
+            self._stager = threading.Thread(target=self._stage_loop, name="autoresearch-stager", daemon=True)
+            self._stager.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._stage_wake.set()
         if self._thread:
             self._thread.join(timeout)
-        self._thread = None
+        if self._stager:
+            self._stager.join(timeout)
+        self._thread = self._stager = None
 
     @property
     def running(self) -> bool:
@@ -156,7 +177,7 @@ class Scheduler:
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:
-                self.tick()
+                self.tick(full=time.monotonic() - self._last_full_poll >= self.poll_interval_s)
                 self.last_error = None
             except Exception as exc:  # noqa: BLE001 - the loop must survive any one failure
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -165,19 +186,26 @@ class Scheduler:
             self._wake.wait(self._next_delay())
             self._wake.clear()
 
+    def _typical(self) -> float | None:
+        return statistics.median(self._durations) if self._durations else None
+
+    def _due(self, f: Flight, now: float, typical: float | None) -> bool:
+        """Is this job expected to end about now (so worth polling at the fast rate)?"""
+        return typical is not None and now >= f.submitted_at + typical - 0.3
+
     def _next_delay(self) -> float:
         with self._lock:
             flights = list(self._flights.values())
-        if not flights:
+        if not flights or self.fast_poll_s >= self.poll_interval_s:
             return self.poll_interval_s
-        if not self._durations:
-            return min(self.poll_interval_s, 0.25)
-        typical = statistics.median(self._durations)
+        typical = self._typical()
+        if typical is None:
+            return self.poll_interval_s
         now = time.time()
-        for f in flights:
-            if f.submitted_at + typical - 0.5 <= now:   # expected to end about now
-                return self.fast_poll_s
-        return self.poll_interval_s
+        nearest = min(f.submitted_at + typical - 0.3 for f in flights) - now
+        if nearest <= 0:
+            return self.fast_poll_s
+        return max(self.fast_poll_s, min(self.poll_interval_s, nearest))
 
     # -- slots ---------------------------------------------------------------------------------
     def refresh_clusters(self, clusters: list[Cluster] | None = None) -> list[Cluster]:
@@ -205,8 +233,9 @@ class Scheduler:
 
         With a handle: tracked again (the next poll decides: result -> recorded; lost -> requeued
         or lost; alive -> kept). Without one (the process died between marking the attempt and
-        submitting it): a result file in its run directory is recorded, otherwise the attempt is
-        lost and the experiment requeued."""
+        submitting it): processes still working in its run directory are stopped (orphan_cleanup),
+        then a result file there is recorded, otherwise the attempt is lost and the experiment
+        requeued."""
         adopted = requeued = recorded = 0
         changed: list[str] = []
         for row in self.ledger.open_attempts():
@@ -224,6 +253,10 @@ class Scheduler:
                 continue
             result_file = Path(row["run_dir"]) / "result.json"
             result = None
+            if not result_file.is_file() and self.orphan_cleanup is not None:
+                # the job may have been started without its handle being saved: stop whatever
+                # runs in its run directory before the experiment is requeued
+                self.orphan_cleanup(Path(row["run_dir"]))
             if result_file.is_file():
                 try:
                     result = json.loads(result_file.read_text())
@@ -248,20 +281,28 @@ class Scheduler:
         return {"adopted": adopted, "recorded": recorded, "requeued": requeued}
 
     # -- one round -----------------------------------------------------------------------------
-    def tick(self) -> list[str]:
+    def tick(self, full: bool = True) -> list[str]:
+        """One round: poll (all handles, or with full=False only those due to end about now),
+        watchdog, dispatch."""
         self.ticks += 1
-        changed = self._poll()
+        if full:
+            self._last_full_poll = time.monotonic()
+        changed = self._poll(due_only=not full)
         changed += self._watchdog()
         changed += self._dispatch()
         if changed:
             self.on_change(changed)
         return changed
 
-    def _poll(self) -> list[str]:
+    def _poll(self, due_only: bool = False) -> list[str]:
+        """Poll in-flight handles (all, or only those expected to end about now) and record outcomes."""
+        now, typical = time.time(), self._typical()
         with self._lock:
-            handles = [f.handle for f in self._flights.values() if f.handle is not None]
+            handles = [f.handle for f in self._flights.values()
+                       if f.handle is not None and (not due_only or self._due(f, now, typical))]
         if not handles:
             return []
+        self.stats["polls"] += 1
         outcomes = self.backend.poll(handles)
         changed = []
         for outcome in outcomes:
@@ -370,7 +411,68 @@ class Scheduler:
             if self._submit(eid, slot, outstanding[slot.name] + 1):
                 outstanding[slot.name] += 1
             changed.append(eid)
+        if self.stage is not None and len(queued) > len(changed):
+            self._stage_wake.set()
         return changed
+
+    # -- staging ---------------------------------------------------------------------------------
+    def _staged_dir(self, eid: str, attempt: int) -> Path:
+        return self.runs_dir / eid / f".staged-a{attempt}"
+
+    def _stage_loop(self) -> None:
+        while not self._stop.is_set():
+            self._stage_wake.wait(5.0)
+            self._stage_wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._stage_next()
+            except Exception:  # noqa: BLE001 - staging is an optimisation; dispatch exports itself
+                log.exception("staging failed")
+
+    def _stage_next(self) -> None:
+        """Export the run directories of the next queued experiments (about one per slot)."""
+        ahead = max(1, sum(self._depth(s.name) for s in self._slots))
+        for eid, _gpu, _prio in self.ledger.queued()[:ahead]:
+            if self._stop.is_set():
+                return
+            exp = self.ledger.get(eid)
+            if exp is None or exp.status != Status.queued or not exp.commit:
+                continue
+            attempt = exp.attempts + 1
+            dest = self._staged_dir(eid, attempt)
+            if dest.exists():
+                continue
+            with self._stage_cond:
+                if eid in self._dispatching:
+                    continue
+                self._staging_now = eid
+            try:
+                self.stage(exp, attempt, dest)
+                self.stats["staged"] += 1
+            finally:
+                with self._stage_cond:
+                    self._staging_now = None
+                    self._stage_cond.notify_all()
+
+    def _take_staged(self, eid: str, attempt: int, run_dir: Path) -> bool:
+        """Move a staged run directory into place. True if there was one."""
+        with self._stage_cond:
+            self._dispatching.add(eid)
+            while self._staging_now == eid:
+                self._stage_cond.wait(5.0)
+        staged = self._staged_dir(eid, attempt)
+        if not staged.is_dir():
+            return False
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.rename(staged, run_dir)
+        self.stats["staged_used"] += 1
+        return True
+
+    def _drop_staged(self, eid: str) -> None:
+        for p in (self.runs_dir / eid).glob(".staged-a*"):
+            shutil.rmtree(p, ignore_errors=True)
 
     def _submit(self, eid: str, slot: Cluster, position: int) -> bool:
         """Submit one queued experiment to `slot`. True if it is now in flight."""
@@ -386,13 +488,17 @@ class Scheduler:
             flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
             self._flights[eid] = flight
             try:
-                spec = self.build_job(exp, attempt, slot, run_dir)
+                staged = self._take_staged(eid, attempt, run_dir) if self.stage is not None else False
+                spec = self.build_job(exp, attempt, slot, run_dir, staged)
             except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
                 log.exception("could not build the run dir of %s", eid)
                 self.ledger.finish_attempt(eid, attempt, Status.crash,
                                            error=f"could not build the run directory: {type(exc).__name__}: {exc}")
                 self._flights.pop(eid, None)
                 return False
+            finally:
+                with self._stage_cond:
+                    self._dispatching.discard(eid)
             try:
                 handle = self.backend.submit(slot.name, spec)
             except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
@@ -423,6 +529,8 @@ class Scheduler:
         """Cancel queued (at once) and running (backend.cancel, then recorded) experiments.
         Terminal ones are left as they are. Returns the ids that changed."""
         changed = self.ledger.cancel_queued(exp_ids, reason)
+        for eid in changed:
+            self._drop_staged(eid)
         for eid in exp_ids:
             if eid in changed:
                 continue

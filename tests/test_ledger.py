@@ -193,3 +193,15 @@ def test_queries_fast_at_10k(ledger, tmp_path):
     assert len(q) == 1000
     assert t_list < 0.2 and t_queue < 0.2, (t_list, t_queue)
     assert format_exp_id(10_000) == "e10000" and ledger.max_experiment_seq() == 10_000
+
+
+def test_rows_load_as_valid_models(ledger, tmp_path):
+    """The fast row -> model path builds exactly what pydantic validation would."""
+    ledger.insert_launch([_exp(1, wave_id=None, overrides={"A": [1, 2.5, "x"], "B": None})])
+    ledger.begin_attempt("e0001", 1, "c", "H100", 1, 2.5, str(tmp_path))
+    ledger.finish_attempt("e0001", 1, Status.done, metrics=Metrics(val_bpb=0.99, num_steps=953, device="cuda"))
+    ledger.set_decision("e0001", Decision.keep)
+    e = ledger.get("e0001")
+    again = Experiment.model_validate(e.model_dump())
+    assert again == e and again.model_dump() == e.model_dump()
+    assert e.model_dump(mode="json")["status"] == "done" and e.model_fields_set == set(Experiment.model_fields)

@@ -150,15 +150,20 @@ def test_engine_killed_mid_wave_and_restarted(tmp_path, cache, engines):
     assert Status.running in before.values() and Status.done in before.values()
     running_before = [i for i, s in before.items() if s == Status.running]
     eng.start()
-    assert eng.recovery["adopted"] == len(running_before)
+    # running with a saved handle -> adopted; killed between marking and submitting -> requeued
+    assert eng.recovery["adopted"] + eng.recovery["requeued"] + eng.recovery["recorded"] == len(running_before)
     res = eng.wait(ids, timeout_s=400)
     assert not res.timed_out
     exps = {e.id: e for e in res.finished}
     assert all(e.status == Status.done and e.metrics.val_bpb for e in exps.values()), \
         {i: (e.status, e.error) for i, e in exps.items()}
-    # the runs the dead engine had started were adopted, not rerun
-    for eid in running_before:
-        assert exps[eid].attempts == 1, eid
+    # the runs the dead engine had started were adopted, not rerun; only a job caught between
+    # being marked running and being submitted is run again (its attempt stopped and lost)
+    once = [i for i in running_before if exps[i].attempts == 1]
+    assert len(once) == eng.recovery["adopted"] + eng.recovery["recorded"]
+    for eid in set(running_before) - set(once):
+        assert exps[eid].attempts == 2
+        assert any(ev["kind"] == "lost" and "before the job was submitted" in ev["detail"] for ev in eng.events(eid))
     assert_one_terminal_each(eng, ids)
     assert_no_strays(eng)
 
@@ -170,3 +175,29 @@ def test_engine_killed_mid_wave_and_restarted(tmp_path, cache, engines):
     after = eng3.ledger.dump()
     assert after["experiments"] == dump["experiments"] and after["attempts"] == dump["attempts"]
     assert len(job_pids(eng3)) >= 2 * len(ids)
+
+
+def test_job_started_without_saved_handle_is_stopped_and_requeued(tmp_path, cache, engines):
+    """The engine died after starting a runner but before saving its handle: on restart the
+    process in that run directory is killed and the experiment runs again (once)."""
+    ws = tmp_path / "research"
+    cfg = make_config(ws, cache, time_budget_s=3.0)
+    eng = engines.make(cfg, start=False)
+    e = eng.launch_experiment("caught mid-submit")[0]
+    run_dir = ws / ".autoresearch" / "runs" / e.id / "a1"
+    slot = eng.scheduler.slots()[0]
+    assert eng.ledger.begin_attempt(e.id, 1, slot.name, slot.gpu_type, 1, None, str(run_dir))
+    handle = eng.backend.submit(slot.name, eng._build_job(e, 1, slot, run_dir))   # handle never saved
+    orphan = handle.backend_ref["pid"]
+    _wait_for(lambda: (run_dir / runner.TRAIN_PID_FILE).is_file(), what="the orphan's train.py")
+    eng.workspace.close()
+
+    eng2 = engines.make(cfg)
+    assert eng2.recovery == {"adopted": 0, "recorded": 0, "requeued": 1}
+    assert runner.proc_state(orphan) in (None, "Z")
+    res = eng2.wait([e.id], timeout_s=300)
+    done = res.finished[0]
+    assert done.status == Status.done and done.attempts == 2
+    assert not (run_dir / runner.RESULT_FILE).exists()
+    assert_one_terminal_each(eng2, [e.id])
+    assert_no_strays(eng2)

@@ -81,7 +81,7 @@ class SimulatedBackend(Backend):
         return {eid: h.cluster for eid, h in self.jobs.items()}
 
 
-def _build_job(exp: Experiment, attempt: int, slot: Cluster, run_dir: Path) -> JobSpec:
+def _build_job(exp: Experiment, attempt: int, slot: Cluster, run_dir: Path, staged: bool = False) -> JobSpec:
     run_dir.mkdir(parents=True, exist_ok=True)
     return JobSpec(exp.id, attempt, run_dir, "cpu", 10.0, "0" * 64, exp.seed)
 

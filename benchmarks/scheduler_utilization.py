@@ -1,0 +1,255 @@
+"""Benchmark: how busy the scheduler keeps a fleet, what the engine costs per experiment, and how
+fast ledger queries are at 10,000 experiments.
+
+SIMULATION. The fleet is 16 local slots (LocalBackend, cpu_slots=16) on this machine, and the
+trainer is a STAND-IN train.py that sleeps its time budget and prints a result in the contract's
+format (no torch, no data): it measures the engine, the scheduler, the real runner and the real
+LocalBackend -- not training. The harness is a stand-in prepare.py (the runner still checks its
+hash). Everything else is the real engine: git snapshots, SQLite ledger, run directories.
+
+    python benchmarks/scheduler_utilization.py [--slots 16] [--experiments 200] [--budget 2]
+                                               [--ledger-size 10000] [--keep DIR]
+
+Prints:
+* utilization = busy slot-seconds / (slots x wall), where busy = the runner's own start..end of
+  each run (from result.json) and wall = first submit .. last run end (target >= 0.95); also the
+  best any scheduler could do for this workload (the last round is partly empty) and utilization
+  while experiments were still waiting in the queue;
+* engine overhead per experiment: launch cost, gap between a run ending and the next starting
+  on the same slot, result detection latency, scheduler CPU time;
+* ledger query time with 10,000 experiments: leaderboard (target < 50 ms), a list page,
+  verdicts, budget status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mcp_server.config import FleetConfig  # noqa: E402
+from mcp_server.engine import Engine  # noqa: E402
+from mcp_server.ledger import format_exp_id, format_wave_id  # noqa: E402
+from mcp_server.models import Experiment, Wave  # noqa: E402
+
+STANDIN_TRAIN = '''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
+import json, os, random, time
+t0 = time.time()
+LEARNING_RATE = 0.04
+budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 2.0)
+seed = int(os.environ.get("AUTORESEARCH_SEED") or 42)
+time.sleep(budget)
+r = {"val_bpb": round(1.0 + random.Random(seed).gauss(0, 0.002), 6), "training_seconds": budget,
+     "total_seconds": round(time.time() - t0, 3), "peak_vram_mb": 0.0, "mfu_percent": None,
+     "total_tokens_M": 0.0, "num_steps": 100, "num_params_M": 0.0, "depth": 0, "device": "simulation"}
+print("---")
+for k, v in r.items():
+    print(f"{k + ':':<18}{v}")
+print("RESULT_JSON: " + json.dumps(r), flush=True)
+'''
+
+STANDIN_PREPARE = '''"""SIMULATION stand-in harness: nothing to prepare."""
+print("stand-in harness: nothing to prepare")
+'''
+
+
+def _template(root: Path) -> Path:
+    t = root / "template"
+    t.mkdir(parents=True)
+    (t / "train.py").write_text(STANDIN_TRAIN)
+    (t / "prepare.py").write_text(STANDIN_PREPARE)
+    return t
+
+
+def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
+    template = _template(root)
+    cfg = FleetConfig(workspace=root / "fleet", tag="bench", profile="cpu", time_budget_s=budget,
+                      timeout_grace_s=30, cpu_slots=slots, template_dir=template, max_concurrent=slots)
+    eng = Engine(cfg)
+    per_call = 16
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    while len(ids) < n:
+        k = min(per_call, n - len(ids))
+        ids += [e.id for e in eng.launch_experiment(f"sim batch {len(ids) // per_call}", replicates=k,
+                                                    seed=len(ids))]
+    launch_s = time.perf_counter() - t0
+
+    eng.start()
+    # data preparation (stand-in) happens before the first dispatch; wall starts at the first submit
+    res = eng.wait(ids, timeout_s=max(600.0, 4 * n * budget / slots))
+    ticks_cpu = eng.scheduler.stats["tick_seconds"]
+    eng.close()
+    assert not res.timed_out and all(e.status.value == "done" for e in res.finished), "not all runs finished"
+
+    conn = eng.ledger._conn()
+    rows = conn.execute("SELECT experiment_id, cluster, run_dir, submitted_at, ended_at FROM attempts "
+                        "WHERE outcome='done'").fetchall()
+    runs = []
+    for eid, cluster, run_dir, submitted, recorded in rows:
+        r = json.loads((Path(run_dir) / "result.json").read_text())
+        runs.append({"id": eid, "slot": cluster, "submitted": submitted, "recorded": recorded,
+                     "start": r["started_at"], "end": r["ended_at"]})
+    first_submit = min(r["submitted"] for r in runs)
+    last_submit = max(r["submitted"] for r in runs)
+    last_end = max(r["end"] for r in runs)
+    wall = last_end - first_submit
+    busy = sum(r["end"] - r["start"] for r in runs)
+    util = busy / (slots * wall)
+    mean_run = busy / len(runs)
+    rounds = math.ceil(len(runs) / slots)
+    ceiling = len(runs) * mean_run / (slots * (rounds * mean_run))
+    # while work was waiting: [first submit, last submit]
+    win = last_submit - first_submit
+    busy_win = sum(max(0.0, min(r["end"], last_submit) - max(r["start"], first_submit)) for r in runs)
+    util_queue = busy_win / (slots * win) if win > 0 else float("nan")
+    gaps, detect, dispatch, startup = [], [], [], []
+    by_slot: dict[str, list[dict]] = {}
+    for r in runs:
+        by_slot.setdefault(r["slot"], []).append(r)
+        detect.append(r["recorded"] - r["end"])
+    for lst in by_slot.values():
+        lst.sort(key=lambda r: r["start"])
+        gaps += [b["start"] - a["end"] for a, b in zip(lst, lst[1:])]
+        dispatch += [b["submitted"] - a["recorded"] for a, b in zip(lst, lst[1:])]
+        startup += [b["start"] - b["submitted"] for b in lst]
+    return {
+        "experiments": len(runs), "slots": slots, "budget_s": budget, "wall_s": wall,
+        "busy_slot_s": busy, "utilization": util, "ceiling": ceiling, "utilization_while_queued": util_queue,
+        "mean_run_s": mean_run, "launch_ms_per_exp": 1000 * launch_s / n,
+        "gap_ms_mean": 1000 * statistics.mean(gaps), "gap_ms_p95": 1000 * sorted(gaps)[int(0.95 * (len(gaps) - 1))],
+        "detect_ms_mean": 1000 * statistics.mean(detect),
+        "dispatch_ms_mean": 1000 * statistics.mean(dispatch), "startup_ms_mean": 1000 * statistics.mean(startup), "sched_cpu_ms_per_exp": 1000 * ticks_cpu / n,
+        "slots_used": len(by_slot),
+    }
+
+
+def build_ledger(root: Path, size: int) -> Engine:
+    """A workspace whose ledger holds `size` finished experiments: 2 GPU types, waves of 10,
+    groups of 3 replicates, controls, ~5% failures, some kept/discarded."""
+    template = root / "template"
+    if not template.exists():
+        _template(root)
+    cfg = FleetConfig(workspace=root / "big", tag="bench", profile="cpu", time_budget_s=2.0, cpu_slots=2,
+                      template_dir=template)
+    eng = Engine(cfg)
+    rng = random.Random(0)
+    now = time.time()
+    exps, waves = [], []
+    for w in range(size // 10):
+        wid = format_wave_id(w + 1)
+        control_hash = f"{w:040x}"
+        ids = []
+        for j in range(10):
+            n = w * 10 + j + 1
+            code = control_hash if j < 3 else f"{(w << 8) + (j // 3):040x}"
+            exps.append(Experiment(
+                id=format_exp_id(n), description=f"wave {w} cell {j}", wave_id=wid, commit=f"{n:040x}",
+                code_hash=code, parent_code_hash=control_hash, harness_hash="0" * 64,
+                overrides={"LEARNING_RATE": 0.01 * (j + 1)}, seed=42 + j % 3, gpu_type=None, created_at=now + n))
+            ids.append(format_exp_id(n))
+        waves.append((Wave(id=wid, description=f"wave {w}", kind="factorial", design={"axes": {}},
+                           experiment_ids=ids, created_at=now + w), exps[-10:]))
+    for wave, members in waves:
+        eng.ledger.insert_launch(members, {}, wave)
+    with eng.ledger.tx() as c:
+        for e in exps:
+            n = int(e.id[1:])
+            status = "crash" if rng.random() < 0.05 else "done"
+            gpu = "H100" if n % 4 else "H200"
+            c.execute("UPDATE experiments SET status=?, ran_on_gpu=?, cluster=?, attempts=1, val_bpb=?, num_steps=?, "
+                      "training_seconds=300, total_tokens_M=500, ended_at=?, decision=? WHERE id=?",
+                      (status, gpu, f"c-{gpu.lower()}", None if status == "crash" else 1.0 + rng.gauss(0, 0.01),
+                       None if status == "crash" else 950, now + n,
+                       "keep" if n % 97 == 0 and status == "done" else None, e.id))
+            c.execute("INSERT INTO attempts(experiment_id, attempt, cluster, gpu_type, run_dir, submitted_at, ended_at, "
+                      "busy_seconds, outcome) VALUES(?,?,?,?,?,?,?,?,?)",
+                      (e.id, 1, f"c-{gpu.lower()}", gpu, "/nonexistent", now, now + 300, 300.0, status))
+    return eng
+
+
+def _timed(fn, repeat: int = 7) -> tuple[float, float]:
+    """(first call ms, median of the following calls ms)."""
+    t0 = time.perf_counter()
+    fn()
+    first = 1000 * (time.perf_counter() - t0)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return first, statistics.median(times)
+
+
+def bench_queries(root: Path, size: int) -> dict:
+    t0 = time.perf_counter()
+    eng = build_ledger(root, size)
+    build_s = time.perf_counter() - t0
+    out = {"experiments": size, "build_s": build_s}
+    out["leaderboard"] = _timed(lambda: eng.leaderboard(limit=20))
+    out["leaderboard_h200"] = _timed(lambda: eng.leaderboard(gpu_type="H200", limit=20))
+    out["list_page"] = _timed(lambda: eng.experiments(offset=size // 2, limit=50))
+    out["list_done_page"] = _timed(lambda: eng.experiments(status="done", offset=100, limit=50))
+    ids = [format_exp_id(i) for i in range(size - 19, size + 1)]
+    out["verdicts_20"] = _timed(lambda: eng.verdicts(ids))
+    out["budget_status"] = _timed(lambda: eng.budget_status())
+    out["get_experiment"] = _timed(lambda: eng.get_experiment(format_exp_id(size // 3)))
+    out["export_tsv"] = _timed(lambda: eng.export_results(root / "results.tsv"), repeat=3)
+    eng.close()
+    eng.workspace.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--experiments", type=int, default=200)
+    ap.add_argument("--budget", type=float, default=2.0)
+    ap.add_argument("--ledger-size", type=int, default=10_000)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the workspaces in this directory")
+    args = ap.parse_args(argv)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="autoresearch-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"SIMULATION: {args.slots} local slots, stand-in trainer sleeping {args.budget:g} s, "
+              f"{args.experiments} experiments (real engine, runner, LocalBackend, git, SQLite)")
+        f = run_fleet(root, args.slots, args.experiments, args.budget)
+        print(f"  wall {f['wall_s']:.1f} s for {f['experiments']} runs on {f['slots_used']} slots, "
+              f"mean run {f['mean_run_s']:.3f} s (runner start..end)")
+        print(f"  utilization = busy slot-seconds / (slots x wall) = {f['busy_slot_s']:.1f} / "
+              f"({f['slots']} x {f['wall_s']:.2f}) = {f['utilization']:.3f}   (target >= 0.95)")
+        print(f"  ceiling for this workload (last round {f['experiments'] % f['slots'] or f['slots']}/{f['slots']} "
+              f"slots busy): {f['ceiling']:.3f}; utilization while experiments were queued: "
+              f"{f['utilization_while_queued']:.3f}")
+        print(f"  engine overhead per experiment: launch {f['launch_ms_per_exp']:.1f} ms (snapshot + ledger), "
+              f"slot gap end->next start {f['gap_ms_mean']:.0f} ms mean / {f['gap_ms_p95']:.0f} ms p95, "
+              f"= result detected {f['detect_ms_mean']:.0f} ms after the run ended + next submitted "
+              f"{f['dispatch_ms_mean']:.0f} ms after that + runner start {f['startup_ms_mean']:.0f} ms; "
+              f"scheduler CPU {f['sched_cpu_ms_per_exp']:.1f} ms")
+        q = bench_queries(root, args.ledger_size)
+        print(f"ledger queries at {q['experiments']:,} experiments (built in {q['build_s']:.1f} s); "
+              "first call / median of the next 7, ms:")
+        for key in ("leaderboard", "leaderboard_h200", "list_page", "list_done_page", "verdicts_20",
+                    "budget_status", "get_experiment", "export_tsv"):
+            first, med = q[key]
+            print(f"  {key:<18} {first:8.1f} / {med:8.1f}")
+        ok = f["utilization"] >= 0.95 and q["leaderboard"][1] < 50
+        print(f"targets: utilization >= 0.95: {'MET' if f['utilization'] >= 0.95 else 'NOT MET'}; "
+              f"leaderboard < 50 ms: {'MET' if q['leaderboard'][1] < 50 else 'NOT MET'}")
+        return 0 if ok else 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -267,10 +267,10 @@ def _demo_docs():
             if passage:
                 split.append(" ".join(passage))
             passage, size = [], 0
-            if (t, b, chapter) != key and chapter == 1:  # each passage carries where it is from
+            if (t, b, chapter) != key and chapter == 1:  # a new book: from Hebrews on, validation
                 split = val if split is val or books[(t, b)] == DEMO_VAL_FROM_BOOK else train
             key = (t, b, chapter)
-            passage.append(f"{books[(t, b)]} {chapter}.")
+            passage.append(f"{books[(t, b)]} {chapter}.")  # each passage starts with where it is from
         passage.append(verse)
         size += len(verse) + 1
     split.append(" ".join(passage))
@@ -419,10 +419,18 @@ def _tokenize_part(tok, docs, out_dir, name):
 
 
 def prepare(num_shards=None):
-    """Prepare data and tokenizer for the active profile and source. Returns the meta dict."""
-    t0 = time.time()
+    """Prepare data and tokenizer for the active profile and source. Returns the meta dict.
+    Concurrent calls on one cache are serialised by a lock file: the second finds the work done."""
+    import fcntl
     out = data_dir()
     out.mkdir(parents=True, exist_ok=True)
+    with open(source_dir() / ".prepare.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare_locked(out, num_shards)
+
+
+def _prepare_locked(out, num_shards):
+    t0 = time.time()
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     fingerprint = None

@@ -10,7 +10,8 @@ Everything worth changing is a constant right below. Each is a plain literal ass
 Two profiles, one set of constants. The constants describe the gpu-profile model (~50M
 parameters, batch 2**19 tokens, like karpathy/autoresearch). The cpu profile (no GPU: tests and
 demos) trains the same recipe shrunk by the CPU_* factors below, applied to the constants, so
-an edit to DEPTH, ASPECT_RATIO, HEAD_DIM or a batch size changes the cpu run as well:
+an edit to DEPTH, ASPECT_RATIO, HEAD_DIM or TOTAL_BATCH_SIZE changes the cpu run as well
+(the baseline: gpu 8 layers of width 512 = 4 heads of 128; cpu 2 layers of width 64 = 4 heads of 16):
     cpu depth      = ceil(DEPTH / CPU_DEPTH_DIVISOR)
     cpu model_dim  = gpu model_dim / CPU_WIDTH_DIVISOR   (HEAD_DIM / CPU_WIDTH_DIVISOR per head)
     cpu batch      = TOTAL_BATCH_SIZE / CPU_BATCH_DIVISOR tokens per step, in one pass
@@ -60,7 +61,6 @@ CPU_BATCH_DIVISOR = 512
 
 import json
 import math
-import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -89,11 +89,11 @@ class GPTConfig:
 
 def model_config(vocab_size):
     """The model the constants describe, on this profile."""
-    depth, head_dim, batch_div = DEPTH, HEAD_DIM, 1
+    depth, head_dim = DEPTH, HEAD_DIM
     model_dim = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
     if PROFILE == "cpu":
         depth = -(-DEPTH // CPU_DEPTH_DIVISOR)
-        head_dim = max(1, HEAD_DIM // CPU_WIDTH_DIVISOR)
+        head_dim = max(2, HEAD_DIM // CPU_WIDTH_DIVISOR // 2 * 2)  # even, for the rotary halves
         model_dim = max(head_dim, model_dim // CPU_WIDTH_DIVISOR // head_dim * head_dim)
     return GPTConfig(vocab_size=vocab_size, seq_len=MAX_SEQ_LEN, n_layer=depth, n_head=model_dim // head_dim,
                      head_dim=head_dim, model_dim=model_dim, window_pattern=WINDOW_PATTERN)
@@ -410,7 +410,7 @@ if __name__ == "__main__":
     print(f"trained {step} steps ({step - TIMER_SKIP_STEPS} timed): {tokens_per_s:,.0f} tok/s", flush=True)
     t_eval = time.time()
     with autocast:
-        val_bpb = evaluate_bpb(model, rows if DEVICE == "cuda" else 8)
+        val_bpb = evaluate_bpb(model, min(rows, 64) if DEVICE == "cuda" else 8)  # eager: no recompile for eval
     print(f"eval: {time.time() - t_eval:.1f}s", flush=True)
     if not math.isfinite(val_bpb):
         print(f"FAIL: val_bpb is nan ({val_bpb})")

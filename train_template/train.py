@@ -335,6 +335,8 @@ def build_model(vocab_size, device):
 # Training
 
 if __name__ == "__main__":
+    if PROFILE == "gpu" and DEVICE != "cuda":
+        sys.exit("the gpu profile needs a CUDA GPU; on this machine use AUTORESEARCH_PROFILE=cpu")
     if THREADS:
         torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
@@ -389,7 +391,7 @@ if __name__ == "__main__":
         loss_f = loss.item()  # waits for the step to finish
         dt = time.time() - t0
         if not math.isfinite(loss_f) or loss_f > explode_loss:
-            print(f"FAIL: training loss {'is nan' if not math.isfinite(loss_f) else 'exploded'} ({loss_f}) at step {step}")
+            print(f"FAIL: nan/exploded training loss {loss_f:.4g} at step {step} (must be finite and below {explode_loss:.1f})")
             sys.exit(1)
         if step >= TIMER_SKIP_STEPS:
             training_time += dt
@@ -413,7 +415,7 @@ if __name__ == "__main__":
         val_bpb = evaluate_bpb(model, min(rows, 64) if DEVICE == "cuda" else 8)  # eager: no recompile for eval
     print(f"eval: {time.time() - t_eval:.1f}s", flush=True)
     if not math.isfinite(val_bpb):
-        print(f"FAIL: val_bpb is nan ({val_bpb})")
+        print(f"FAIL: nan val_bpb ({val_bpb})")
         sys.exit(1)
 
     if DEVICE == "cuda":

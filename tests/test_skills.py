@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ PLUGIN_DIR = REPO / ".claude-plugin"
 
 SPEC_KEYS = {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-FENCE_RE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
+FENCE_RE = re.compile(r"^[ \t]*```([^\n`]*)\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
 LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
 BACKTICK_RE = re.compile(r"`([^`\n]+)`")
 MCP_NAME_RE = re.compile(r"mcp__([A-Za-z0-9_-]+?)__([A-Za-z0-9_]+)")
@@ -88,7 +89,10 @@ def split_front_matter(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def tool_calls(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Every ```json block of a document, parsed. In these documents a json block IS a tool call."""
+    """Every ```json block of a document, parsed. In what the agent reads (skills, program.md, the
+    subagent) a json block IS a tool call; the README section (docs/) may also show other JSON
+    (settings), so there only blocks with a "tool" key count."""
+    agent_facing = path.parent.name != "docs"
     text = path.read_text(encoding="utf-8")
     out = []
     for m in FENCE_RE.finditer(text):
@@ -100,7 +104,8 @@ def tool_calls(path: Path) -> list[tuple[int, dict[str, Any]]]:
             call = json.loads(m.group(2))
         except json.JSONDecodeError as exc:
             pytest.fail(f"{path.relative_to(REPO)}:{line}: json block does not parse: {exc}")
-        out.append((line, call))
+        if agent_facing or (isinstance(call, dict) and "tool" in call):
+            out.append((line, call))
     return out
 
 
@@ -470,3 +475,67 @@ def test_plugin_mcp_config_starts_the_server_from_another_project(tmp_path, live
     assert names == set(live_tools)
     assert (project / "research").is_dir(), "the workspace belongs in the user's project"
     assert not (REPO / ".claude-plugin" / "research").exists()
+
+
+# -- the real Claude Code CLI, where one is installed -------------------------------------------
+
+
+def claude_cli() -> str | None:
+    return os.environ.get("CLAUDE_CODE_BIN") or shutil.which("claude")
+
+
+def run_claude(args: list[str], cwd: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Claude Code with a throw-away HOME: no login, no user settings, nothing of the user's touched.
+    Without credentials `-p` stops before any model call, after printing its init message."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
+    full_env.update(HOME=str(home), DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1",
+                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", **env)
+    return subprocess.run([claude_cli(), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=180, stdin=subprocess.DEVNULL)
+
+
+def claude_init(cwd: Path, home: Path, **env: str) -> dict[str, Any]:
+    out = run_claude(["-p", "hi", "--output-format", "stream-json", "--verbose"], cwd, home, **env)
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("type") == "system" and msg.get("subtype") == "init":
+            return msg
+    raise AssertionError(f"no init message from claude: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+
+
+@pytest.mark.skipif(claude_cli() is None, reason="Claude Code CLI not installed (set CLAUDE_CODE_BIN or put claude on PATH)")
+def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path):
+    """Run in this repo, Claude Code lists the five project skills (through the .claude/skills
+    links), the crash-investigator agent and the autoresearch server; `plugin validate` accepts the
+    manifests; installed as a plugin from the local marketplace, the skills and agent appear
+    namespaced and the plugin's server starts from another project (`claude mcp list` health check)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"AUTORESEARCH_WORKSPACE": str(tmp_path / "research")}
+    init = claude_init(REPO, home, **env)
+    skills = {p.name for p in skill_dirs()}
+    assert skills <= set(init["skills"]), init["skills"]
+    assert {p.stem for p in agent_files()} <= set(init["agents"]), init["agents"]
+    assert SERVER_KEY in {s["name"] for s in init["mcp_servers"]}
+
+    for target in (".", ".claude-plugin/plugin.json"):
+        res = run_claude(["plugin", "validate", target], REPO, home)
+        assert res.returncode == 0 and "passed" in res.stdout, res.stdout + res.stderr
+
+    name = plugin_name()
+    project = tmp_path / "other-project"
+    project.mkdir()
+    assert run_claude(["plugin", "marketplace", "add", str(REPO)], project, home).returncode == 0
+    try:
+        res = run_claude(["plugin", "install", f"{name}@{json.loads((PLUGIN_DIR / 'marketplace.json').read_text())['name']}"],
+                         project, home)
+        assert res.returncode == 0, res.stdout + res.stderr
+        init = claude_init(project, home)
+        assert {f"{name}:{s}" for s in skills} <= set(init["skills"])
+        assert f"{name}:crash-investigator" in init["agents"]
+        listing = run_claude(["mcp", "list"], project, home)
+        line = next(ln for ln in listing.stdout.splitlines() if f"plugin:{name}:{SERVER_KEY}" in ln)
+        assert "Connected" in line, listing.stdout + listing.stderr
+        assert (project / "research").is_dir()
+    finally:
+        shutil.rmtree(home / ".claude" / "plugins" / "cache", ignore_errors=True)  # a copy of the repo

@@ -28,54 +28,10 @@ sys.path.insert(0, str(REPO))
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
 
-from mcp_server.config import FleetConfig  # noqa: E402
-from mcp_server.engine import Engine  # noqa: E402
-from mcp_server.models import Experiment, Metrics, Status, Wave  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from mcp_harness import seed_ledger  # noqa: E402  (the same seeding the compactness test uses)
 
 TARGET_P95_MS = 50.0
-GPU_TYPES = ["CPU", "CPU", "CPU", "H100", "H200"]
-
-
-def seed_ledger(workspace: Path, n: int, rng: random.Random) -> None:
-    """n finished experiments, written through the Ledger API: launch -> attempt -> result."""
-    engine = Engine(FleetConfig(workspace=workspace, tag="bench", profile="cpu", cpu_slots=2))
-    ledger = engine.ledger
-    try:
-        per_wave = 100
-        hashes = [f"{rng.getrandbits(160):040x}" for _ in range(n // 10 + 1)]
-        t0 = time.time() - n * 10
-        for w in range(0, n, per_wave):
-            wave_id = f"w{w // per_wave + 1:04d}"
-            ids = [f"e{i + 1:04d}" for i in range(w, min(n, w + per_wave))]
-            exps = []
-            for k, eid in enumerate(ids):
-                lr = rng.choice([0.02, 0.03, 0.04, 0.06])
-                exps.append(Experiment(
-                    id=eid, description=f"wave {wave_id} cell MATRIX_LR={lr} DEPTH={4 + k % 4}", wave_id=wave_id,
-                    commit=f"{rng.getrandbits(160):040x}", code_hash=rng.choice(hashes), parent_code_hash=hashes[0],
-                    harness_hash="0" * 64, overrides={"MATRIX_LR": lr, "DEPTH": 4 + k % 4}, seed=42 + k % 3,
-                    gpu_type=None, created_at=t0 + int(eid[1:]) * 10))
-            wave = Wave(id=wave_id, description=f"bench wave {wave_id}", kind="factorial",
-                        design={"axes": {"MATRIX_LR": [0.02, 0.03, 0.04, 0.06], "DEPTH": [4, 5, 6, 7]}},
-                        experiment_ids=ids, created_at=t0 + w * 10)
-            ledger.insert_launch(exps, {e.id: "factorial" for e in exps}, wave)
-            for e in exps:
-                gpu = rng.choice(GPU_TYPES)
-                ledger.begin_attempt(e.id, 1, f"bench-{gpu.lower()}-{rng.randrange(8)}", gpu, 1, None,
-                                     str(workspace / ".autoresearch" / "runs" / e.id / "a1"))
-                roll = rng.random()
-                if roll < 0.9:
-                    speed = {"CPU": 1.0, "H100": 30.0, "H200": 40.0}[gpu]
-                    m = Metrics(val_bpb=1.0 + rng.gauss(0, 0.01) - 0.05 * (gpu != "CPU"), training_seconds=300.0,
-                                total_seconds=330.0, peak_vram_mb=40000.0, num_steps=int(30 * speed),
-                                total_tokens_M=15.0 * speed, num_params_M=50.0, depth=e.overrides["DEPTH"],
-                                device=gpu)
-                    ledger.finish_attempt(e.id, 1, Status.done, metrics=m, busy_seconds=330.0)
-                else:
-                    ledger.finish_attempt(e.id, 1, rng.choice([Status.crash, Status.oom, Status.nan]),
-                                          error="RuntimeError: synthetic failure", busy_seconds=20.0)
-    finally:
-        ledger.close()
 
 
 def pct(values: list[float], q: float) -> float:

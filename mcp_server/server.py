@@ -3,6 +3,7 @@ as the tools in `mcp_server/tools/`. Transport-agnostic; `cli.py` picks stdio or
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from typing import Any
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
 from pydantic import ValidationError
 
 from .config import FleetConfig
@@ -66,11 +68,21 @@ class FleetServer(MCPServer[FleetContext]):
                 f"Nothing was changed. Call {name} again with only those."
             )
         try:
-            return await super().call_tool(name, arguments, context)
+            result = await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_describe_validation(name, exc.__cause__, schema)) from exc.__cause__
             raise
+        return _compact_text(result)
+
+
+def _compact_text(result: Any) -> Any:
+    """The SDK's text copy of structured content is indented JSON; the same JSON without the
+    indentation is a third of the tokens for the model."""
+    if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
+        text = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
+        result.content = [TextContent(type="text", text=text)]
+    return result
 
 
 EngineFactory = Callable[[FleetConfig], Any]

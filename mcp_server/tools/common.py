@@ -168,36 +168,33 @@ class ExperimentBrief(BaseModel):
     wave_id: str | None = None
     decision: str | None = Field(None, description="keep | discard once you decided.")
     gpu_type: str | None = Field(None, description="GPU type it ran on (or was requested for, while queued).")
-    cluster: str | None = None
     val_bpb: float | None = Field(None, description="Lower is better. Compare only within one GPU type.")
     num_steps: int | None = None
-    training_seconds: float | None = None
-    peak_vram_mb: float | None = None
     seed: int = 0
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; {} = unchanged (a control/baseline).")
     error: str | None = Field(None, description="Short failure reason; get_experiment shows the log.")
 
     @classmethod
     def of(cls, e: Experiment) -> "ExperimentBrief":
-        err = e.error
-        if err and len(err) > 300:
-            err = err[:297] + "..."
         return cls(
             id=e.id,
-            description=e.description,
+            description=clip(e.description, 160),
             status=e.status.value if hasattr(e.status, "value") else str(e.status),
             wave_id=e.wave_id,
             decision=e.decision.value if e.decision is not None and hasattr(e.decision, "value") else e.decision,
             gpu_type=e.ran_on_gpu or e.gpu_type,
-            cluster=e.cluster,
             val_bpb=e.metrics.val_bpb,
             num_steps=e.metrics.num_steps,
-            training_seconds=e.metrics.training_seconds,
-            peak_vram_mb=e.metrics.peak_vram_mb,
             seed=e.seed,
             overrides=e.overrides,
-            error=err,
+            error=clip(e.error, 300),
         )
+
+
+def clip(text: str | None, n: int) -> str | None:
+    if text is None or len(text) <= n:
+        return text
+    return text[: n - 3] + "..."
 
 
 def ids_text(ids: list[str], limit: int = 12) -> str:

@@ -17,7 +17,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ..engine import Verdict
-from ..models import LIVE, Wave
+from ..models import LIVE, Experiment, Status, Wave
 from .common import (
     Description,
     ExperimentBrief,
@@ -30,12 +30,16 @@ from .common import (
     OverrideName,
     Scalar,
     WaveIdStr,
+    clip,
     engine,
     ids_text,
     tool_errors,
 )
 
 log = logging.getLogger("autoresearch_fleet.tools")
+
+MAX_LISTED = 64      # experiments listed in a launch/cancel result
+MAX_WAIT_ROWS = 30   # finished experiments (with verdicts) listed in a wait result
 
 Replicates = Annotated[
     int, Field(ge=1, le=16, description="Runs of the same code with different seeds; 3+ measures the noise floor.")
@@ -54,15 +58,21 @@ class WaveResult(BaseModel):
     kind: str = Field(description="factorial | replicates | promotion | single")
     description: str
     design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
-    experiments: list[ExperimentBrief] = Field(description="One per cell x replicate (plus the control).")
+    experiments: list[ExperimentBrief] = Field(
+        description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more.")
+    experiment_count: int = Field(description="Experiments in the wave.")
     next_step: str
 
 
 class WaitResult(BaseModel):
-    finished: list[ExperimentBrief] = Field(description="Experiments that reached a terminal status.")
+    finished: list[ExperimentBrief] = Field(
+        description=f"Experiments that reached a terminal status, in launch order (at most {MAX_WAIT_ROWS}: "
+        "every failure and the best by val_bpb when more finished; see omitted).")
     verdicts: list[Verdict] = Field(
-        description="Per finished experiment: delta vs the same-GPU-type reference and the noise floor."
+        description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor."
     )
+    finished_count: int = Field(description="How many of the waited-for experiments are finished.")
+    omitted: int = Field(0, description="Finished but not listed here (leaderboard / fetch_results show them).")
     still_running: list[str]
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
@@ -70,20 +80,33 @@ class WaitResult(BaseModel):
 
 
 class CancelResult(BaseModel):
-    cancelled: list[ExperimentBrief]
+    cancelled: list[ExperimentBrief] = Field(description=f"Their state now (the first {MAX_LISTED}).")
+    cancelled_count: int
     next_step: str
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def wave_result(wave: Wave, briefs: list[ExperimentBrief], next_step: str) -> WaveResult:
+def wave_result(eng: Any, wave: Wave) -> WaveResult:
+    listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
+    hint = _wait_hint(wave_id=wave.id)
+    if len(wave.experiment_ids) > MAX_LISTED:
+        hint += f" fetch_results(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
-                      experiments=briefs, next_step=next_step)
+                      experiments=[ExperimentBrief.of(e) for e in listed],
+                      experiment_count=len(wave.experiment_ids), next_step=hint)
 
 
-def _wave_briefs(eng: Any, wave: Wave) -> list[ExperimentBrief]:
-    return [ExperimentBrief.of(eng.get_experiment(i)) for i in wave.experiment_ids]
+def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
+    """All of them when few; else every failure (up to a third) and the best by val_bpb."""
+    if len(finished) <= MAX_WAIT_ROWS:
+        return finished
+    failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
+    done = sorted((e for e in finished if e not in failed and e.metrics.val_bpb is not None),
+                  key=lambda e: e.metrics.val_bpb)
+    keep = {e.id for e in failed + done[: MAX_WAIT_ROWS - len(failed)]}
+    return [e for e in finished if e.id in keep]
 
 
 def _wait_hint(ids: list[str] | None = None, wave_id: str | None = None) -> str:
@@ -144,7 +167,7 @@ def launch_wave(
     eng = engine(ctx)
     wave = eng.launch_wave(description=description, axes=axes, replicates=replicates,
                            include_control=include_control, base=base, gpu_type=gpu_type)
-    return wave_result(wave, _wave_briefs(eng, wave), _wait_hint(wave_id=wave.id))
+    return wave_result(eng, wave)
 
 
 @tool_errors
@@ -160,7 +183,7 @@ def promote(
     a screening wave on the common tier; compare the promoted results only within the new tier."""
     eng = engine(ctx)
     wave = eng.promote(experiment_ids, gpu_type=gpu_type, replicates=replicates)
-    return wave_result(wave, _wave_briefs(eng, wave), _wait_hint(wave_id=wave.id))
+    return wave_result(eng, wave)
 
 
 @tool_errors
@@ -190,15 +213,30 @@ async def wait_for_experiments(
                           timeout_s=timeout_s, on_progress=on_progress),
         abandon_on_cancel=True,
     )
+    rows = _pick_rows(res.finished)
+    shown = {e.id for e in rows}
+    omitted = len(res.finished) - len(rows)
     if res.still_running:
-        hint = (f"{len(res.still_running)} still running: call wait_for_experiments again "
-                f"(experiment_ids={ids_text(res.still_running)}).")
+        again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
+                 f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
+                 "no arguments (= every live experiment)")
+        hint = f"{len(res.still_running)} still running: call wait_for_experiments again with {again}."
     else:
         hint = ("All finished. Read the verdicts; keep_experiment the best improvement (beyond the noise), "
                 "discard_experiment the rest, or launch the next wave. leaderboard ranks everything per GPU type.")
-    return WaitResult(finished=[ExperimentBrief.of(e) for e in res.finished], verdicts=res.verdicts,
+    if omitted:
+        where = f"wave_id='{wave_id}', " if wave_id else ""
+        hint += (f" {omitted} more finished are not listed (every failure and the best are): leaderboard ranks "
+                 f"them all; fetch_results({where}status='done') pages through them.")
+    return WaitResult(finished=[ExperimentBrief.of(e) for e in rows],
+                      verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
+                      finished_count=len(res.finished), omitted=omitted,
                       still_running=res.still_running, timed_out=res.timed_out,
                       interrupted=getattr(res, "interrupted", False), next_step=hint)
+
+
+def _clip_note(v: Verdict) -> Verdict:
+    return v if len(v.note) <= 240 else v.model_copy(update={"note": clip(v.note, 240)})
 
 
 @tool_errors
@@ -215,7 +253,7 @@ def cancel_experiments(
         raise ToolError("cancel_experiments needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
     if wave_id:
-        exps, total = eng.experiments(wave_id=wave_id, offset=0, limit=1000)
+        exps, total = eng.experiments(wave_id=wave_id, offset=0, limit=500)
         if total == 0:
             raise ToolError(f"Wave {wave_id!r} has no experiments. Call fetch_results to see the waves. "
                             "Nothing was cancelled.")
@@ -226,8 +264,9 @@ def cancel_experiments(
     else:
         ids = list(experiment_ids or [])
     done = eng.cancel(ids)
-    return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done],
-                        next_step="Their clusters are free for the next launch; fetch_results shows the rest.")
+    return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
+                        next_step="Their clusters are free for the next launch; fetch_results(status='cancelled') "
+                        "lists them.")
 
 
 ACT = dict(read_only_hint=False, open_world_hint=False)

@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 from ..engine import Leaderboard, Verdict
 from ..models import Experiment, Status
 from .. import plot
-from .common import ExperimentBrief, ExperimentId, GpuTypeStr, WaveIdStr, engine, fleet, tool_errors
+from .common import ExperimentBrief, ExperimentId, GpuTypeStr, WaveIdStr, clip, engine, fleet, tool_errors
 
 LOG_PAGE_MAX = 16000
 PLOT_PAGE = 500
+ROW_IDS = 5
 
 # -- outputs -----------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ def fetch_results(
                       Field(description="Only experiments with this status.")] = None,
     wave_id: Annotated[WaveIdStr | None, Field(description="Only this wave's experiments.")] = None,
     offset: Annotated[int, Field(ge=0, le=10**7, description="Skip this many (pagination).")] = 0,
-    limit: Annotated[int, Field(ge=1, le=100, description="Page size.")] = 20,
+    limit: Annotated[int, Field(ge=1, le=50, description="Page size.")] = 20,
 ) -> ResultsPage:
     """Experiments in launch order, one page at a time, optionally filtered by status or wave: id,
     description, status, GPU type, val_bpb, steps, decision. Use it to review history or find ids;
@@ -108,12 +109,12 @@ def fetch_results(
 def leaderboard(
     ctx: Context,
     gpu_type: Annotated[GpuTypeStr | None, Field(description="Only this GPU type (default: every type, separately).")] = None,
-    limit: Annotated[int, Field(ge=1, le=50, description="Rows per GPU type.")] = 10,
+    limit: Annotated[int, Field(ge=1, le=25, description="Rows per GPU type.")] = 10,
 ) -> LeaderboardResult:
     """Finished experiments ranked by val_bpb SEPARATELY per GPU type (never across types), with
     replicates averaged, delta vs the reference, verdict against the noise floor, and your
     keep/discard decision. Use it after a wave to pick what to keep or promote."""
-    board = engine(ctx).leaderboard(gpu_type=gpu_type, limit=limit)
+    board = compact(engine(ctx).leaderboard(gpu_type=gpu_type, limit=limit))
     if not any(board.by_gpu_type.values()):
         hint = "No finished experiments yet: wait_for_experiments first."
     else:
@@ -137,6 +138,14 @@ def plot_progress(ctx: Context) -> list[TextContent | Image]:
     path = fleet(ctx).config.workspace / "progress.png"
     png, summary = plot.render_progress(exps, path)
     return [TextContent(type="text", text=f"{summary} Written to {path}."), Image(data=png, format="png")]
+
+
+def compact(board: Leaderboard) -> Leaderboard:
+    """Rows keep their first few ids and a one-line description: the table stays small."""
+    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS],
+                                     "description": clip(r.description, 120)}) for r in rs]
+            for g, rs in board.by_gpu_type.items()}
+    return board.model_copy(update={"by_gpu_type": rows})
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)

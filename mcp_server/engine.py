@@ -84,6 +84,7 @@ class WaitResult(BaseModel):
     timed_out: bool
     # additions beyond the first stub
     interrupted: bool = Field(False, description="True when the engine was closed while waiting.")
+    notes: list[str] = Field(default_factory=list, description="Why live experiments may not progress (data preparation failed, no slot of their GPU type, ...).")
 
 
 @dataclass
@@ -656,7 +657,9 @@ class Engine:
         return new
 
     def teardown_clusters(self, names: list[str] | None = None) -> list[str]:
-        """Stop and delete the named clusters (None = all). Experiments running on them are cancelled."""
+        """Stop and delete the named clusters (None = all). Experiments that were running on a
+        removed cluster are recorded as cancelled. (Local slots are this machine: nothing is
+        removed and nothing is cancelled.)"""
         current = {c.name: c for c in self.scheduler.refresh_clusters()}
         if names is not None:
             if not isinstance(names, (list, tuple)) or not names or len(names) > 1000:
@@ -666,15 +669,13 @@ class Engine:
             if bad:
                 raise NotFound(f"Unknown cluster{'s' if len(bad) > 1 else ''}: {', '.join(_short(b, 40) for b in bad[:10])}. "
                                f"Clusters: {', '.join(current) or 'none'}. Nothing was torn down.")
-            targets = list(dict.fromkeys(names))
-        else:
-            targets = list(current)
-        victims = [f.exp_id for f in self.scheduler.in_flight().values() if f.cluster in targets]
-        if victims:
-            self.scheduler.cancel(victims, reason="cancelled: its cluster was torn down")
-        removed = self.backend.teardown(list(targets) if names is not None else None)
+            names = list(dict.fromkeys(names))
+        removed = self.backend.teardown(names)
         if removed:
             self.ledger.set_cluster_state(removed, "gone")
+            victims = [f.exp_id for f in self.scheduler.in_flight().values() if f.cluster in removed]
+            if victims:
+                self.scheduler.cancel(victims, reason="cancelled: its cluster was torn down")
         self.scheduler.refresh_clusters()
         return removed
 
@@ -974,8 +975,19 @@ class Engine:
             except Exception:  # noqa: BLE001
                 log.exception("results.tsv export failed")
         verdicts = self._verdicts(finished) if finished else []
+        notes: list[str] = []
+        if still:
+            if self._data_error:
+                notes.append(self._data_error)
+            if self.scheduler.last_error:
+                notes.append(f"scheduler: {self.scheduler.last_error}")
+            types = self._gpu_types_available()
+            stuck = sorted({e.gpu_type for e in self.ledger.get_many(still) if e.gpu_type and e.gpu_type not in types})
+            if stuck:
+                notes.append(f"No slot of GPU type {', '.join(stuck)} is up, so experiments that need it stay queued; "
+                             f"available: {self._describe_types()}.")
         return WaitResult(finished=finished, verdicts=verdicts, still_running=still, timed_out=timed_out,
-                          interrupted=interrupted)
+                          interrupted=interrupted, notes=notes)
 
     @staticmethod
     def _progress_message(e: Experiment) -> str:

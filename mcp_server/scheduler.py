@@ -401,7 +401,9 @@ class Scheduler:
                 running = len(self._flights)
             if running >= self.max_concurrent:
                 break
-            free = [s for s in slots if outstanding[s.name] < depth[s.name]]
+            mono = time.monotonic()
+            free = [s for s in slots if outstanding[s.name] < depth[s.name]
+                    and self._slot_backoff.get(s.name, 0) <= mono]   # a slot whose submit failed rests
             if not free:
                 break
             fits = [s for s in free if gpu_type is None or s.gpu_type == gpu_type]

@@ -267,3 +267,19 @@ def test_live_limit_and_gpu_hour_budget(tmp_path, cache, engines):
         eng.launch_experiment("one more")
     assert ledger_state(eng) == before
     assert eng.budget_status()["gpu_hours_left"] == 0.0
+
+
+def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, engines):
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "train.py").write_text((Path(__file__).resolve().parent.parent / "train_template" / "train.py").read_text())
+    (template / "prepare.py").write_text("import sys\nprint('downloading...')\nsys.exit('no network here')\n")
+    eng = engines.make(make_config(tmp_path / "research", cache, template_dir=template))
+    e = eng.launch_experiment("waits for data")[0]
+    res = eng.wait([e.id], timeout_s=3)
+    assert res.timed_out and res.still_running == [e.id]
+    assert any("data preparation" in n and "prepare.log" in n for n in res.notes), res.notes
+    assert eng.get_experiment(e.id).status == Status.queued and eng.get_experiment(e.id).attempts == 0
+    assert "no network here" in eng.prepare_log.read_text()
+    assert any("data preparation" in n for n in eng.budget_status()["notes"])
+    assert eng.cancel([e.id])[0].status == Status.cancelled

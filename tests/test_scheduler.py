@@ -217,8 +217,11 @@ def test_submit_failure_requeues_and_backs_off(ledger, tmp_path):
     be = SimulatedBackend({"bad": "CPU", "good": "CPU"})
     be.fail_submit = {"bad"}
     s = _sched(ledger, be, tmp_path)
-    (eid,) = _queue(ledger, 1)
-    s.tick()      # tries 'bad' (alphabetical tie-break) -> fails -> requeued; 'bad' backs off
+    eid, other, third = _queue(ledger, 3)
+    s.tick()      # e1 tries 'bad' (alphabetical tie-break) -> fails -> requeued; 'bad' rests
+    assert be.running_on() == {other: "good"}          # the failing slot did not burn e2 and e3 too
+    assert ledger.get(third).attempts == 0
+    be.finish(other)
     s.tick()
     assert be.running_on() == {eid: "good"}
     kinds = [ev["kind"] for ev in ledger.events(eid)]

@@ -364,7 +364,8 @@ if __name__ == "__main__":
     loader = make_dataloader(rows, "train", DEVICE)
     x, y, epoch = next(loader)
 
-    print(f"profile {PROFILE} | device {device_name} | budget {TIME_BUDGET:.0f}s | seed {SEED}")
+    threads = f" ({torch.get_num_threads()} threads)" if DEVICE == "cpu" else ""
+    print(f"profile {PROFILE} | device {device_name}{threads} | budget {TIME_BUDGET:.0f}s | seed {SEED}")
     print(f"model: {cfg.n_layer} layers, dim {cfg.model_dim}, {cfg.n_head} heads of {cfg.head_dim}, "
           f"vocab {cfg.vocab_size}, seq {cfg.seq_len} | {num_params / 1e6:.2f}M params")
     print(f"batch: {total_batch:,} tokens/step = {grad_accum} x {rows} rows of {MAX_SEQ_LEN}")

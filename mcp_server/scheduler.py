@@ -323,11 +323,7 @@ class Scheduler:
         log_path = outcome.log_path or run_log
         self.stats["outcomes"] += 1
         if outcome.lost or outcome.result is None:
-            self.stats["lost"] += 1
-            try:   # make sure nothing it started survives (idempotent)
-                self.backend.cancel(outcome.handle)
-            except Exception:  # noqa: BLE001
-                log.exception("cancel of lost job %s failed", flight.exp_id)
+            self.stats["lost"] += 1   # (the backend cleans up what a vanished job left: Backend.poll)
             return self.ledger.lose_attempt(flight.exp_id, flight.attempt, self.max_attempts,
                                             outcome.reason or "the job vanished without a result",
                                             log_path=log_path) is not None

@@ -160,7 +160,6 @@ def test_lost_is_retried_then_lost(ledger, tmp_path):
     s.tick()
     e = ledger.get(eid)
     assert e.status == Status.lost and e.attempts == 2 and "vanished" in e.error
-    assert eid in be.cancelled                         # whatever a lost job left behind is cleaned up
     assert [a["run_dir"].endswith(f"a{i}") for i, a in enumerate(ledger.attempts(eid), 1)] == [True, True]
 
 

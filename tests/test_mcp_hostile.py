@@ -116,3 +116,21 @@ async def test_hostile_calls_fail_with_guidance_and_change_nothing(tmp_path, cac
         assert not Path("/tmp/pwned").exists()
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log, "a hostile call reached an unexpected exception"
+
+
+async def test_unexpected_failure_is_reported_and_logged(tmp_path, cache):
+    """A failure nobody anticipated (here: the workspace's git repository vanishes under the server)
+    still reaches the model as an error saying what failed and what to do, the traceback goes to
+    the server's stderr, and the server keeps serving."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    log = tmp_path / "server.log"
+    async with stdio_session(serve_args(ws, cache), log) as client:
+        await ok(client, "list_clusters")
+        shutil.rmtree(ws / ".git")
+        text = await err(client, "launch_experiment", {"description": "after the repo vanished"})
+        assert "launch_experiment" in text and GUIDANCE.search(text), text
+        clusters = await ok(client, "list_clusters")  # still serving
+        assert clusters["total"] == 2
+    assert "Traceback" in log.read_text()

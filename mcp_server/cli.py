@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .config import FleetConfig
+from .errors import FleetError
 
 DEFAULT_HTTP_PORT = 8765
 
@@ -107,13 +108,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except http.InsecureBind as exc:
             print(f"autoresearch-fleet: {exc}", file=sys.stderr)
             return 2
-    config = config_from_args(args)
-    server = build_server(config)
-    if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        http.serve(server, host=args.host, port=args.port, token=token)
+    try:
+        config = config_from_args(args)
+        server = build_server(config)
+        if args.transport == "stdio":
+            server.run("stdio")
+        else:
+            http.serve(server, host=args.host, port=args.port, token=token)
+    except BaseException as exc:  # noqa: BLE001 - a refusal to start is one line, not a traceback
+        reason = _fleet_error(exc)
+        if reason is None:
+            raise
+        print(f"autoresearch-fleet: cannot serve: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _fleet_error(exc: BaseException, depth: int = 0) -> FleetError | None:
+    """The FleetError behind a failed start (the SDK wraps it in exception groups)."""
+    if isinstance(exc, FleetError):
+        return exc
+    if depth > 8:
+        return None
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _fleet_error(inner, depth + 1)
+            if found is not None:
+                return found
+    cause = exc.__cause__ or exc.__context__
+    return _fleet_error(cause, depth + 1) if cause is not None else None
 
 
 def _open_ledger(workspace: Path):

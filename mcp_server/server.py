@@ -16,6 +16,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import ValidationError
 
 from .config import FleetConfig
+from .errors import FleetError
 from .tools import register_all
 from .tools.common import FleetContext
 
@@ -104,8 +105,11 @@ def build_server(config: FleetConfig, engine_factory: EngineFactory = _default_e
         engine = await anyio.to_thread.run_sync(engine_factory, config)
         try:
             await anyio.to_thread.run_sync(engine.start)
-        except BaseException:
-            log.exception("engine failed to start")
+        except BaseException as exc:
+            if isinstance(exc, FleetError):
+                log.error("engine cannot start: %s", exc)
+            else:
+                log.exception("engine failed to start")
             await anyio.to_thread.run_sync(engine.close)
             raise
         log.info("engine started")

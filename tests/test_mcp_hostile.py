@@ -134,3 +134,20 @@ async def test_unexpected_failure_is_reported_and_logged(tmp_path, cache):
         clusters = await ok(client, "list_clusters")  # still serving
         assert clusters["total"] == 2
     assert "Traceback" in log.read_text()
+
+
+async def test_second_server_on_a_workspace_refuses_in_one_line(tmp_path, cache):
+    """One engine per workspace: a second server says why in one line and exits; the first serves on."""
+    import subprocess
+    import sys
+
+    from mcp_harness import REPO
+
+    ws = tmp_path / "ws"
+    async with stdio_session(serve_args(ws, cache), tmp_path / "server.log") as client:
+        await ok(client, "list_clusters")
+        proc = subprocess.run([sys.executable, *serve_args(ws, cache)], cwd=REPO, input="", capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert "cannot serve: Another engine" in proc.stderr and "Traceback" not in proc.stderr
+        assert (await ok(client, "list_clusters"))["total"] == 2

@@ -490,7 +490,7 @@ class Ledger:
 
     def finish_attempt(self, exp_id: str, attempt: int, status: Status, *, metrics: Metrics | None = None,
                        error: str | None = None, log_path: str | None = None, ended_at: float | None = None,
-                       busy_seconds: float | None = None, detail: str = "") -> bool:
+                       busy_seconds: float | None = None, detail: str = "", started_at: float | None = None) -> bool:
         """Record the terminal result of one attempt. Atomic and idempotent: False if the attempt was
         already closed (or the experiment is no longer running that attempt)."""
         now = time.time()
@@ -512,6 +512,9 @@ class Ledger:
                 vals = metrics.model_dump()
                 c.execute(f"UPDATE experiments SET {', '.join(f'{k}=?' for k in METRIC_FIELDS)} WHERE id=?",
                           (*[vals[k] for k in METRIC_FIELDS], exp_id))
+            if started_at is not None:   # when the runner really started (a queued-ahead job waits first)
+                c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
+                          (exp_id, started_at, "started", f"attempt {attempt}"))
             kind = "cancelled" if status == Status.cancelled else ("timeout" if status == Status.timeout else "finished")
             c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
                       (exp_id, now, kind, f"attempt {attempt}: {status.value}" + (f" ({detail})" if detail else "")))

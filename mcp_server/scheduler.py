@@ -345,7 +345,8 @@ class Scheduler:
         busy = (ended - started) if started is not None and ended is not None and ended >= started else None
         return self.ledger.finish_attempt(flight.exp_id, flight.attempt, status, metrics=metrics,
                                           error=str(error)[:20000] if error else None, log_path=log_path,
-                                          busy_seconds=busy, detail=(error or "").splitlines()[0][:200] if error else "")
+                                          busy_seconds=busy, detail=(error or "").splitlines()[0][:200] if error else "",
+                                          started_at=started)
 
     def _watchdog(self) -> list[str]:
         now = time.time()

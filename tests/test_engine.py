@@ -111,7 +111,7 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
     budget = eng.budget_status()
     assert budget["gpu_hours_spent"] > 0 and budget["experiments_live"] == 0 and budget["clusters_alive"] == 2
     events = eng.events(best.id)
-    assert [ev["kind"] for ev in events] == ["queued", "submitted", "finished", "kept"]
+    assert [ev["kind"] for ev in events] == ["queued", "submitted", "started", "finished", "kept"]
     assert_no_strays(eng)
 
 

@@ -99,7 +99,7 @@ def test_killed_runner_is_lost_requeued_then_done(tmp_path, cache, engines):
     done = res.finished[0]
     assert done.status == Status.done and done.attempts == 2 and done.metrics.val_bpb
     kinds = [ev["kind"] for ev in eng.events(e.id)]
-    assert kinds == ["queued", "submitted", "lost", "requeued", "submitted", "finished"], kinds
+    assert kinds == ["queued", "submitted", "lost", "requeued", "submitted", "started", "finished"], kinds
     attempts = eng.ledger.attempts(e.id)
     assert [a["outcome"] for a in attempts] == ["lost", "done"]
     assert not (run_dir / runner.RESULT_FILE).exists()

@@ -46,6 +46,7 @@ def hostile_calls(done: str, crashed: str) -> list[tuple[str, dict[str, Any], li
         ("launch_experiment", {"description": "x", "base": "e9999"}, ["e9999", "fetch_results"]),
         ("launch_experiment", {"description": "x", "base": "HEAD; reboot"}, ["base"]),
         ("launch_experiment", {"description": "x", "priority": 10**6}, ["priority"]),
+        ("launch_experiment", {"description": "x", "source": "train.py", "base": done}, ["source", "base", "not both"]),
         # launch_wave
         ("launch_wave", {"description": "x", "axes": {}}, ["axes"]),
         ("launch_wave", {"description": "x", "axes": {f"A{i}": [1, 2] for i in range(5)}}, ["axes"]),

@@ -103,9 +103,10 @@ def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
     if len(finished) <= MAX_WAIT_ROWS:
         return finished
     failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
-    done = sorted((e for e in finished if e not in failed and e.metrics.val_bpb is not None),
+    failed_ids = {e.id for e in failed}
+    done = sorted((e for e in finished if e.id not in failed_ids and e.metrics.val_bpb is not None),
                   key=lambda e: e.metrics.val_bpb)
-    keep = {e.id for e in failed + done[: MAX_WAIT_ROWS - len(failed)]}
+    keep = failed_ids | {e.id for e in done[: MAX_WAIT_ROWS - len(failed)]}
     return [e for e in finished if e.id in keep]
 
 
@@ -129,13 +130,17 @@ def launch_experiment(
     base: OptBaseRef = None,
     gpu_type: OptGpuType = None,
     replicates: Replicates = 1,
-    seed: Annotated[int | None, Field(ge=0, le=2**31 - 1, description="Seed of the first replicate (default: assigned).")] = None,
+    seed: Annotated[int | None, Field(ge=0, le=2**31 - 17, description="Seed of the first replicate; the others "
+                                      "use seed+1, seed+2, ... (default 42).")] = None,
     priority: Annotated[int, Field(ge=-100, le=100, description="Higher runs first among queued experiments.")] = 0,
 ) -> LaunchResult:
     """Snapshot the current train.py (with optional constant overrides) and queue it to run for the
     fixed time budget. Use it for a baseline (replicates=3), a single hand-written change, or a
     re-run. For several values of several knobs at once use launch_wave instead. The agent's branch
     does not move; returns at once with ids for wait_for_experiments."""
+    if source is not None and base is not None:
+        raise ToolError("Give either source (a file in the workspace) or base (an experiment id or commit to "
+                        "derive from), not both. Nothing was launched.")
     if source is not None and ".." in source.split("/"):
         raise ToolError(f"source must be a path inside the workspace without '..' (got {source!r}), "
                         "e.g. 'variants/rope.py'. Nothing was launched.")

@@ -280,6 +280,10 @@ class Engine:
             self.backend.close()
         except Exception:  # noqa: BLE001
             log.exception("backend close failed")
+        try:
+            self.workspace.close()   # gitpython's helper processes (reopened on demand)
+        except Exception:  # noqa: BLE001
+            log.exception("workspace close failed")
         self._release_lock()
         self._started = False
 

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -214,7 +215,7 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.RLock()
-        self._all_conns: list[sqlite3.Connection] = []
+        self._all_conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._conns_lock = threading.Lock()
         self._migrate()
 
@@ -230,14 +231,26 @@ class Ledger:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
             with self._conns_lock:
-                self._all_conns.append(conn)
+                # connections of threads that have ended (worker pools come and go) are closed here
+                alive = []
+                for ref, other in self._all_conns:
+                    thread = ref()
+                    if thread is None or not thread.is_alive():
+                        try:
+                            other.close()
+                        except sqlite3.Error:
+                            pass
+                    else:
+                        alive.append((ref, other))
+                alive.append((weakref.ref(threading.current_thread()), conn))
+                self._all_conns = alive
         return conn
 
     def close(self) -> None:
         """Close every connection this ledger opened (in any thread)."""
         with self._conns_lock:
             conns, self._all_conns = self._all_conns, []
-        for conn in conns:
+        for _, conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:

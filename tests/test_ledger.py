@@ -205,3 +205,13 @@ def test_rows_load_as_valid_models(ledger, tmp_path):
     again = Experiment.model_validate(e.model_dump())
     assert again == e and again.model_dump() == e.model_dump()
     assert e.model_dump(mode="json")["status"] == "done" and e.model_fields_set == set(Experiment.model_fields)
+
+
+def test_connections_of_ended_threads_are_closed(ledger):
+    """Worker threads come and go (the MCP layer's pool): their connections do not pile up."""
+    for _ in range(30):
+        t = threading.Thread(target=lambda: ledger.row_counts())
+        t.start()
+        t.join()
+    ledger.row_counts()
+    assert len(ledger._all_conns) <= 2

@@ -40,6 +40,9 @@ async def test_results_stay_compact_and_paginate(tmp_path):
         assert done == all_done[: len(done)]
         assert "leaderboard" in out["next_step"] and "fetch_results(wave_id='w0003', status='done')" in out["next_step"]
 
+        idle = (await call("wait_for_experiments")).structured_content
+        assert idle["finished"] == [] and idle["still_running"] == [] and "Nothing to wait for" in idle["next_step"]
+
         page = (await call("fetch_results", {"limit": 50})).structured_content
         assert page["total"] == 1000 and page["next_offset"] == 50 and "offset=50" in page["next_step"]
 

@@ -221,7 +221,12 @@ async def wait_for_experiments(
     rows = _pick_rows(res.finished)
     shown = {e.id for e in rows}
     omitted = len(res.finished) - len(rows)
-    if res.still_running:
+    if getattr(res, "interrupted", False):
+        hint = ("The server is shutting down; experiments keep running and are picked up when it restarts. "
+                "Call wait_for_experiments again then.")
+    elif not res.finished and not res.still_running:
+        hint = "Nothing to wait for: no experiment is queued or running. launch_experiment / launch_wave start some."
+    elif res.still_running:
         again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
                  f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
                  "no arguments (= every live experiment)")

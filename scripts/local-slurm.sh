@@ -24,6 +24,10 @@
 #   SKY_VENV            venv holding skypilot==0.14.1 (default: ./.venv of this repo)
 #   LOCAL_SLURM_CPUS    CPUs the node advertises (default: max(nproc, 4): over-commit allowed)
 #   LOCAL_SLURM_MEM_MB  memory the node advertises (default 8000)
+#   LOCAL_SLURM_SELECT  SelectTypeParameters (default CR_Core: memory is not a consumable, so the
+#                       job queued ahead on a cluster can start beside the running one, as with
+#                       fractional GPUs on Kubernetes/clouds; CR_Core_Memory: SkyPilot's job steps
+#                       ask for all the allocation's memory (--mem=0) and run one at a time)
 #   LOCAL_SLURM_SSH_PORT  port of our loopback sshd (default 22)
 #   SKY_OFFLINE_DIR     where the offline stand-ins live (default /opt/arf-skyoffline)
 #   ARF_SKY_PREFIX      cluster-name prefix `down` removes (default arf)
@@ -35,6 +39,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 SKY_VENV=${SKY_VENV:-$REPO/.venv}
 CPUS=${LOCAL_SLURM_CPUS:-$(n=$(nproc); [ "$n" -lt 4 ] && echo 4 || echo "$n")}
 MEM_MB=${LOCAL_SLURM_MEM_MB:-8000}
+SELECT=${LOCAL_SLURM_SELECT:-CR_Core}
 SSH_PORT=${LOCAL_SLURM_SSH_PORT:-22}
 OFF=${SKY_OFFLINE_DIR:-/opt/arf-skyoffline}
 PREFIX=${ARF_SKY_PREFIX:-arf}
@@ -89,7 +94,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
+SelectTypeParameters=${SELECT}
 DefMemPerCPU=512
 ReturnToService=2
 MpiDefault=none
@@ -104,11 +109,11 @@ EOF
     printf '%s\n' "$conf" > /etc/slurm/slurm.conf; changed=1
   fi
   alive /run/munge/munged.pid || runuser -u munge -- /usr/sbin/munged
-  if alive /run/slurm/slurmctld.pid; then
-    [ $changed = 1 ] && scontrol reconfigure
-  else
-    /usr/sbin/slurmctld
+  if [ $changed = 1 ]; then   # some settings (select parameters, node size) need a restart
+    stop_pidfile /run/slurm/slurmd.pid
+    stop_pidfile /run/slurm/slurmctld.pid
   fi
+  alive /run/slurm/slurmctld.pid || /usr/sbin/slurmctld
   alive /run/slurm/slurmd.pid || /usr/sbin/slurmd
   local state=
   for _ in $(seq 60); do
@@ -168,9 +173,14 @@ Host localcluster
   UserKnownHostsFile /dev/null
 EOF
   chmod 600 "$HOME/.slurm/config"
-  ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-      -o LogLevel=ERROR -i "$KEY" -p "$SSH_PORT" root@127.0.0.1 'bash --login -c "sinfo -h >/dev/null && echo ok"' >/dev/null \
-    || die "ssh to 127.0.0.1:$SSH_PORT failed"
+  local ok=0
+  for _ in $(seq 20); do   # a HUP'ed sshd re-executes itself: give it a moment to listen again
+    if ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o ConnectTimeout=5 -o LogLevel=ERROR -i "$KEY" -p "$SSH_PORT" root@127.0.0.1 \
+        'bash --login -c "sinfo -h >/dev/null && echo ok"' >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.5
+  done
+  [ $ok = 1 ] || die "ssh to 127.0.0.1:$SSH_PORT failed (see: /usr/sbin/sshd -t -f $SSHD_CONF)"
   log "sshd up on 127.0.0.1:$SSH_PORT (pid $(cat "$SSHD_PID")); ~/.slurm/config written"
 }
 

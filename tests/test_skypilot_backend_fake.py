@@ -119,8 +119,8 @@ class FakeSkyPilotSDK:
         return value
 
     def api_status(self, rids: list[str]) -> list[Any]:
-        return [SimpleNamespace(status="SUCCEEDED" if self._results[r][0] else "FAILED", finished_at=0.0)
-                for r in rids if r in self._results]
+        return [SimpleNamespace(request_id=r, status="SUCCEEDED" if self._results[r][0] else "FAILED",
+                                finished_at=0.0) for r in rids if r in self._results]
 
     def _record(self, c: FakeCluster) -> Any:
         res = SimpleNamespace(accelerators=c.accelerators, get_cost=lambda s: 0.0)

@@ -92,6 +92,7 @@ _EMIT_RESULT = (
 )
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
+_STARTED = _TERMINAL | {"RUNNING"}
 _REQ_DONE_BAD = {"FAILED", "CANCELLED"}
 
 
@@ -170,6 +171,7 @@ class _Job:
     deferred: bool = False               # not exec'd yet: waits until the job ahead is RUNNING
     exec_busy: bool = False
     exec_at: float | None = None
+    request_done_at: float | None = None   # its exec request finished: the job is in the cluster's queue
 
     @property
     def key(self) -> tuple[str, int]:
@@ -240,7 +242,8 @@ class SkyPilotBackend(Backend):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_provision_errors: dict[str, str] = {}
-        self._done: deque[tuple[str, int]] = deque(maxlen=4096)   # outcomes handed out: cancel is a no-op
+        self._done: deque[tuple[str, int]] = deque(maxlen=4096)
+        self.exec_log: deque[tuple[str, str, float, float]] = deque(maxlen=1000)   # name, cluster, submit, exec   # outcomes handed out: cancel is a no-op
         self.timings: dict[str, deque[float]] = {k: deque(maxlen=1000) for k in
                                                  ("launch_s", "exec_submit_s", "queue_s", "logs_s")}
 
@@ -655,7 +658,10 @@ class SkyPilotBackend(Backend):
         with self._lock:
             jobs = sorted((j for j in self._jobs.values() if j.cluster == cluster and j.outcome is None
                            and not j.cancelled), key=lambda j: j.submitted_at)
-            ahead_starting = any(not j.deferred and j.status != "RUNNING" for j in jobs)
+            # "started enough": seen RUNNING (or over), or its exec request is done -- the next
+            # exec needs seconds to reach the cluster's queue, by which time the job ahead runs.
+            ahead_starting = any(not j.deferred and j.status not in _STARTED and j.request_done_at is None
+                                 for j in jobs)
             nxt = next((j for j in jobs if j.deferred and not j.exec_busy), None)
             if nxt is None or ahead_starting or any(j.exec_busy for j in jobs):
                 return
@@ -681,6 +687,7 @@ class SkyPilotBackend(Backend):
             nxt.deferred = False
             nxt.exec_busy = False
             nxt.exec_at = time.time()
+            self.exec_log.append((nxt.name, cluster, nxt.submitted_at, nxt.exec_at))
             spec["request_id"] = request_id
         self._write_spec(spec)
 
@@ -810,6 +817,7 @@ class SkyPilotBackend(Backend):
             self._wake.clear()
 
     def _refresh_round(self) -> None:
+        self._check_requests()
         now = time.monotonic()
         with self._lock:
             clusters = sorted({j.cluster for j in self._jobs.values() if j.outcome is None})
@@ -821,6 +829,36 @@ class SkyPilotBackend(Backend):
                     todo.append(c)
         for c in todo:
             self._pool.submit(self._refresh_cluster_safe, c)
+
+    def _check_requests(self) -> None:
+        """Which exec requests have finished (a local API-server call, cheap); a deferred job
+        behind a finished one is exec'd at once instead of after the next queue round."""
+        with self._lock:
+            waiting = {j.request_id: j for j in self._jobs.values()
+                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None}
+        if not waiting:
+            return
+        try:
+            payloads = self.sky.api_status(list(waiting))
+        except Exception:  # noqa: BLE001 - the queue round decides anyway
+            return
+        clusters = set()
+        for p in payloads:
+            job = waiting.get(str(getattr(p, "request_id", "")))
+            if job is not None and _val(getattr(p, "status", "")) == "SUCCEEDED":
+                job.request_done_at = time.time()
+                clusters.add(job.cluster)
+        for c in clusters:
+            with self._lock:
+                has_deferred = any(j.cluster == c and j.deferred for j in self._jobs.values())
+            if has_deferred:
+                self._pool.submit(self._dispatch_deferred_safe, c)
+
+    def _dispatch_deferred_safe(self, cluster: str) -> None:
+        try:
+            self._dispatch_deferred(cluster)
+        except Exception:  # noqa: BLE001
+            log.exception("deferred exec on %s failed", cluster)
 
     def _refresh_cluster_safe(self, cluster: str) -> None:
         try:

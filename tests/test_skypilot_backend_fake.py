@@ -65,6 +65,7 @@ class FakeTask:
 @dataclass
 class FakeResources:
     accelerators: dict[str, float] | None = None
+    cpus: str | None = None
 
 
 @dataclass
@@ -123,7 +124,7 @@ class FakeSkyPilotSDK:
                                 finished_at=0.0) for r in rids if r in self._results]
 
     def _record(self, c: FakeCluster) -> Any:
-        res = SimpleNamespace(accelerators=c.accelerators, get_cost=lambda s: 0.0)
+        res = SimpleNamespace(accelerators=c.accelerators, get_cost=lambda s: 0.0, cloud="Kubernetes", cpus="8")
         return SimpleNamespace(name=c.name, status=SimpleNamespace(value=c.status), autostop=c.autostop,
                                launched_at=1.0, handle=SimpleNamespace(launched_resources=res))
 

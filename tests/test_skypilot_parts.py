@@ -140,3 +140,16 @@ def test_parse_job_log_strips_skypilot_prefixes():
     clean, train, result = parse_job_log(text)
     assert train == "(not a prefix, pid=x) line\n"
     assert result == {"status": "crash"} and "\x1b" not in clean
+
+
+def test_job_resources_let_the_queued_ahead_job_start_beside_the_running_one(tmp_path):
+    from mcp_server.backends.skypilot import _ClusterInfo
+    b = _backend(tmp_path)
+
+    def info(acc=None, cloud="kubernetes", cpus=None):
+        return _ClusterInfo("c", "up", "X", 1, acc, None, 0.0, cloud=cloud, cpus=cpus)
+    assert b.job_resources(info({"H100": 1})) == {"accelerators": {"H100": 0.5}}
+    assert b.job_resources(info({"H200": 8})) == {"accelerators": {"H200": 8.0}}
+    assert b.job_resources(info(cloud="slurm", cpus=2.0)) == {"cpus": "1"}
+    assert b.job_resources(info(cloud="slurm", cpus=1.0)) == {"cpus": "1"}
+    assert b.job_resources(info(cloud="aws", cpus=8.0)) is None

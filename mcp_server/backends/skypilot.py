@@ -188,6 +188,8 @@ class _ClusterInfo:
     cost_per_hour: float | None
     created_at: float
     autostop: int | None = None
+    cloud: str = ""                 # lower case: slurm, kubernetes, aws, ...
+    cpus: float | None = None
 
 
 @dataclass
@@ -363,7 +365,13 @@ class SkyPilotBackend(Backend):
             if known is not None and known.price_per_hour is not None:
                 cost = round(known.price_per_hour * count, 2)
         autostop = getattr(rec, "autostop", None)
-        return _ClusterInfo(name=str(rec.name), state=state, gpu_type=gpu_type, gpu_count=count,
+        res = getattr(getattr(rec, "handle", None), "launched_resources", None)
+        cloud = str(getattr(res, "cloud", "") or "").lower()
+        try:
+            cpus = float(str(getattr(res, "cpus", "") or "").rstrip("+"))
+        except ValueError:
+            cpus = None
+        return _ClusterInfo(cloud=cloud, cpus=cpus, name=str(rec.name), state=state, gpu_type=gpu_type, gpu_count=count,
                             accelerators=acc, cost_per_hour=cost,
                             created_at=float(getattr(rec, "launched_at", 0) or 0),
                             autostop=int(autostop) if isinstance(autostop, (int, float)) else None)
@@ -551,15 +559,21 @@ class SkyPilotBackend(Backend):
             "exit $rc",
         ])
 
-    def job_resources(self, info: _ClusterInfo) -> dict[str, float] | None:
-        """What one experiment asks SkyPilot for on this cluster. Single-GPU clusters: half the
-        GPU, so the job queued ahead is started at once and waits on the cluster lock (on Slurm
-        SkyPilot rounds it up: then its queue holds the job). CPU clusters: nothing (SkyPilot's
-        0.5-CPU default). Multi-GPU clusters: all their GPUs."""
-        if not info.accelerators:
-            return None
-        name, count = next(iter(info.accelerators.items()))
-        return {name: 0.5} if float(count) <= 1 else {name: float(count)}
+    def job_resources(self, info: _ClusterInfo) -> dict[str, Any] | None:
+        """sky.Resources(...) arguments for one experiment on this cluster: small enough that the
+        job queued ahead is started beside the running one and waits on the cluster lock.
+
+        - one GPU: half of it (Kubernetes/clouds run both jobs; Slurm rounds it up to the GPU,
+          then SkyPilot's queue holds the second job until the first ends: a few seconds more);
+        - several GPUs: all of them (one experiment uses the whole cluster);
+        - no GPU, on Slurm: half the cluster's CPUs (SkyPilot would ask for all of them);
+        - no GPU elsewhere: nothing (SkyPilot's default of half a CPU)."""
+        if info.accelerators:
+            name, count = next(iter(info.accelerators.items()))
+            return {"accelerators": {name: 0.5} if float(count) <= 1 else {name: float(count)}}
+        if info.cloud == "slurm" and info.cpus:
+            return {"cpus": str(max(1, int(info.cpus // 2)))}
+        return None
 
     def _job_envs(self, job: JobSpec) -> dict[str, str]:
         envs = self._yaml_envs()
@@ -624,7 +638,7 @@ class SkyPilotBackend(Backend):
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"
         spec = {"cluster": cluster, "name": f"arf-{key}", "key": key,
                 "run": self.run_command(key, job.harness_hash, job.timeout_s),
-                "envs": self._job_envs(job), "demand": self.job_resources(info), "request_id": None}
+                "envs": self._job_envs(job), "resources": self.job_resources(info), "request_id": None}
         stage = self._stage_run(job, key)
         spec["stage"] = str(stage)
         self._write_spec(spec)
@@ -669,8 +683,8 @@ class SkyPilotBackend(Backend):
         try:
             spec = nxt.spec or {}
             task = self.sky.Task(name=spec["name"], run=spec["run"], workdir=spec["stage"], envs=spec["envs"])
-            if spec.get("demand"):
-                task.set_resources(self.sky.Resources(accelerators=spec["demand"]))
+            if spec.get("resources"):
+                task.set_resources(self.sky.Resources(**spec["resources"]))
             t0 = time.monotonic()
             request_id = str(self.sky.exec(task, cluster_name=cluster))
             self.timings["exec_submit_s"].append(time.monotonic() - t0)

@@ -353,20 +353,20 @@ class SkyPilotBackend(Backend):
         gpu_type, count = gpu_label(acc)
         state = {"UP": "up", "INIT": "provisioning", "STOPPED": "stopped",
                  "AUTOSTOPPING": "stopped"}.get(_val(getattr(rec, "status", "")), "gone")
-        cost = None
-        try:
-            res = rec.handle.launched_resources
-            c = float(res.get_cost(3600))
-            cost = c if c > 0 else None
-        except Exception:  # noqa: BLE001 - Slurm/Kubernetes have no price
-            cost = None
-        if cost is None and gpu_type != "CPU":
-            known = gpus.find(gpu_type)
-            if known is not None and known.price_per_hour is not None:
-                cost = round(known.price_per_hour * count, 2)
-        autostop = getattr(rec, "autostop", None)
         res = getattr(getattr(rec, "handle", None), "launched_resources", None)
         cloud = str(getattr(res, "cloud", "") or "").lower()
+        cost = None
+        if cloud not in ("kubernetes", "slurm", "ssh"):   # own hardware: no price to report
+            try:
+                c = float(res.get_cost(3600))
+                cost = c if c > 0 else None
+            except Exception:  # noqa: BLE001
+                cost = None
+            if cost is None and gpu_type != "CPU":         # rough list price (gpus.py)
+                known = gpus.find(gpu_type)
+                if known is not None and known.price_per_hour is not None:
+                    cost = round(known.price_per_hour * count, 2)
+        autostop = getattr(rec, "autostop", None)
         try:
             cpus = float(str(getattr(res, "cpus", "") or "").rstrip("+"))
         except ValueError:
@@ -446,12 +446,15 @@ class SkyPilotBackend(Backend):
                     self._torn_down.difference_update(names)
                 t0 = time.monotonic()
                 requests = {}
-                for name in names:
-                    requests[name] = self.sky.launch(
-                        task, cluster_name=name, idle_minutes_to_autostop=int(self.config.sky_autostop_minutes),
-                        down=True, retry_until_up=False)
                 errors: dict[str, str] = {}
                 ok: list[str] = []
+                for name in names:
+                    try:
+                        requests[name] = self.sky.launch(
+                            task, cluster_name=name, idle_minutes_to_autostop=int(self.config.sky_autostop_minutes),
+                            down=True, retry_until_up=False)
+                    except Exception as e:  # noqa: BLE001
+                        errors[name] = f"{type(e).__name__}: {_ANSI_RE.sub('', str(e))[:2000]}"
 
                 def wait(name: str) -> None:
                     try:
@@ -460,7 +463,9 @@ class SkyPilotBackend(Backend):
                     except Exception as e:  # noqa: BLE001
                         errors[name] = f"{type(e).__name__}: {_ANSI_RE.sub('', str(e))[:2000]}"
 
-                list(self._pool.map(wait, names))
+                if requests:   # its own threads: the refresher keeps the shared pool
+                    with cf.ThreadPoolExecutor(max_workers=min(32, len(requests))) as waiters:
+                        list(waiters.map(wait, list(requests)))
                 self.timings["launch_s"].append(time.monotonic() - t0)
                 for name in errors:           # never leave a half-launched cluster billing
                     try:
@@ -475,7 +480,7 @@ class SkyPilotBackend(Backend):
             detail = "; ".join(f"{n}: {e}" for n, e in errors.items())
             raise ProvisionFailed(
                 f"No cluster came up ({detail[:3000]}). Check the task YAML's resources/infra "
-                f"({self.task_path()}) and `sky check`; nothing is left running.")
+                f"({self.task_path()}) and `sky check`; the failed clusters were taken down.")
         return [self._cluster_model(infos[n]) for n in sorted(ok) if n in infos]
 
     def teardown(self, names: list[str] | None = None) -> list[str]:

@@ -51,11 +51,11 @@ from typing import Any
 
 import yaml
 
-from .. import gpus, runner
-from ..config import FleetConfig
-from ..errors import Conflict, FleetError, InvalidInput, NotFound
-from ..models import Cluster
-from .base import Backend, JobHandle, JobOutcome, JobSpec
+from ... import gpus, runner
+from ...config import FleetConfig
+from ...errors import Conflict, FleetError, InvalidInput, NotFound
+from ...models import Cluster
+from ..base import Backend, JobHandle, JobOutcome, JobSpec
 
 log = logging.getLogger("autoresearch.skypilot")
 

@@ -1,0 +1,217 @@
+"""This workspace's clusters: named `<prefix>-<workspace tag>-NN`, launched from the task YAML
+(always with autostop + down), taken down, adopted again on start (`reconcile`)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import logging
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...config import FleetConfig
+from ...errors import Conflict, FleetError, InvalidInput
+from ...models import Cluster
+from .joblog import ANSI_RE
+from .records import ClusterInfo, cluster_info
+from .staging import stage_prepare
+
+if TYPE_CHECKING:
+    from .jobs import TrackedJob
+
+log = logging.getLogger("autoresearch.skypilot")
+
+
+class ProvisionFailed(FleetError):
+    """No cluster could be brought up."""
+
+
+class ClustersMixin:
+    """Cluster provision / teardown / reconcile and the cached view of `sky.status`.
+
+    Part of SkyPilotBackend (backend.py), which sets up the state below and provides
+    `task_path` and `launch_task_config`."""
+
+    name: str
+    config: FleetConfig
+    sky: Any
+    workspace: Path
+    state_dir: Path
+    cluster_prefix: str
+    _name_re: re.Pattern[str]
+    _exc_gone: type[BaseException]
+    _lock: threading.RLock
+    _provision_lock: threading.Lock
+    _jobs: dict[tuple[str, int], TrackedJob]
+    _clusters: dict[str, ClusterInfo]
+    _clusters_at: float
+    _gone: set[str]           # vanished under us (their jobs are lost)
+    _torn_down: set[str]      # removed by teardown (their jobs are cancelled)
+    last_provision_errors: dict[str, str]
+    timings: dict[str, deque[float]]
+
+    if TYPE_CHECKING:   # provided by SkyPilotBackend
+        def task_path(self) -> Path: ...
+        def launch_task_config(self, gpu_type: str | None, workdir: Path) -> dict[str, Any]: ...
+
+    def is_ours(self, name: str) -> bool:
+        return bool(self._name_re.match(name))
+
+    def _status(self, names: list[str] | None = None, refresh: str = "NONE") -> list[Any]:
+        mode = getattr(self.sky.StatusRefreshMode, refresh)
+        return list(self.sky.get(self.sky.status(cluster_names=names, refresh=mode)))
+
+    def _refresh_clusters(self, refresh: str = "NONE", max_age_s: float = 0.0) -> dict[str, ClusterInfo]:
+        with self._lock:
+            if max_age_s and time.monotonic() - self._clusters_at < max_age_s:
+                return dict(self._clusters)
+        recs = self._status(None, refresh)
+        infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
+        with self._lock:
+            for name in list(self._gone):
+                if name not in infos:
+                    continue
+                infos.pop(name)                  # stale record of a cluster we saw vanish
+            self._clusters = infos
+            self._clusters_at = time.monotonic()
+            return dict(infos)
+
+    def _cluster_model(self, info: ClusterInfo) -> Cluster:
+        with self._lock:
+            running = sorted(j.handle.experiment_id for j in self._jobs.values()
+                             if j.cluster == info.name and j.outcome is None and not j.cancelled)
+        return Cluster(name=info.name, backend=self.name, gpu_type=info.gpu_type, gpu_count=info.gpu_count,
+                       state=info.state, cost_per_hour=info.cost_per_hour, simulated=False,
+                       running=running, created_at=info.created_at)
+
+    def clusters(self) -> list[Cluster]:
+        infos = self._refresh_clusters(max_age_s=2.0)
+        return [self._cluster_model(i) for i in sorted(infos.values(), key=lambda i: i.name)]
+
+    def queue_depth(self, cluster: str) -> int:
+        return 2
+
+    def _next_names(self, count: int) -> list[str]:
+        used = set()
+        for rec in self._status(None):
+            m = self._name_re.match(str(rec.name))
+            if m:
+                used.add(int(m.group(1)))
+        names, i = [], 1
+        while len(names) < count:
+            if i not in used:
+                names.append(f"{self.cluster_prefix}{i:02d}")
+            i += 1
+        return names
+
+    def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
+        if not isinstance(count, int) or count < 1 or count > 256:
+            raise InvalidInput(f"count must be an integer from 1 to 256, got {count!r}.")
+        with self._provision_lock:
+            stage = stage_prepare(self.state_dir, self.workspace, self.config)
+            try:
+                cfg = self.launch_task_config(gpu_type, stage)
+                try:
+                    task = self.sky.Task.from_yaml_config(copy.deepcopy(cfg))
+                except Exception as e:  # noqa: BLE001 - SkyPilot's validation message is the useful part
+                    raise InvalidInput(f"the SkyPilot task {self.task_path()} is not valid: {e}") from None
+                names = self._next_names(count)
+                with self._lock:
+                    self._gone.difference_update(names)
+                    self._torn_down.difference_update(names)
+                t0 = time.monotonic()
+                requests = {}
+                errors: dict[str, str] = {}
+                ok: list[str] = []
+                for name in names:
+                    try:
+                        requests[name] = self.sky.launch(
+                            task, cluster_name=name, idle_minutes_to_autostop=int(self.config.sky_autostop_minutes),
+                            down=True, retry_until_up=False)
+                    except Exception as e:  # noqa: BLE001
+                        errors[name] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:2000]}"
+
+                def wait(name: str) -> None:
+                    try:
+                        self.sky.get(requests[name])
+                        ok.append(name)
+                    except Exception as e:  # noqa: BLE001
+                        errors[name] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:2000]}"
+
+                if requests:   # its own threads: the refresher keeps the shared pool
+                    with cf.ThreadPoolExecutor(max_workers=min(32, len(requests))) as waiters:
+                        list(waiters.map(wait, list(requests)))
+                self.timings["launch_s"].append(time.monotonic() - t0)
+                for name in errors:           # never leave a half-launched cluster billing
+                    try:
+                        self.sky.get(self.sky.down(name))
+                    except Exception:  # noqa: BLE001
+                        log.warning("down of failed cluster %s failed", name, exc_info=True)
+                self.last_provision_errors = errors
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+        infos = self._refresh_clusters()
+        if not ok:
+            detail = "; ".join(f"{n}: {e}" for n, e in errors.items())
+            raise ProvisionFailed(
+                f"No cluster came up ({detail[:3000]}). Check the task YAML's resources/infra "
+                f"({self.task_path()}) and `sky check`; the failed clusters were taken down.")
+        return [self._cluster_model(infos[n]) for n in sorted(ok) if n in infos]
+
+    def teardown(self, names: list[str] | None = None) -> list[str]:
+        current = self._refresh_clusters()
+        if names is None:
+            targets = sorted(current)
+        else:
+            bad = [n for n in names if not isinstance(n, str) or not self.is_ours(n)]
+            if bad:
+                raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): {bad[:10]}")
+            targets = list(dict.fromkeys(names))
+        with self._lock:
+            self._torn_down.update(targets)
+        requests = {n: self.sky.down(n) for n in targets}
+        removed: list[str] = []
+        errors: dict[str, str] = {}
+        for n, rid in requests.items():
+            try:
+                self.sky.get(rid)
+                removed.append(n)
+            except self._exc_gone:
+                removed.append(n)
+            except Exception as e:  # noqa: BLE001
+                errors[n] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:500]}"
+        self._refresh_clusters()
+        if errors and not removed:
+            raise Conflict(f"teardown failed: {errors}. Retry teardown_clusters; `sky status` shows what is left.")
+        for n, e in errors.items():
+            log.warning("sky down %s failed: %s", n, e)
+        return removed
+
+    def reconcile(self) -> list[Cluster]:
+        """This workspace's clusters as SkyPilot sees them now (refreshed); autostop re-armed where unset."""
+        infos = self._refresh_clusters(refresh="AUTO")
+        for info in infos.values():
+            if info.state == "up" and (info.autostop is None or info.autostop < 0):
+                try:
+                    self.sky.get(self.sky.autostop(info.name, int(self.config.sky_autostop_minutes), down=True))
+                except Exception:  # noqa: BLE001
+                    log.warning("could not set autostop on %s", info.name, exc_info=True)
+        return [self._cluster_model(i) for i in sorted(infos.values(), key=lambda i: i.name)]
+
+    def live_jobs(self) -> dict[str, list[str]]:
+        """Per cluster, the fleet's job names SkyPilot reports as not finished (for diagnostics/adoption)."""
+        out: dict[str, list[str]] = {}
+        for name, info in self._refresh_clusters().items():
+            if info.state != "up":
+                continue
+            try:
+                recs = self.sky.get(self.sky.queue(name, skip_finished=True))
+            except Exception:  # noqa: BLE001
+                continue
+            out[name] = [str(r.job_name) for r in recs if str(getattr(r, "job_name", "")).startswith("arf-")]
+        return out

@@ -1,0 +1,308 @@
+"""The refresher thread: `poll` never blocks on SkyPilot. Per cluster with jobs in flight it asks
+`sky.queue` (one call per cluster, jobs matched by their unique names), fetches the log of each
+finished job with `sky.tail_logs` and turns it into the job's outcome; a cluster that no longer
+exists, or stays unreachable, makes its jobs `lost`."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ... import runner
+from ..base import JobOutcome
+from .joblog import ANSI_RE, SKY_JOB_LOG, parse_job_log
+from .jobs import TrackedJob
+from .records import REQUEST_DONE_BAD, TERMINAL, ClusterInfo, status_value
+
+log = logging.getLogger("autoresearch.skypilot")
+
+
+@dataclass
+class ClusterWatch:
+    """Per-cluster refresh bookkeeping."""
+
+    busy: bool = False
+    last: float = 0.0
+    failing_since: float | None = None
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RefresherMixin:
+    """The background refresh loop and what it concludes about each job.
+
+    Part of SkyPilotBackend (backend.py), which sets up the state below; the job table and
+    `_finish` come from JobsMixin, `_status` from ClustersMixin."""
+
+    sky: Any
+    refresh_interval_s: float
+    unreachable_lost_s: float
+    request_grace_s: float
+    _exc_gone: type[BaseException]
+    _exc_not_up: type[BaseException]
+    _lock: threading.RLock
+    _jobs: dict[tuple[str, int], TrackedJob]
+    _watch: dict[str, ClusterWatch]
+    _clusters: dict[str, ClusterInfo]
+    _gone: set[str]
+    _torn_down: set[str]
+    _pool: cf.ThreadPoolExecutor
+    _wake: threading.Event
+    _stop: threading.Event
+    _thread: threading.Thread | None
+    timings: dict[str, deque[float]]
+
+    if TYPE_CHECKING:   # provided by JobsMixin and ClustersMixin
+        def _dispatch_deferred(self, cluster: str, raise_errors: bool = False) -> None: ...
+        def _send_cancel(self, job: TrackedJob) -> None: ...
+        def _finish(self, job: TrackedJob, outcome: JobOutcome) -> None: ...
+        def _jobs_on(self, cluster: str) -> list[TrackedJob]: ...
+        def _status(self, names: list[str] | None = None, refresh: str = "NONE") -> list[Any]: ...
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="arf-sky-refresh", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._refresh_round()
+            except Exception:  # noqa: BLE001 - keep refreshing whatever one round did
+                log.exception("skypilot refresh round failed")
+            self._wake.wait(self.refresh_interval_s)
+            self._wake.clear()
+
+    def _refresh_round(self) -> None:
+        self._check_requests()
+        now = time.monotonic()
+        with self._lock:
+            clusters = sorted({j.cluster for j in self._jobs.values() if j.outcome is None})
+            todo = []
+            for c in clusters:
+                w = self._watch.setdefault(c, ClusterWatch())
+                if not w.busy and now - w.last >= self.refresh_interval_s:
+                    w.busy = True
+                    todo.append(c)
+        for c in todo:
+            self._pool.submit(self._refresh_cluster_safe, c)
+
+    def _check_requests(self) -> None:
+        """Which exec requests have finished (a local API-server call, cheap); a deferred job
+        behind a finished one is exec'd at once instead of after the next queue round."""
+        with self._lock:
+            waiting = {j.request_id: j for j in self._jobs.values()
+                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None}
+        if not waiting:
+            return
+        try:
+            payloads = self.sky.api_status(list(waiting))
+        except Exception:  # noqa: BLE001 - the queue round decides anyway
+            return
+        clusters = set()
+        for p in payloads:
+            job = waiting.get(str(getattr(p, "request_id", "")))
+            if job is not None and status_value(getattr(p, "status", "")) == "SUCCEEDED":
+                job.request_done_at = time.time()
+                clusters.add(job.cluster)
+        for c in clusters:
+            with self._lock:
+                has_deferred = any(j.cluster == c and j.deferred for j in self._jobs.values())
+            if has_deferred:
+                self._pool.submit(self._dispatch_deferred_safe, c)
+
+    def _dispatch_deferred_safe(self, cluster: str) -> None:
+        try:
+            self._dispatch_deferred(cluster)
+        except Exception:  # noqa: BLE001
+            log.exception("deferred exec on %s failed", cluster)
+
+    def _refresh_cluster_safe(self, cluster: str) -> None:
+        try:
+            self._refresh_cluster(cluster)
+        except Exception:  # noqa: BLE001
+            log.exception("refresh of %s failed", cluster)
+        finally:
+            with self._lock:
+                w = self._watch.setdefault(cluster, ClusterWatch())
+                w.busy = False
+                w.last = time.monotonic()
+            self._wake.set()
+
+    def _refresh_cluster(self, cluster: str) -> None:
+        jobs = self._jobs_on(cluster)
+        if not jobs:
+            return
+        if cluster in self._torn_down:
+            for j in jobs:
+                self._finish(j, JobOutcome(j.handle, result={
+                    "status": "cancelled", "error": f"cluster {cluster} was torn down", "metrics": {}}))
+            return
+        if cluster in self._gone:
+            self._lose_all(jobs, f"cluster {cluster} vanished")
+            return
+        asked_at = time.time()
+        t0 = time.monotonic()
+        try:
+            records = list(self.sky.get(self.sky.queue(cluster, skip_finished=False)))
+        except self._exc_gone:
+            with self._lock:
+                self._gone.add(cluster)
+                self._clusters.pop(cluster, None)
+            self._lose_all(jobs, f"cluster {cluster} vanished (preempted, autostopped, or removed outside the fleet)")
+            return
+        except self._exc_not_up as e:
+            self._unreachable(cluster, jobs, f"cluster {cluster} is not up: {ANSI_RE.sub('', str(e))[:300]}",
+                              confirm=True)
+            return
+        except Exception as e:  # noqa: BLE001 - network, ssh, API server: retried, lost only if it lasts
+            self._unreachable(cluster, jobs, f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:300]}")
+            return
+        self.timings["queue_s"].append(time.monotonic() - t0)
+        with self._lock:
+            self._watch.setdefault(cluster, ClusterWatch()).failing_since = None
+        by_name: dict[str, Any] = {}
+        for r in records:
+            name = str(getattr(r, "job_name", "") or "")
+            prev = by_name.get(name)
+            if prev is None or int(r.job_id) > int(prev.job_id):
+                by_name[name] = r
+        finished: list[tuple[TrackedJob, Any]] = []
+        for job in jobs:
+            if job.deferred:
+                continue
+            rec = by_name.get(job.name)
+            if rec is None:
+                self._not_in_queue(job, asked_at)
+                continue
+            job.job_id = int(rec.job_id)
+            job.status = status_value(rec.status)
+            if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
+                self._send_cancel(job)
+            if job.status in TERMINAL:
+                finished.append((job, rec))
+        for job, rec in finished:
+            self._collect(job, rec)
+        self._dispatch_deferred(cluster)
+
+    def _unreachable(self, cluster: str, jobs: list[TrackedJob], reason: str, confirm: bool = False) -> None:
+        with self._lock:
+            w = self._watch.setdefault(cluster, ClusterWatch())
+            if w.failing_since is None:
+                w.failing_since = time.monotonic()
+            w.last_error = reason
+            failing_for = time.monotonic() - w.failing_since
+        if confirm:
+            try:
+                recs = self._status([cluster], refresh="AUTO")
+            except Exception:  # noqa: BLE001
+                recs = None
+            if recs is not None and (not recs or status_value(recs[0].status) != "UP"):
+                with self._lock:
+                    self._gone.add(cluster)
+                self._lose_all(jobs, reason)
+                return
+        if failing_for > self.unreachable_lost_s:
+            for j in jobs:          # in case it is still running there: it must not hold the cluster
+                if j.job_id is not None:
+                    try:
+                        self.sky.cancel(cluster, job_ids=[j.job_id])
+                    except Exception:  # noqa: BLE001
+                        pass
+            self._lose_all(jobs, f"cluster {cluster} unreachable for {failing_for:.0f} s: {reason}")
+
+    def _lose_all(self, jobs: list[TrackedJob], reason: str) -> None:
+        for j in jobs:
+            self._finish(j, JobOutcome(j.handle, lost=True, reason=reason))
+
+    def _not_in_queue(self, job: TrackedJob, asked_at: float) -> None:
+        """The job is not (yet) in the cluster's queue: its exec request decides."""
+        status = ""
+        finished_at = None
+        if job.request_id:
+            try:
+                st = self.sky.api_status([job.request_id])
+            except Exception:  # noqa: BLE001
+                return   # ask again next round
+            if st:
+                status = status_value(st[0].status)
+                finished_at = getattr(st[0], "finished_at", None)
+        if status in ("PENDING", "WAITING", "RUNNING"):
+            return
+        if status in REQUEST_DONE_BAD:
+            try:
+                self.sky.get(job.request_id)
+                why = f"exec request {status.lower()}"
+            except Exception as e:  # noqa: BLE001
+                why = f"exec failed: {type(e).__name__}: {ANSI_RE.sub('', str(e))[:500]}"
+            self._finish(job, JobOutcome(job.handle, lost=True, reason=why))
+            return
+        if status == "SUCCEEDED":
+            if finished_at is None or float(finished_at) >= asked_at - 1.0:
+                return   # it finished while we were asking: next round sees the job
+            self._finish(job, JobOutcome(job.handle, lost=True,
+                                         reason=f"job {job.name} is not on {job.cluster} although it was submitted"))
+            return
+        # unknown request (an API server that lost its state) and not on the cluster
+        if time.time() - job.submitted_at > self.request_grace_s:
+            self._finish(job, JobOutcome(job.handle, lost=True,
+                                         reason=f"job {job.name} is not on {job.cluster} and its exec request is unknown"))
+
+    def _collect(self, job: TrackedJob, rec: Any) -> None:
+        """A finished job: its log from SkyPilot -> run.log, sky_job.log, result.json; the outcome."""
+        if job.cancelled:
+            self._finish(job, JobOutcome(job.handle, result={"status": "cancelled", "metrics": {}}))
+            return
+        buf = io.StringIO()
+        t0 = time.monotonic()
+        try:
+            self.sky.tail_logs(job.cluster, job.job_id, follow=False, output_stream=buf)
+        except self._exc_gone:
+            self._finish(job, JobOutcome(job.handle, lost=True, reason=f"cluster {job.cluster} vanished before its log was read"))
+            return
+        except Exception as e:  # noqa: BLE001
+            with self._lock:
+                w = self._watch.setdefault(job.cluster, ClusterWatch())
+                tries = w.extra.get(job.name, 0) + 1
+                w.extra[job.name] = tries
+            if tries >= 5:
+                self._finish(job, JobOutcome(job.handle, lost=True, reason=f"could not read the job log: {e}"))
+            return
+        self.timings["logs_s"].append(time.monotonic() - t0)
+        clean, train_log, result = parse_job_log(buf.getvalue())
+        run_dir = Path(job.handle.run_dir)
+        log_path: str | None = None
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / SKY_JOB_LOG).write_text(clean, encoding="utf-8")
+            (run_dir / runner.LOG_FILE).write_text(train_log if train_log else clean, encoding="utf-8")
+            log_path = str(run_dir / runner.LOG_FILE)
+            if result is not None:
+                tmp = run_dir / ".result.json.tmp"
+                tmp.write_text(json.dumps(result, sort_keys=True), encoding="utf-8")
+                os.replace(tmp, run_dir / runner.RESULT_FILE)
+        except OSError:
+            log.warning("could not write the logs of %s into %s", job.name, run_dir, exc_info=True)
+        status = job.status
+        if result is not None:
+            self._finish(job, JobOutcome(job.handle, result=result, log_path=log_path))
+        elif status == "CANCELLED":
+            self._finish(job, JobOutcome(job.handle, lost=True, log_path=log_path,
+                                         reason=f"job {job.name} was cancelled outside the fleet"))
+        else:
+            last = [line for line in clean.splitlines() if line.strip()][-3:]
+            self._finish(job, JobOutcome(job.handle, lost=True, log_path=log_path,
+                                         reason=f"SkyPilot job ended {status} without a result line: "
+                                                + " | ".join(last)[:500]))

@@ -39,7 +39,7 @@ WAIT_S = 900.0
 
 def local_slurm_reason() -> str | None:
     """None when a local Slurm usable by SkyPilot is up; else why not (the skip reason)."""
-    how = "start it with `sudo scripts/local-slurm.sh up` (see README.md, "Running the SkyPilot tests")"
+    how = 'start it with `sudo scripts/local-slurm.sh up` (see README.md, section "Running the SkyPilot tests")'
     if shutil.which("sinfo") is None:
         return f"no local Slurm (sinfo not installed): {how}"
     if not (Path.home() / ".slurm" / "config").is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -89,7 +90,11 @@ def main() -> int:
     t = time.perf_counter()
     seed_ledger(ws, a.experiments, rng)
     print(f"seeded {a.experiments} experiments in {time.perf_counter() - t:.1f}s ({ws})", file=sys.stderr)
+    load_before = os.getloadavg()
     res = anyio.run(measure, ws, a.experiments, a.iterations, rng, tmp / "server.log")
+    load_after = os.getloadavg()
+    print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in load_before)} before, "
+          f"{' '.join(f'{x:.2f}' for x in load_after)} after (timings scale with it)")
     print(f"{'tool':<24}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'result chars':>14}  target p95<{TARGET_P95_MS:g}ms")
     missed = []
     for name, r in res.items():
@@ -98,7 +103,8 @@ def main() -> int:
             missed.append(name)
         print(f"{name:<24}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}{r['result_chars']:>14}  {verdict}")
     if a.json:
-        a.json.write_text(json.dumps({"experiments": a.experiments, "results": res}, indent=2))
+        a.json.write_text(json.dumps({"experiments": a.experiments, "results": res, "cpus": os.cpu_count(),
+                                      "load_before": load_before, "load_after": load_after}, indent=2))
     return 1 if missed else 0
 
 

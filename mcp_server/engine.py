@@ -38,9 +38,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
@@ -165,9 +166,13 @@ class Engine:
         self._launch_lock = threading.RLock()
         self._lock_file: Any = None
         self._started = False
+        # Every experiment, and the analysis index over them (groups, noise floors): loaded once,
+        # then kept current by every write path of this engine (`_remember`), both under _cache_lock.
         self._cache: dict[str, Experiment] | None = None
-        self._board_cache: dict[tuple[Any, ...], tuple[int, Leaderboard]] = {}
-        self._verdict_cache: tuple[int, dict[str, Verdict]] = (-1, {})
+        self._index: analysis.Index | None = None
+        # answers cached per (index object, index version): a change that matters moves the version
+        self._board_cache: dict[tuple[Any, ...], tuple[analysis.Index, int, Leaderboard]] = {}
+        self._throughput_cache: tuple[analysis.Index, int, dict[str, dict[str, Any]]] | None = None
         self._cache_lock = threading.Lock()
         self._tsv_pending = True
         self._tsv_at = 0.0
@@ -306,19 +311,48 @@ class Engine:
     def _on_change(self, ids: list[str]) -> None:
         with self._cache_lock:
             if self._cache is not None and ids:
-                for e in self.ledger.get_many(list(dict.fromkeys(ids))):
-                    self._cache[e.id] = e
+                self._remember(self.ledger.get_many(list(dict.fromkeys(ids))))
         self._tsv_pending = True
         self._export_wake.set()
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
 
+    def _remember(self, exps: list[Experiment]) -> None:
+        """Put the current version of these experiments into the cache and the analysis index.
+        Call with _cache_lock held, after the ledger write and before the generation moves (so a
+        reader that sees the new generation sees the new state)."""
+        if self._cache is None or self._index is None:
+            return
+        try:
+            for e in exps:
+                self._cache[e.id] = e
+                self._index.put(e)
+        except Exception:  # noqa: BLE001 - never serve a half-updated index: reload it on next use
+            log.exception("updating the analysis index failed; it is rebuilt from the ledger")
+            self._cache = self._index = None
+
+    def _load_cache(self) -> None:
+        """Load the cache and build the index (with _cache_lock held) if not loaded."""
+        if self._cache is None or self._index is None:
+            exps = self.ledger.all_experiments()
+            self._index = analysis.Index(exps)
+            self._cache = {e.id: e for e in exps}
+
+    @contextmanager
+    def _indexed(self) -> Iterator[analysis.Index]:
+        """The analysis index, current with every change this engine has recorded, held under
+        _cache_lock for the duration of the block (keep the block short: writers wait)."""
+        with self._cache_lock:
+            self._load_cache()
+            assert self._index is not None
+            yield self._index
+
     def _all_experiments(self) -> list[Experiment]:
         """Every experiment (cached; kept current by every write path of this engine)."""
         with self._cache_lock:
-            if self._cache is None:
-                self._cache = {e.id: e for e in self.ledger.all_experiments()}
+            self._load_cache()
+            assert self._cache is not None
             return list(self._cache.values())
 
     def _export_loop(self) -> None:
@@ -625,9 +659,7 @@ class Engine:
                         log.exception("could not remove ref of %s", eid)
                 raise
             with self._cache_lock:
-                if self._cache is not None:
-                    for e in exps:
-                        self._cache[e.id] = e
+                self._remember(exps)
         self._on_change([])
         self.scheduler.wake()
         return exps, wave_obj
@@ -687,7 +719,7 @@ class Engine:
         """Per GPU type: slots, table figures (memory, peak bf16 TFLOP/s, bandwidth, $/h) and the
         throughput MEASURED by finished runs (steps and tokens within the budget)."""
         slots = self.list_clusters()
-        measured = self.ledger.throughput_by_gpu()
+        measured = self._throughput()
         by_type: dict[str, dict[str, Any]] = {}
         for c in slots:
             if c.state == "gone":
@@ -726,6 +758,21 @@ class Engine:
             notes.append("SIMULATION: some slots are local CPU/GPU slots LABELLED as GPU types (config slot_labels); "
                          "their table figures describe the label, not the hardware that ran.")
         return {"gpu_types": out, "clusters": [c.model_dump() for c in slots], "notes": notes}
+
+    def _throughput(self) -> dict[str, dict[str, Any]]:
+        """`ledger.throughput_by_gpu()`, cached until the analysis index version moves (it does when
+        a finished experiment's status, GPU type or metrics change). Until the index is loaded
+        (the exporter thread loads it at start) changes are not tracked, so nothing is cached."""
+        with self._cache_lock:
+            idx = self._index
+            version = idx.version if idx is not None else -1   # read before the query: the answer is at least this new
+            hit = self._throughput_cache
+            if idx is not None and hit is not None and hit[0] is idx and hit[1] == version:
+                return hit[2]
+        measured = self.ledger.throughput_by_gpu()
+        if idx is not None:
+            self._throughput_cache = (idx, version, measured)
+        return measured
 
     def budget_status(self) -> dict[str, Any]:
         """GPU-hours and estimated cost spent, the limits, clusters alive, experiments live."""
@@ -1102,41 +1149,32 @@ class Engine:
         return self.ledger.events(experiment_id, self._check_int("limit", limit, 1, 100_000))
 
     def verdicts(self, experiment_ids: list[str]) -> list[Verdict]:
-        """Verdict of each experiment vs its same-GPU-type reference (see analysis). Cached until
-        the ledger next changes."""
+        """Verdict of each experiment vs its same-GPU-type reference (see analysis), answered from
+        the analysis index (O(1) each; the index follows every change of the ledger)."""
         ids = self._check_ids(experiment_ids)
         return self._verdicts(self.ledger.get_many(ids))
 
     def _verdicts(self, targets: list[Experiment]) -> list[Verdict]:
-        with self._cond:
-            gen = self._generation
-        cached_gen, cache = self._verdict_cache
-        if cached_gen != gen:
-            cache = {}
-        missing = [t for t in targets if t.id not in cache]
-        if missing:
-            for v in analysis.verdicts(self._all_experiments(), missing):
-                cache[v.experiment_id] = v
-            if len(cache) > 20_000:
-                cache = {t.id: cache[t.id] for t in targets}
-            self._verdict_cache = (gen, cache)
-        return [cache[t.id].model_copy() for t in targets]
+        with self._indexed() as idx:
+            return idx.verdicts(targets)
 
     def leaderboard(self, gpu_type: str | None = None, limit: int = 20) -> Leaderboard:
         """Groups of identical code ranked by mean val_bpb, per GPU type, with deltas and verdicts.
-        Computed once per change of the ledger (cached between changes)."""
+        Answered from the analysis index (updated per changed experiment, not recomputed over all of
+        them) and cached until the index version moves."""
         if gpu_type is not None and (not isinstance(gpu_type, str) or len(gpu_type) > 64):
             raise InvalidInput(f"gpu_type must be a GPU type name such as 'H100', got {_short(gpu_type)}.")
+        analysis.check_leaderboard_args(gpu_type, limit)
         key = (gpu_type, limit)
-        with self._cond:
-            gen = self._generation
-        hit = self._board_cache.get(key)
-        if hit is not None and hit[0] == gen:
-            return hit[1].model_copy(deep=True)
-        board = analysis.leaderboard(self._all_experiments(), gpu_type, limit)
-        if len(self._board_cache) > 64:
-            self._board_cache.clear()
-        self._board_cache[key] = (gen, board)
+        with self._indexed() as idx:
+            hit = self._board_cache.get(key)
+            if hit is not None and hit[0] is idx and hit[1] == idx.version:
+                board = hit[2]
+            else:
+                board = idx.leaderboard(gpu_type, limit)
+                if len(self._board_cache) > 64:
+                    self._board_cache.clear()
+                self._board_cache[key] = (idx, idx.version, board)
         return board.model_copy(deep=True)
 
 

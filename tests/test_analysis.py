@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from mcp_server.analysis import leaderboard, noise_floor, verdicts
+from mcp_server.analysis import Index, leaderboard, noise_floor, verdicts
 from mcp_server.errors import InvalidInput
 from mcp_server.models import Decision, Experiment, Metrics, Status
 
@@ -213,3 +213,123 @@ def test_leaderboard_at_10000_experiments():
     assert len(board.by_gpu_type["H100"]) == 20
     means = [row.val_bpb for row in board.by_gpu_type["H100"]]
     assert means == sorted(means)
+
+
+# -- the index: updated one experiment at a time, it answers exactly like a rebuild -------------
+
+
+def _answers(idx: Index, targets: list[Experiment]) -> dict:
+    return {
+        "boards": [idx.leaderboard(g, n).model_dump() for g, n in ((None, 20), ("h100", 2), ("H200", 1000), ("A1", 5))],
+        "verdicts": [v.model_dump() for v in idx.verdicts(targets)],
+        "noise": [idx.noise(g) for g in ("H100", "H200", "unknown")],
+    }
+
+
+def test_index_updated_per_change_answers_exactly_like_a_rebuild():
+    """A session's life, one change at a time (launch, dispatch, result, failure, keep, discard,
+    more replicates): after every change the long-lived index (its cached noise floors and group
+    statistics) gives exactly the answers of an index rebuilt from scratch. Fails if any update
+    leaves a stale group, noise floor, reference or count behind."""
+    rng = random.Random(7)
+    codes = ["base"] + [f"v{i}" for i in range(6)]
+    current: dict[str, Experiment] = {}
+    idx = Index()
+    for step in range(400):
+        live = [e for e in current.values() if e.status in (Status.queued, Status.running)]
+        done = [e for e in current.values() if e.status == Status.done]
+        roll = rng.random()
+        if roll < 0.3 or not (live or done):           # launch (new replicate or variant)
+            n = len(current) + 1
+            e = Experiment(id=f"e{n:04d}", description=f"exp {n}", code_hash=rng.choice(codes),
+                           parent_code_hash=rng.choice(["base", "v0", None]), created_at=float(rng.randrange(50)),
+                           gpu_type=rng.choice([None, "H100"]))
+        elif roll < 0.75 and live:                     # dispatch / result / failure / lost (requeue)
+            e = rng.choice(live)
+            if e.status == Status.queued:
+                e = e.model_copy(update={"status": Status.running, "ran_on_gpu": rng.choice(["H100", "H200", None])})
+            else:
+                outcome = rng.choice([Status.done] * 5 + [Status.crash, Status.queued, Status.lost])
+                val = 1.0 + rng.gauss(0, 0.01) - (0.02 if e.code_hash == "v1" else 0.0)
+                e = e.model_copy(update={"status": outcome, "metrics": Metrics(
+                    val_bpb=val if outcome == Status.done else None, num_steps=rng.randrange(900, 1000))})
+        elif roll < 0.9 and done:                      # keep / discard / change of mind
+            e = rng.choice(done)
+            e = e.model_copy(update={"decision": rng.choice([Decision.keep, Decision.discard, None])})
+        else:                                          # a terminal record rewritten (put is general)
+            ended = [e for e in current.values() if e.status not in (Status.queued, Status.running)]
+            if not ended:
+                continue
+            outcome = rng.choice([Status.done, Status.done, Status.crash, Status.lost])
+            e = rng.choice(ended).model_copy(update={
+                "status": outcome, "ran_on_gpu": rng.choice(["H100", "H200", None]),
+                "parent_code_hash": rng.choice(["base", "v1", None]), "decision": None,
+                "metrics": Metrics(val_bpb=1.0 + rng.gauss(0, 0.01) if outcome == Status.done else None)})
+        current[e.id] = e
+        idx.put(e)
+        targets = rng.sample(list(current.values()), min(8, len(current)))
+        assert _answers(idx, targets) == _answers(Index(current.values()), targets), f"step {step}"
+        assert leaderboard(list(current.values())).model_dump() == idx.leaderboard().model_dump()
+    assert len(idx) == len(current)
+
+
+def test_new_replicate_moves_the_noise_floor_and_the_verdict():
+    base = replicates("base", [1.000, 1.002], parent=None)
+    target = exp("v", 0.996)
+    idx = Index(base + [target])
+    before = idx.verdict(target)
+    board_before = idx.leaderboard()
+    third = exp("base", 1.010, seed=3, parent=None)    # a wide third seed: more noise, new baseline mean
+    version = idx.version
+    assert idx.put(third) and idx.version > version
+    after = idx.verdict(target)
+    assert after.noise != before.noise and after.reference_replicates == 3
+    assert after.model_dump() == verdicts(base + [target, third], [target])[0].model_dump()
+    assert idx.leaderboard().model_dump() == leaderboard(base + [target, third]).model_dump() != board_before.model_dump()
+
+
+def test_keep_and_discard_change_the_reference_and_the_decision_column():
+    base = replicates("base", [1.0, 1.001], parent=None)
+    a, b = exp("a", 0.99), exp("b", 0.98)
+    idx = Index(base + [a, b])
+    assert idx.leaderboard().reference["H100"] == base[0].id
+    kept = a.model_copy(update={"decision": Decision.keep})
+    idx.put(kept)
+    board = idx.leaderboard()
+    assert board.reference["H100"] == a.id and board.model_dump() == leaderboard(base + [kept, b]).model_dump()
+    dropped = b.model_copy(update={"decision": Decision.discard})
+    idx.put(dropped)
+    rows = {r.code_hash: r for r in idx.leaderboard().by_gpu_type["H100"]}
+    assert rows["b"].decision == "discard" and rows["a"].decision == "keep"
+    assert idx.leaderboard().model_dump() == leaderboard(base + [kept, dropped]).model_dump()
+
+
+def test_index_version_moves_only_when_an_answer_can_change():
+    q = exp("v", None, gpu=None, status=Status.queued)
+    idx = Index([q])
+    v0 = idx.version
+    assert not idx.put(q) and not idx.put(q.model_copy()) and idx.version == v0    # same content
+    running = q.model_copy(update={"status": Status.running, "ran_on_gpu": "H100"})
+    assert not idx.put(running) and idx.version == v0          # dispatch: still live, nothing to show
+    done = running.model_copy(update={"status": Status.done, "metrics": Metrics(val_bpb=1.0)})
+    assert idx.put(done) and idx.version == v0 + 1             # a result
+    assert idx.put(done.model_copy(update={"decision": Decision.keep})) and idx.version == v0 + 2
+    assert idx.put(exp("w", None, gpu=None, status=Status.queued)) and idx.version == v0 + 3  # one more live
+
+
+def test_index_forgets_what_a_rewritten_record_no_longer_says():
+    first = exp("a", 1.0, parent=None)
+    control = exp("b", 1.1, parent=None)
+    child = exp("c", 1.05, parent="b")          # makes b the control: the H100 reference
+    lone = exp("x", 0.9, gpu="H200", parent=None)
+    idx = Index([first, control, child, lone])
+    board = idx.leaderboard()
+    assert board.reference["H100"] == control.id and set(board.by_gpu_type) == {"H100", "H200"}
+    orphan = child.model_copy(update={"parent_code_hash": None})
+    crashed = lone.model_copy(update={"status": Status.crash, "metrics": Metrics()})
+    idx.put(orphan)
+    idx.put(crashed)
+    board = idx.leaderboard()
+    assert board.reference["H100"] == first.id and "first result" in " ".join(board.notes)
+    assert set(board.by_gpu_type) == {"H100"} and "GPU types with results: H100." in idx.leaderboard("H200").notes[0]
+    assert board.model_dump() == leaderboard([first, control, orphan, crashed]).model_dump()

@@ -283,3 +283,65 @@ def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, e
     assert "no network here" in eng.prepare_log.read_text()
     assert any("data preparation" in n for n in eng.budget_status()["notes"])
     assert eng.cancel([e.id])[0].status == Status.cancelled
+
+
+def test_cached_answers_follow_every_ledger_change(tmp_path, cache, engines):
+    """leaderboard, verdicts and gpu_info's measured throughput are served from the engine's
+    analysis index and caches. After each change, recorded the way the scheduler records it (ledger
+    write, then on_change) or through keep/discard, they equal answers computed afresh from the
+    ledger, and differ from the answers before it. Fails if a cache goes stale. (No runs: results
+    are written straight into the ledger.)"""
+    from mcp_server import analysis
+    from mcp_server.models import Metrics
+
+    eng = engines.make(make_config(tmp_path / "research", cache), start=False)
+    base = eng.launch_experiment("baseline", replicates=3)
+    ids = [e.id for e in base]
+    launched = {}
+
+    def launch() -> None:
+        launched["lr"] = eng.launch_experiment("higher lr", overrides={"MATRIX_LR": 0.06})[0].id
+        launched["wd"] = eng.launch_experiment("longer warmdown", overrides={"WARMDOWN_RATIO": 0.7})[0].id
+        ids.extend(launched.values())
+
+    def record(eid: str, status: Status, val: float | None = None) -> None:
+        eng.ledger.begin_attempt(eid, 1, "cpu-0", "CPU", 1, None, str(tmp_path / "runs" / eid))
+        eng._on_change([eid])
+        metrics = Metrics(val_bpb=val, num_steps=100, training_seconds=2.0, total_tokens_M=0.5) if val else None
+        eng.ledger.finish_attempt(eid, 1, status, metrics=metrics, error=None if val else "boom")
+        eng._on_change([eid])
+
+    def answers():
+        measured = {t["gpu_type"]: t["measured"] for t in eng.gpu_info()["gpu_types"] if t["measured"]}
+        return (eng.leaderboard().model_dump(), [v.model_dump() for v in eng.verdicts(ids)],
+                {k: (m["runs"], m["best_val_bpb"], m["mean_steps"]) for k, m in measured.items()})
+
+    def fresh():
+        everything = eng.ledger.all_experiments()
+        measured = eng.ledger.throughput_by_gpu()
+        return (analysis.leaderboard(everything).model_dump(),
+                [v.model_dump() for v in analysis.verdicts(everything, eng.ledger.get_many(ids))],
+                {k: (m["runs"], m["best_val_bpb"], m["mean_num_steps"]) for k, m in measured.items()})
+
+    steps = [
+        ("first baseline result", lambda: record(base[0].id, Status.done, 1.000)),
+        ("two more launched (queued)", launch),
+        ("a variant's result", lambda: record(launched["lr"], Status.done, 0.970)),
+        ("second baseline seed: a noise floor", lambda: record(base[1].id, Status.done, 1.002)),
+        ("keep", lambda: eng.keep(launched["lr"])),
+        ("a crash", lambda: record(launched["wd"], Status.crash)),
+        ("discard", lambda: eng.discard(base[0].id)),
+        ("third baseline seed: the noise floor moves", lambda: record(base[2].id, Status.done, 1.030)),
+    ]
+    before = answers()
+    assert before == fresh()
+    for what, change in steps:
+        change()
+        now = answers()
+        assert now == fresh(), what
+        assert now != before, f"{what}: nothing changed?"
+        assert answers() == now      # served from the caches now: the same
+        before = now
+    board = eng.leaderboard()
+    assert board.reference["CPU"] == launched["lr"] and board.noise_floor["CPU"] is not None
+    assert any("Not ranked (no val_bpb): 1 crash" in n for n in board.notes)

@@ -20,3 +20,13 @@ class LimitExceeded(FleetError):
 
 class Conflict(FleetError):
     """The call does not fit the current state (e.g. keeping an experiment that crashed)."""
+
+
+class TeardownIncomplete(FleetError):
+    """Some clusters could not be taken down: they still exist (and may cost money) and their
+    experiments keep running. Unlike other FleetErrors this one can follow partial work:
+    `removed` names the clusters that WERE taken down (empty when none was)."""
+
+    def __init__(self, message: str, removed: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.removed = list(removed or [])

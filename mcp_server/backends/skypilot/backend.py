@@ -62,14 +62,16 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         self._watch: dict[str, ClusterWatch] = {}
         self._clusters: dict[str, ClusterInfo] = {}
         self._clusters_at = 0.0
-        self._gone: set[str] = set()          # vanished under us (their jobs are lost)
-        self._torn_down: set[str] = set()     # removed by teardown (their jobs are cancelled)
+        # name -> time.monotonic() when marked; cleared when a later `sky.status` lists the name again
+        self._gone: dict[str, float] = {}        # vanished under us (their jobs are lost)
+        self._torn_down: dict[str, float] = {}   # removed by teardown (their jobs are cancelled)
+        self._tearing_down: set[str] = set()     # `sky.down` in progress: no submits, no conclusions
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="arf-sky")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_provision_errors: dict[str, str] = {}
-        self._done: deque[tuple[str, int]] = deque(maxlen=4096)   # outcomes handed out: cancel is a no-op
+        self._done: deque[tuple[str, int]] = deque(maxlen=4096)   # outcome handed out, or cancelled: poll/cancel no-ops
         self.exec_log: deque[tuple[str, str, float, float]] = deque(maxlen=1000)   # name, cluster, submit, exec
         self.timings: dict[str, deque[float]] = {k: deque(maxlen=1000) for k in
                                                  ("launch_s", "exec_submit_s", "queue_s", "logs_s")}

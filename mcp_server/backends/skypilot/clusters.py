@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...config import FleetConfig
-from ...errors import Conflict, FleetError, InvalidInput
+from ...errors import FleetError, InvalidInput, TeardownIncomplete
 from ...models import Cluster
 from .joblog import ANSI_RE
 from .records import ClusterInfo, cluster_info
@@ -50,8 +50,9 @@ class ClustersMixin:
     _jobs: dict[tuple[str, int], TrackedJob]
     _clusters: dict[str, ClusterInfo]
     _clusters_at: float
-    _gone: set[str]           # vanished under us (their jobs are lost)
-    _torn_down: set[str]      # removed by teardown (their jobs are cancelled)
+    _gone: dict[str, float]       # vanished under us (their jobs are lost); name -> when marked
+    _torn_down: dict[str, float]  # removed by teardown (their jobs are cancelled); name -> when marked
+    _tearing_down: set[str]       # `sky.down` in progress
     last_provision_errors: dict[str, str]
     timings: dict[str, deque[float]]
 
@@ -70,13 +71,19 @@ class ClustersMixin:
         with self._lock:
             if max_age_s and time.monotonic() - self._clusters_at < max_age_s:
                 return dict(self._clusters)
+        asked_at = time.monotonic()
         recs = self._status(None, refresh)
         infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
         with self._lock:
-            for name in list(self._gone):
-                if name not in infos:
-                    continue
-                infos.pop(name)                  # stale record of a cluster we saw vanish
+            for marks in (self._gone, self._torn_down):
+                for name, marked_at in list(marks.items()):
+                    if name not in infos:
+                        continue
+                    if asked_at > marked_at:     # listed by a status asked after it went: it is back
+                        del marks[name]          # (re-created, or adopted again), listed from now on
+                        log.info("cluster %s is listed by SkyPilot again (%s)", name, infos[name].state)
+                    else:
+                        infos.pop(name)          # a status asked before it went: stale record
             self._clusters = infos
             self._clusters_at = time.monotonic()
             return dict(infos)
@@ -122,8 +129,9 @@ class ClustersMixin:
                     raise InvalidInput(f"the SkyPilot task {self.task_path()} is not valid: {e}") from None
                 names = self._next_names(count)
                 with self._lock:
-                    self._gone.difference_update(names)
-                    self._torn_down.difference_update(names)
+                    for n in names:
+                        self._gone.pop(n, None)
+                        self._torn_down.pop(n, None)
                 t0 = time.monotonic()
                 requests = {}
                 errors: dict[str, str] = {}
@@ -164,6 +172,10 @@ class ClustersMixin:
         return [self._cluster_model(infos[n]) for n in sorted(ok) if n in infos]
 
     def teardown(self, names: list[str] | None = None) -> list[str]:
+        """`sky.down` each cluster; the ones really removed are returned (their jobs end as
+        cancelled). A cluster whose down fails is still there: it stays listed, its jobs are left
+        alone, and TeardownIncomplete (naming it, with SkyPilot's message) is raised after the
+        other downs are done, its `removed` listing the clusters that did go."""
         current = self._refresh_clusters()
         if names is None:
             targets = sorted(current)
@@ -173,24 +185,52 @@ class ClustersMixin:
                 raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): {bad[:10]}")
             targets = list(dict.fromkeys(names))
         with self._lock:
-            self._torn_down.update(targets)
-        requests = {n: self.sky.down(n) for n in targets}
+            self._tearing_down.update(targets)   # no new jobs; the refresher draws no conclusions meanwhile
         removed: list[str] = []
         errors: dict[str, str] = {}
-        for n, rid in requests.items():
-            try:
-                self.sky.get(rid)
-                removed.append(n)
-            except self._exc_gone:
-                removed.append(n)
-            except Exception as e:  # noqa: BLE001
-                errors[n] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:500]}"
-        self._refresh_clusters()
-        if errors and not removed:
-            raise Conflict(f"teardown failed: {errors}. Retry teardown_clusters; `sky status` shows what is left.")
+        try:
+            requests = {}
+            for n in targets:
+                try:
+                    requests[n] = self.sky.down(n)
+                except Exception as e:  # noqa: BLE001
+                    errors[n] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e)).strip()[:500]}"
+            for n, rid in requests.items():
+                try:
+                    self.sky.get(rid)
+                    removed.append(n)
+                except self._exc_gone:
+                    removed.append(n)
+                except Exception as e:  # noqa: BLE001
+                    errors[n] = f"{type(e).__name__}: {ANSI_RE.sub('', str(e)).strip()[:500]}"
+        finally:
+            with self._lock:
+                now = time.monotonic()
+                for n in removed:
+                    self._torn_down[n] = now
+                self._tearing_down.difference_update(targets)
+        try:
+            infos = self._refresh_clusters()
+        except Exception:  # noqa: BLE001 - what was removed is known; the next listing shows the rest
+            log.warning("sky status after teardown failed", exc_info=True)
+            infos = {}
+        if not errors:
+            return removed
         for n, e in errors.items():
             log.warning("sky down %s failed: %s", n, e)
-        return removed
+        failed = sorted(errors)
+        what = "; ".join(
+            f"{n}: {errors[n]} (SkyPilot lists it as {infos[n].state})" if n in infos
+            else f"{n}: {errors[n]} (not in `sky status` now; check `sky status --refresh {n}`)"
+            for n in failed)
+        raise TeardownIncomplete(
+            f"Could not take down {len(failed)} cluster{'s' if len(failed) > 1 else ''}: {what}. "
+            f"{'They are' if len(failed) > 1 else 'It is'} still there and may still cost money; "
+            f"{'their' if len(failed) > 1 else 'its'} experiments were left running. Call "
+            f"teardown_clusters(names={failed}) again, or run `sky down {' '.join(failed)}` by hand. "
+            + (f"Taken down: {', '.join(removed)} (their experiments are cancelled)." if removed
+               else "Nothing was taken down."),
+            removed=removed)
 
     def reconcile(self) -> list[Cluster]:
         """This workspace's clusters as SkyPilot sees them now (refreshed); autostop re-armed where unset."""

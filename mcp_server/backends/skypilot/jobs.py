@@ -60,11 +60,14 @@ class JobsMixin:
     sky: Any
     state_dir: Path
     cluster_prefix: str
+    request_grace_s: float
     _lock: threading.RLock
     _jobs: dict[tuple[str, int], TrackedJob]
-    _gone: set[str]
-    _torn_down: set[str]
-    _done: deque[tuple[str, int]]         # outcomes handed out: cancel is a no-op
+    _gone: dict[str, float]
+    _torn_down: dict[str, float]
+    _tearing_down: set[str]
+    _watch: dict[str, Any]                # cluster -> ClusterWatch (refresher.py)
+    _done: deque[tuple[str, int]]         # outcome handed out, or cancelled: poll/cancel are no-ops
     _wake: threading.Event
     exec_log: deque[tuple[str, str, float, float]]
     timings: dict[str, deque[float]]
@@ -89,8 +92,16 @@ class JobsMixin:
             raise InvalidInput(f"timeout_s must be a positive number of seconds below 10 days, got {job.timeout_s!r}")
         if job.profile not in ("cpu", "gpu"):
             raise InvalidInput(f"profile must be 'cpu' or 'gpu', got {job.profile!r}")
+        with self._lock:
+            torn_down, tearing_down = cluster in self._torn_down, cluster in self._tearing_down
+        if torn_down:
+            raise NotFound(f"cluster {cluster} was torn down. Call list_clusters for the clusters there are.")
+        if tearing_down:
+            raise Conflict(f"cluster {cluster} is being torn down; submit to another cluster (list_clusters).")
         info = self._refresh_clusters(max_age_s=2.0).get(cluster)
-        if info is None or cluster in self._gone:
+        with self._lock:
+            gone = cluster in self._gone
+        if info is None or gone:
             raise NotFound(f"cluster {cluster} does not exist (any more). Call list_clusters.")
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
@@ -198,12 +209,24 @@ class JobsMixin:
                     job.stage = spec.get("stage")
                     job.request_id = spec.get("request_id") or job.request_id
                     job.deferred = job.request_id is None    # never exec'd: this process does it
+            if job.request_id is None and job.spec is None:
+                # It waited behind the job ahead when the earlier process stopped (never sent, as
+                # far as the handle tells) and what to send is gone: the queue round decides --
+                # on the cluster after all, it is followed; not there, it is `lost` after
+                # request_grace_s and the engine requeues it.
+                log.warning("job %s on %s: no exec request id and no spec file (%s); unless it is in the "
+                            "cluster's queue it is reported lost after %.0f s (the engine requeues it)",
+                            name, job.cluster, spec_path(self.state_dir, rkey) if isinstance(rkey, str)
+                            and ID_RE.match(rkey) else "no key in the handle", self.request_grace_s)
             self._jobs[key] = job
             return job
 
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
         out: list[JobOutcome] = []
         for h in handles:
+            with self._lock:
+                if (h.experiment_id, h.attempt) in self._done:
+                    continue     # over here: never rebuilt (that would report it a second time)
             job = self._track(h)
             if job is None:
                 out.append(JobOutcome(h, lost=True, reason="the handle carries no SkyPilot job name (not a skypilot job)"))
@@ -228,10 +251,12 @@ class JobsMixin:
             job.cancelled = True
             if job.outcome is not None or job.status in TERMINAL:
                 self._jobs.pop(job.key, None)
+                self._done.append(job.key)
                 return
             if (handle.cluster in self._gone or handle.cluster in self._torn_down
                     or (job.deferred and not job.exec_busy)):
                 self._jobs.pop(job.key, None)    # nothing runs (any more), or it was never exec'd
+                self._done.append(job.key)
                 drop = True
             else:
                 drop = False
@@ -244,18 +269,25 @@ class JobsMixin:
 
     def _send_cancel(self, job: TrackedJob) -> None:
         """Fire the cancel request (SkyPilot runs it server-side); the refresher retries until the job is over."""
-        if job.job_id is None and job.request_id:
+        with self._lock:
+            job_id, request_id = job.job_id, job.request_id
+        if job_id is None and request_id:
             try:   # the exec request may be done: its return value is the job id
-                st = self.sky.api_status([job.request_id])
+                st = self.sky.api_status([request_id])
                 if st and status_value(st[0].status) == "SUCCEEDED":
-                    job.job_id = int(self.sky.get(job.request_id)[0])
+                    found = int(self.sky.get(request_id)[0])
+                    with self._lock:
+                        if job.job_id is None:
+                            job.job_id = found
+                        job_id = job.job_id
             except Exception:  # noqa: BLE001
                 pass
-        if job.job_id is None:
+        if job_id is None:
             return   # not on the cluster yet: the refresher cancels it when it appears
         try:
-            self.sky.cancel(job.cluster, job_ids=[job.job_id])
-            job.cancel_sent = True
+            self.sky.cancel(job.cluster, job_ids=[job_id])
+            with self._lock:
+                job.cancel_sent = True
         except Exception:  # noqa: BLE001
             log.warning("cancel of %s on %s failed", job.name, job.cluster, exc_info=True)
 
@@ -263,8 +295,12 @@ class JobsMixin:
         with self._lock:
             if job.cancelled:
                 self._jobs.pop(job.key, None)
+                self._done.append(job.key)
             else:
                 job.outcome = outcome
+            w = self._watch.get(job.cluster)
+            if w is not None:
+                w.extra.pop(job.name, None)      # its log-read retries
         self._drop_stage(job)
 
     def _jobs_on(self, cluster: str) -> list[TrackedJob]:

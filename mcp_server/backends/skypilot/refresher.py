@@ -1,7 +1,9 @@
 """The refresher thread: `poll` never blocks on SkyPilot. Per cluster with jobs in flight it asks
 `sky.queue` (one call per cluster, jobs matched by their unique names), fetches the log of each
-finished job with `sky.tail_logs` and turns it into the job's outcome; a cluster that no longer
-exists, or stays unreachable, makes its jobs `lost`."""
+finished job with `sky.tail_logs` and turns it into the job's outcome. A cluster that no longer
+exists or is STOPPED makes its jobs `lost` at once; one whose queue cannot be read otherwise (INIT
+while SkyPilot re-checks or restarts it, network, API server) only once that has lasted
+`unreachable_lost_s`. A cluster being torn down is left to `teardown`."""
 
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ class RefresherMixin:
     _jobs: dict[tuple[str, int], TrackedJob]
     _watch: dict[str, ClusterWatch]
     _clusters: dict[str, ClusterInfo]
-    _gone: set[str]
-    _torn_down: set[str]
+    _gone: dict[str, float]
+    _torn_down: dict[str, float]
+    _tearing_down: set[str]
     _pool: cf.ThreadPoolExecutor
     _wake: threading.Event
     _stop: threading.Event
@@ -90,6 +93,8 @@ class RefresherMixin:
         now = time.monotonic()
         with self._lock:
             clusters = sorted({j.cluster for j in self._jobs.values() if j.outcome is None})
+            for c in [c for c, w in self._watch.items() if c not in clusters and not w.busy]:
+                del self._watch[c]             # no job in flight there (any more)
             todo = []
             for c in clusters:
                 w = self._watch.setdefault(c, ClusterWatch())
@@ -115,7 +120,9 @@ class RefresherMixin:
         for p in payloads:
             job = waiting.get(str(getattr(p, "request_id", "")))
             if job is not None and status_value(getattr(p, "status", "")) == "SUCCEEDED":
-                job.request_done_at = time.time()
+                with self._lock:
+                    if job.request_done_at is None:
+                        job.request_done_at = time.time()
                 clusters.add(job.cluster)
         for c in clusters:
             with self._lock:
@@ -145,12 +152,17 @@ class RefresherMixin:
         jobs = self._jobs_on(cluster)
         if not jobs:
             return
-        if cluster in self._torn_down:
+        with self._lock:
+            tearing_down, torn_down, gone = (cluster in self._tearing_down, cluster in self._torn_down,
+                                             cluster in self._gone)
+        if tearing_down:
+            return      # teardown decides: its jobs are cancelled if it goes, left alone if it stays
+        if torn_down:
             for j in jobs:
                 self._finish(j, JobOutcome(j.handle, result={
                     "status": "cancelled", "error": f"cluster {cluster} was torn down", "metrics": {}}))
             return
-        if cluster in self._gone:
+        if gone:
             self._lose_all(jobs, f"cluster {cluster} vanished")
             return
         asked_at = time.time()
@@ -159,7 +171,7 @@ class RefresherMixin:
             records = list(self.sky.get(self.sky.queue(cluster, skip_finished=False)))
         except self._exc_gone:
             with self._lock:
-                self._gone.add(cluster)
+                self._gone[cluster] = time.monotonic()
                 self._clusters.pop(cluster, None)
             self._lose_all(jobs, f"cluster {cluster} vanished (preempted, autostopped, or removed outside the fleet)")
             return
@@ -180,40 +192,61 @@ class RefresherMixin:
             if prev is None or int(r.job_id) > int(prev.job_id):
                 by_name[name] = r
         finished: list[tuple[TrackedJob, Any]] = []
-        for job in jobs:
-            if job.deferred:
-                continue
-            rec = by_name.get(job.name)
-            if rec is None:
-                self._not_in_queue(job, asked_at)
-                continue
-            job.job_id = int(rec.job_id)
-            job.status = status_value(rec.status)
-            if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
-                self._send_cancel(job)
-            if job.status in TERMINAL:
-                finished.append((job, rec))
+        missing: list[TrackedJob] = []
+        to_cancel: list[TrackedJob] = []
+        with self._lock:
+            for job in jobs:
+                if job.deferred:
+                    continue
+                rec = by_name.get(job.name)
+                if rec is None:
+                    missing.append(job)
+                    continue
+                job.job_id = int(rec.job_id)
+                job.status = status_value(rec.status)
+                if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
+                    to_cancel.append(job)
+                if job.status in TERMINAL:
+                    finished.append((job, rec))
+        for job in missing:
+            self._not_in_queue(job, asked_at)
+        for job in to_cancel:
+            self._send_cancel(job)
         for job, rec in finished:
             self._collect(job, rec)
         self._dispatch_deferred(cluster)
 
     def _unreachable(self, cluster: str, jobs: list[TrackedJob], reason: str, confirm: bool = False) -> None:
+        """The cluster's queue could not be read. Its jobs are lost at once only when SkyPilot
+        (asked with a status refresh, `confirm`) no longer lists the cluster or shows it STOPPED
+        (a stop ends its jobs); on any other reading -- INIT (a launch/restart in progress, or an
+        abnormal cluster SkyPilot re-checks), UP, AUTOSTOPPING, or no answer -- they are kept,
+        and lost only once the cluster has stayed unreadable for unreachable_lost_s."""
         with self._lock:
             w = self._watch.setdefault(cluster, ClusterWatch())
             if w.failing_since is None:
                 w.failing_since = time.monotonic()
-            w.last_error = reason
             failing_for = time.monotonic() - w.failing_since
         if confirm:
             try:
                 recs = self._status([cluster], refresh="AUTO")
             except Exception:  # noqa: BLE001
                 recs = None
-            if recs is not None and (not recs or status_value(recs[0].status) != "UP"):
+            if recs is not None and not recs:
                 with self._lock:
-                    self._gone.add(cluster)
-                self._lose_all(jobs, reason)
+                    self._gone[cluster] = time.monotonic()
+                    self._clusters.pop(cluster, None)
+                self._lose_all(jobs, f"{reason}; SkyPilot no longer lists it (preempted, autodowned, or "
+                                     "removed outside the fleet)")
                 return
+            state = status_value(recs[0].status) if recs else ""
+            if state == "STOPPED":
+                self._lose_all(jobs, f"{reason}; it is STOPPED, which ended its jobs")
+                return
+            if state:
+                reason = f"{reason} (SkyPilot status now {state})"
+        with self._lock:
+            w.last_error = reason
         if failing_for > self.unreachable_lost_s:
             for j in jobs:          # in case it is still running there: it must not hold the cluster
                 if j.job_id is not None:
@@ -255,10 +288,18 @@ class RefresherMixin:
             self._finish(job, JobOutcome(job.handle, lost=True,
                                          reason=f"job {job.name} is not on {job.cluster} although it was submitted"))
             return
-        # unknown request (an API server that lost its state) and not on the cluster
-        if time.time() - job.submitted_at > self.request_grace_s:
-            self._finish(job, JobOutcome(job.handle, lost=True,
-                                         reason=f"job {job.name} is not on {job.cluster} and its exec request is unknown"))
+        if time.time() - job.submitted_at <= self.request_grace_s:
+            return
+        if job.request_id is None and job.spec is None:
+            # picked up from a handle of an earlier process: it still waited behind the job ahead
+            # (never exec'd) and its spec file is gone, so this process cannot send it either
+            why = (f"job {job.name} never reached {job.cluster}: it was still waiting behind the job ahead "
+                   f"when the previous server process stopped, and its spec file is gone, so it cannot be "
+                   f"sent from here; lost, the engine requeues it (while it has attempts left)")
+        else:   # unknown request (an API server that lost its state) and not on the cluster
+            why = f"job {job.name} is not on {job.cluster} and its exec request is unknown"
+        log.warning("%s", why)
+        self._finish(job, JobOutcome(job.handle, lost=True, reason=why))
 
     def _collect(self, job: TrackedJob, rec: Any) -> None:
         """A finished job: its log from SkyPilot -> run.log, sky_job.log, result.json; the outcome."""

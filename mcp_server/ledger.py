@@ -607,27 +607,30 @@ class Ledger:
     def usage(self) -> dict[str, Any]:
         """GPU-hours and cost of every closed attempt (lost ones too: the slot was paid for),
         plus a running estimate for open attempts."""
-        conn = self._conn()
         now = time.time()
-        closed = conn.execute(
-            "SELECT COALESCE(SUM(busy_seconds * gpu_count), 0), "
-            "COALESCE(SUM(busy_seconds * COALESCE(cost_per_hour, 0) * gpu_count), 0) / 3600.0, "
-            "COUNT(*) FROM attempts WHERE outcome IS NOT NULL").fetchone()
-        open_ = conn.execute(
-            "SELECT COALESCE(SUM((? - submitted_at) * gpu_count), 0), "
-            "COALESCE(SUM((? - submitted_at) * COALESCE(cost_per_hour, 0) * gpu_count), 0) / 3600.0, "
-            "COUNT(*) FROM attempts WHERE outcome IS NULL", (now, now)).fetchone()
-        by_gpu = {r[0] or "?": r[1] / 3600.0 for r in conn.execute(
-            "SELECT gpu_type, SUM(busy_seconds * gpu_count) FROM attempts WHERE outcome IS NOT NULL GROUP BY gpu_type")}
-        return {
-            "gpu_hours": closed[0] / 3600.0,
-            "cost_usd": closed[1],
-            "attempts_closed": closed[2],
-            "gpu_hours_in_flight": open_[0] / 3600.0,
-            "cost_usd_in_flight": open_[1],
-            "attempts_open": open_[2],
-            "gpu_hours_by_type": by_gpu,
-        }
+        # One pass over the attempts table (this runs on every budget_status call and every
+        # launch's limit check): per GPU type and open/closed, seconds x GPUs and their cost.
+        rows = self._conn().execute(
+            "SELECT gpu_type, outcome IS NULL, "
+            "SUM(CASE WHEN outcome IS NULL THEN ? - submitted_at ELSE busy_seconds END * gpu_count), "
+            "SUM(CASE WHEN outcome IS NULL THEN ? - submitted_at ELSE busy_seconds END "
+            "    * COALESCE(cost_per_hour, 0) * gpu_count) / 3600.0, "
+            "COUNT(*) FROM attempts GROUP BY gpu_type, outcome IS NULL", (now, now)).fetchall()
+        out: dict[str, Any] = {"gpu_hours": 0.0, "cost_usd": 0.0, "attempts_closed": 0, "gpu_hours_in_flight": 0.0,
+                               "cost_usd_in_flight": 0.0, "attempts_open": 0, "gpu_hours_by_type": {}}
+        for gpu, is_open, seconds, cost, n in rows:
+            seconds, cost = seconds or 0.0, cost or 0.0
+            if is_open:
+                out["gpu_hours_in_flight"] += seconds / 3600.0
+                out["cost_usd_in_flight"] += cost
+                out["attempts_open"] += n
+            else:
+                out["gpu_hours"] += seconds / 3600.0
+                out["cost_usd"] += cost
+                out["attempts_closed"] += n
+                by_type = out["gpu_hours_by_type"]
+                by_type[gpu or "?"] = by_type.get(gpu or "?", 0.0) + seconds / 3600.0
+        return out
 
     def throughput_by_gpu(self) -> dict[str, dict[str, Any]]:
         """Measured throughput of done runs per GPU type (the type they actually ran on)."""

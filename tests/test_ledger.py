@@ -215,3 +215,20 @@ def test_connections_of_ended_threads_are_closed(ledger):
         t.join()
     ledger.row_counts()
     assert len(ledger._all_conns) <= 2
+
+
+def test_usage_splits_closed_and_open_attempts_per_gpu_type_with_cost(ledger, tmp_path):
+    ledger.insert_launch([_exp(1), _exp(2), _exp(3), _exp(4)])
+    ledger.begin_attempt("e0001", 1, "c1", "H100", 2, 3.0, str(tmp_path / "1"))       # 2 GPUs at $3/GPU-h
+    ledger.begin_attempt("e0002", 1, "c2", "H200", 1, 5.0, str(tmp_path / "2"))
+    ledger.begin_attempt("e0003", 1, "c3", "H200", 1, None, str(tmp_path / "3"))      # own hardware: no price
+    ledger.begin_attempt("e0004", 1, "c4", "H100", 1, 2.0, str(tmp_path / "4"))       # stays open
+    ledger.finish_attempt("e0001", 1, Status.done, metrics=Metrics(val_bpb=1.0), busy_seconds=1800.0)
+    ledger.finish_attempt("e0002", 1, Status.crash, error="boom", busy_seconds=3600.0)
+    ledger.finish_attempt("e0003", 1, Status.done, metrics=Metrics(val_bpb=1.1), busy_seconds=360.0)
+    u = ledger.usage()
+    assert (u["attempts_closed"], u["attempts_open"]) == (3, 1)
+    assert u["gpu_hours"] == pytest.approx(2 * 0.5 + 1.0 + 0.1)
+    assert u["cost_usd"] == pytest.approx(2 * 0.5 * 3.0 + 1.0 * 5.0)
+    assert u["gpu_hours_by_type"] == pytest.approx({"H100": 1.0, "H200": 1.1})
+    assert u["gpu_hours_in_flight"] >= 0 and u["cost_usd_in_flight"] == pytest.approx(u["gpu_hours_in_flight"] * 2.0)

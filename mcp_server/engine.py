@@ -53,7 +53,7 @@ from .checks import (  # the limits are re-exported (see __all__): they were def
     check_bool, check_int, short)
 from .config import FleetConfig
 from .data_prep import DataPreparation
-from .errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound
+from .errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound, TeardownIncomplete
 from .experiment_cache import ExperimentCache
 from .launches import Launcher
 from .ledger import Ledger
@@ -341,7 +341,9 @@ class Engine:
     def teardown_clusters(self, names: list[str] | None = None) -> list[str]:
         """Stop and delete the named clusters (None = all). Experiments that were running on a
         removed cluster are recorded as cancelled. (Local slots are this machine: nothing is
-        removed and nothing is cancelled.)"""
+        removed and nothing is cancelled.) When some cluster could not be taken down the backend
+        raises TeardownIncomplete: the clusters it did remove are recorded all the same, and the
+        error is raised again (it names the clusters that are still there)."""
         current = {c.name: c for c in self.scheduler.refresh_clusters()}
         if names is not None:
             if not isinstance(names, (list, tuple)) or not names or len(names) > 1000:
@@ -352,14 +354,26 @@ class Engine:
                 raise NotFound(f"Unknown cluster{'s' if len(bad) > 1 else ''}: {', '.join(short(b, 40) for b in bad[:10])}. "
                                f"Clusters: {', '.join(current) or 'none'}. Nothing was torn down.")
             names = list(dict.fromkeys(names))
-        removed = self.backend.teardown(names)
+        try:
+            removed = self.backend.teardown(names)
+        except TeardownIncomplete as exc:
+            try:
+                self._clusters_removed(exc.removed)
+            except Exception:  # noqa: BLE001 - the agent must still hear which clusters survived
+                log.exception("recording the clusters a partial teardown removed failed")
+            raise
+        self._clusters_removed(removed)
+        return removed
+
+    def _clusters_removed(self, removed: list[str]) -> None:
+        """The backend took these clusters down: gone in the ledger, the experiments that were
+        running on them cancelled, the scheduler's slots refreshed."""
         if removed:
             self.ledger.set_cluster_state(removed, "gone")
             victims = [f.exp_id for f in self.scheduler.in_flight().values() if f.cluster in removed]
             if victims:
                 self.scheduler.cancel(victims, reason="cancelled: its cluster was torn down")
         self.scheduler.refresh_clusters()
-        return removed
 
     def gpu_info(self) -> dict[str, Any]:
         """Per GPU type: slots, table figures (memory, peak bf16 TFLOP/s, bandwidth, $/h) and the
@@ -538,11 +552,21 @@ class Engine:
         return self.checks.experiment(exp.id)
 
     def discard(self, experiment_id: str) -> Experiment:
-        """Record decision discard for a done experiment (the branch does not move)."""
+        """Record decision discard for a done experiment (the branch does not move). Refused for a
+        kept experiment while the session branch holds its commit (ledger and git would disagree)."""
         exp = self.checks.experiment(experiment_id)
         if exp.status != Status.done:
             raise Conflict(f"{exp.id} is {exp.status.value}: only done experiments take a keep/discard decision "
                            "(failed ones are already out of the running).")
+        if exp.decision == Decision.keep and exp.commit:
+            head = self.workspace.head_commit()
+            if head == exp.commit or self.workspace.repo.is_ancestor(exp.commit, head):
+                where = "is at" if head == exp.commit else "has moved on from (and still contains)"
+                raise Conflict(
+                    f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
+                    f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, keep "
+                    "another experiment: keep_experiment(experiment_id='<id>'); when that one does not descend "
+                    "from this commit, keep_experiment(experiment_id='<id>', force=true) resets the branch to it.")
         self.ledger.set_decision(exp.id, Decision.discard)
         self._on_change([exp.id])
         return self.checks.experiment(exp.id)

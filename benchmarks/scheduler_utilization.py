@@ -12,11 +12,16 @@ hash). Everything else is the real engine: git snapshots, SQLite ledger, run dir
 
 Prints:
 * utilization = busy slot-seconds / (slots x wall), where busy = the runner's own start..end of
-  each run (from result.json) and wall = first submit .. last run end (target >= 0.95); also the
-  best any scheduler could do for this workload (the last round is partly empty) and utilization
-  while experiments were still waiting in the queue;
+  each run (result.json `started_at`..`ended_at`: from when the runner had the slot and started
+  train.py until train.py's process group was gone and the slot released; a runner waiting
+  queued ahead is not busy, and neither is the result write after the release) and wall = first
+  submit .. last run end (target >= 0.95); also the best any scheduler could do for this
+  workload (the last round is partly empty) and utilization while experiments were still
+  waiting in the queue;
 * engine overhead per experiment: launch cost, gap between a run ending and the next starting
-  on the same slot (= result detection + dispatch + runner start), scheduler tick time;
+  on the same slot (a job queued ahead -- LocalBackend queue_depth 2 -- starts by a lock
+  hand-off; a cold start is result detection + dispatch + runner start), the slots' first starts,
+  how long after a run ended its result was recorded, scheduler tick time;
 * ledger query time with 10,000 experiments: leaderboard (target < 50 ms), a list page,
   verdicts, budget status.
 """
@@ -114,23 +119,32 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
     win = last_submit - first_submit
     busy_win = sum(max(0.0, min(r["end"], last_submit) - max(r["start"], first_submit)) for r in runs)
     util_queue = busy_win / (slots * win) if win > 0 else float("nan")
-    gaps, detect, dispatch, startup = [], [], [], []
+    gaps, detect, handoff, cold, cold_start, first_start = [], [], [], [], [], []
     by_slot: dict[str, list[dict]] = {}
     for r in runs:
         by_slot.setdefault(r["slot"], []).append(r)
         detect.append(r["recorded"] - r["end"])
     for lst in by_slot.values():
         lst.sort(key=lambda r: r["start"])
-        gaps += [b["start"] - a["end"] for a, b in zip(lst, lst[1:])]
-        dispatch += [b["submitted"] - a["recorded"] for a, b in zip(lst, lst[1:])]
-        startup += [b["start"] - b["submitted"] for b in lst]
+        first_start.append(lst[0]["start"] - first_submit)
+        for a, b in zip(lst, lst[1:]):
+            gaps.append(b["start"] - a["end"])
+            # queued ahead: submitted before the run ahead of it ended (its runner was waiting)
+            (handoff if b["submitted"] < a["end"] else cold).append(b["start"] - a["end"])
+            if b["submitted"] >= a["end"]:
+                cold_start.append(b["start"] - b["submitted"])
+
+    def mean_ms(xs: list[float]) -> float:
+        return 1000 * statistics.mean(xs) if xs else float("nan")
     return {
         "experiments": len(runs), "slots": slots, "budget_s": budget, "wall_s": wall,
         "busy_slot_s": busy, "utilization": util, "ceiling": ceiling, "utilization_while_queued": util_queue,
         "mean_run_s": mean_run, "launch_ms_per_exp": 1000 * launch_s / n,
         "gap_ms_mean": 1000 * statistics.mean(gaps), "gap_ms_p95": 1000 * sorted(gaps)[int(0.95 * (len(gaps) - 1))],
-        "detect_ms_mean": 1000 * statistics.mean(detect),
-        "dispatch_ms_mean": 1000 * statistics.mean(dispatch), "startup_ms_mean": 1000 * statistics.mean(startup), "sched_cpu_ms_per_exp": 1000 * ticks_cpu / n,
+        "gap_ms_max": 1000 * max(gaps), "handoffs": len(handoff), "handoff_ms_mean": mean_ms(handoff),
+        "cold": len(cold), "cold_gap_ms_mean": mean_ms(cold), "cold_start_ms_mean": mean_ms(cold_start),
+        "first_start_ms_mean": mean_ms(first_start), "first_start_ms_max": 1000 * max(first_start),
+        "detect_ms_mean": mean_ms(detect), "sched_cpu_ms_per_exp": 1000 * ticks_cpu / n,
         "slots_used": len(by_slot), "scheduler": sched_stats,
     }
 
@@ -242,11 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ceiling for this workload (last round {f['experiments'] % f['slots'] or f['slots']}/{f['slots']} "
               f"slots busy): {f['ceiling']:.3f}; utilization while experiments were queued: "
               f"{f['utilization_while_queued']:.3f}")
-        print(f"  engine overhead per experiment: launch {f['launch_ms_per_exp']:.1f} ms (snapshot + ledger), "
-              f"slot gap end->next start {f['gap_ms_mean']:.0f} ms mean / {f['gap_ms_p95']:.0f} ms p95, "
-              f"= result detected {f['detect_ms_mean']:.0f} ms after the run ended + next submitted "
-              f"{f['dispatch_ms_mean']:.0f} ms after that + runner start {f['startup_ms_mean']:.0f} ms; "
-              f"scheduler tick time {f['sched_cpu_ms_per_exp']:.1f} ms")
+        print(f"  engine overhead per experiment: launch {f['launch_ms_per_exp']:.1f} ms (snapshot + ledger); "
+              f"slot gap end->next start {f['gap_ms_mean']:.1f} ms mean / {f['gap_ms_p95']:.1f} ms p95 / "
+              f"{f['gap_ms_max']:.0f} ms max")
+        print(f"    {f['handoffs']} starts were hand-offs to a runner queued ahead ({f['handoff_ms_mean']:.1f} ms mean "
+              f"gap), {f['cold']} cold starts ({f['cold_gap_ms_mean']:.0f} ms mean gap, submit->start "
+              f"{f['cold_start_ms_mean']:.0f} ms); each slot's first start {f['first_start_ms_mean']:.0f} ms mean / "
+              f"{f['first_start_ms_max']:.0f} ms max after the first submit")
+        print(f"    results recorded {f['detect_ms_mean']:.0f} ms after the run ended (mean); scheduler tick time "
+              f"{f['sched_cpu_ms_per_exp']:.1f} ms per experiment")
         st = f["scheduler"]
         print(f"  scheduler: {st['ticks']} ticks, {st['polls']} polls, {st['dispatched']} dispatched, "
               f"{st['staged_used']} from run dirs staged ahead")

@@ -1,16 +1,22 @@
 """The runner: the one command a backend executes for an experiment attempt.
 
     python runner.py --expected-hash HEX --timeout SECONDS [--python PYTHON] [--kill-grace S]
+                     [--lock-fd FD] [--after LOCKFILE ...]
 
 Run from inside the run directory (train.py, prepare.py, runner.py). See docs/contracts.md,
 section 2. It:
 
 1. refuses to start train.py when sha256(prepare.py) differs from --expected-hash (`rejected`);
-2. runs `python train.py` in its own session / process group, stdout+stderr -> run.log;
-3. kills that whole group (SIGTERM, then SIGKILL after --kill-grace) at --timeout (`timeout`),
-   or when the runner itself receives SIGTERM/SIGINT (`cancelled`);
-4. classifies the run (done / nan / oom / crash) from the exit code and the log;
-5. writes result.json atomically, then prints `AUTORESEARCH_RESULT: {json}` as its last line.
+2. queued ahead (--after): having done all its startup work, waits until every job ahead of it
+   on the slot has released its lock file, then starts at once; its `started_at` and the hard
+   timeout count from that moment, not from the process start;
+3. runs `python train.py` in its own session / process group, stdout+stderr -> run.log;
+4. kills that whole group (SIGTERM, then SIGKILL after --kill-grace) at --timeout (`timeout`),
+   or when the runner itself receives SIGTERM/SIGINT (`cancelled`, also while it waits);
+5. classifies the run (done / nan / oom / crash) from the exit code and the log;
+6. releases its own slot lock (--lock-fd) once train.py's group is gone (that moment is
+   `ended_at`), then writes result.json atomically and prints `AUTORESEARCH_RESULT: {json}` as
+   its last line.
 
 STANDARD LIBRARY ONLY: this file is copied into every run directory and runs on remote nodes
 where the mcp_server package is not installed. Do not import from the package here.
@@ -18,24 +24,33 @@ where the mcp_server package is not installed. Do not import from the package he
 
 from __future__ import annotations
 
-import argparse
+import fcntl
 import hashlib
 import json
 import os
 import re
+import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # (annotations only: importing typing costs every runner start ~3 ms)
+    from typing import Any
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 # Written by the runner right after train.py starts: lets a backend kill train.py's group
 # itself when the runner was killed (SIGKILL cannot be forwarded) and train.py was orphaned.
 TRAIN_PID_FILE = "train.pid"
+# The job's slot lock: created and flock()ed (exclusive) by the backend before the runner starts,
+# held by the runner and train.py (inherited fd) until train.py's process group is gone. A job queued ahead
+# on the same slot is given the lock files of the jobs ahead of it (--after) and starts only once
+# they are all released: by the runner when it is done, or by the kernel when it and its
+# train.py are dead.
+LOCK_FILE = "runner.lock"
 RESULT_PREFIX = "AUTORESEARCH_RESULT: "
 RESULT_JSON_PREFIX = "RESULT_JSON:"
 LOG_TAIL_LINES = 40
@@ -233,17 +248,50 @@ def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled
 # the run
 # ---------------------------------------------------------------------------------------------
 
+class _StopWaiting(Exception):
+    """Raised by the signal handler to break a blocking wait for the slot lock."""
+
+
 class _Stop:
-    """Signals the runner got (SIGTERM/SIGINT): forwarded to train.py's group, remembered."""
+    """Signals the runner got (SIGTERM/SIGINT): forwarded to train.py's group, remembered.
+    While the runner blocks on the slot lock (`waiting`), the handler raises _StopWaiting once:
+    a flock() interrupted by a handler that raises is not retried (PEP 475)."""
 
     def __init__(self) -> None:
         self.requested = False
         self.pgid: int | None = None
+        self.waiting = False
 
     def handler(self, signum: int, _frame: Any) -> None:
         self.requested = True
         if self.pgid is not None:
             _signal_group(self.pgid, signal.SIGTERM)
+        if self.waiting:
+            self.waiting = False
+            raise _StopWaiting()
+
+
+def _wait_for_slot(lock_paths: list[str], stop: _Stop) -> None:
+    """Block until every lock file in `lock_paths` is free (a shared flock on each, released at
+    once). A missing file means that job is gone: nothing to wait for. Raises _StopWaiting when
+    a stop signal arrives meanwhile."""
+    for path in lock_paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for `pid` (readable once it exits), or None where the OS has none."""
+    try:
+        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -301,16 +349,20 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float = DEFAULT_KILL_GRACE_S,
-        run_dir: Path | None = None) -> dict[str, Any]:
+        run_dir: Path | None = None, lock_fd: int | None = None, after: list[str] | None = None) -> dict[str, Any]:
     """Run train.py in `run_dir` (default: cwd) under the contract; returns the result object
-    after writing it to result.json."""
+    after writing it to result.json.
+
+    `lock_fd`: this job's slot lock, already held; inherited by train.py and released once
+    train.py's group is gone, just before the result is written. `after`: lock files of the jobs
+    ahead on the slot, waited for (after the harness check) before train.py starts."""
     run_dir = Path(run_dir or os.getcwd())
     log_path = run_dir / LOG_FILE
-    started_at = time.time()
+    launched_at = time.time()
     result: dict[str, Any] = {
         "status": "crash", "exit_code": None, "metrics": {}, "error": None, "log_tail": "",
-        "harness_hash": None, "started_at": started_at, "ended_at": None, "runner_pid": os.getpid(),
-        "hostname": socket.gethostname(),
+        "harness_hash": None, "started_at": launched_at, "ended_at": None, "runner_pid": os.getpid(),
+        "hostname": os.uname().nodename, "waited_s": 0.0,
     }
 
     stop = _Stop()
@@ -318,11 +370,26 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
     signal.signal(signal.SIGTERM, stop.handler)
     signal.signal(signal.SIGINT, stop.handler)
 
+    released: list[float] = []
+
+    def release_slot() -> float:
+        """The run is over: train.py's group is gone (or never started). Hand the slot to the
+        next job now; the result is classified and written after. Returns the time: ended_at."""
+        if not released:
+            released.append(time.time())
+            if lock_fd is not None:
+                try:
+                    os.close(lock_fd)
+                except OSError:
+                    pass
+        return released[0]
+
     def finish(status: str, error: str | None, exit_code: int | None = None,
                metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        ended_at = release_slot()
         tail_text = _read_log_tail(log_path)
         result.update(status=status, error=error, exit_code=exit_code, metrics=metrics or {},
-                      log_tail="\n".join(tail_text.splitlines()[-LOG_TAIL_LINES:]), ended_at=time.time())
+                      log_tail="\n".join(tail_text.splitlines()[-LOG_TAIL_LINES:]), ended_at=ended_at)
         _write_json_atomic(run_dir / RESULT_FILE, result)
         return result
 
@@ -344,10 +411,26 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
         msg = "train.py is missing from the run directory; the backend must export the snapshot before starting the runner"
         log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
         return finish("crash", msg)
+    if after:
+        try:
+            try:
+                stop.waiting = True
+                if not stop.requested:
+                    _wait_for_slot(after, stop)
+            finally:
+                stop.waiting = False
+        except _StopWaiting:   # (also when the signal lands in the inner finally)
+            pass
     if stop.requested:
         log_path.write_text("[runner] cancelled before train.py started\n", encoding="utf-8")
+        now = time.time()   # it never had the slot: no busy time (the wait is in waited_s)
+        result.update(started_at=now, waited_s=round(now - launched_at, 6))
         return finish("cancelled", "cancelled before train.py started")
 
+    # The run starts now: a queued-ahead runner has just been handed the slot.
+    started_at = time.time()
+    deadline = time.monotonic() + timeout_s
+    result.update(started_at=started_at, waited_s=round(started_at - launched_at, 6))
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # progress lines reach run.log as they are printed
     # buffering=1 is line buffering for our own notes; train.py writes straight to the fd.
@@ -356,6 +439,9 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
             proc = subprocess.Popen(
                 [python, "train.py"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                # train.py holds the slot lock too: if this runner is SIGKILLed, the next job
+                # still waits until train.py's group is gone (the backend kills it)
+                pass_fds=(lock_fd,) if lock_fd is not None else (),
             )
         except OSError as e:
             msg = f"could not start train.py with interpreter {python!r}: {e}; check the --python path"
@@ -364,30 +450,53 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
     stop.pgid = proc.pid
     try:
         _write_json_atomic(run_dir / TRAIN_PID_FILE,
-                           {"pid": proc.pid, "pgid": proc.pid, "start_time": proc_start_time(proc.pid)})
+                           {"pid": proc.pid, "pgid": proc.pid, "start_time": proc_start_time(proc.pid),
+                            "started_at": started_at})
     except OSError:
         pass  # only a cleanup aid for the backend; the run itself is unaffected
     if stop.requested:  # a signal raced with the start: the handler had no group to forward to
         _signal_group(proc.pid, signal.SIGTERM)
 
-    deadline = time.monotonic() + timeout_s
     timed_out = False
-    while True:
-        try:
-            proc.wait(timeout=POLL_INTERVAL_S)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if stop.requested:
-            _kill_group(proc, kill_grace_s)
-            break
-        if time.monotonic() >= deadline:
-            timed_out = True
-            _kill_group(proc, kill_grace_s)
-            break
+    # Wait for train.py's exit: on a pidfd (woken the moment it exits, and by our own signals
+    # through the wakeup pipe), else by polling.
+    pidfd = _pidfd(proc.pid)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    try:
+        while True:
+            if proc.poll() is not None:
+                break
+            if stop.requested:
+                _kill_group(proc, kill_grace_s)
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                _kill_group(proc, kill_grace_s)
+                break
+            if pidfd is None:
+                try:
+                    proc.wait(timeout=min(POLL_INTERVAL_S, remaining))
+                except subprocess.TimeoutExpired:
+                    pass
+                continue
+            select.select([pidfd, wake_r], [], [], min(remaining, 5.0))
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for fd in (wake_r, wake_w) + ((pidfd,) if pidfd is not None else ()):
+            os.close(fd)
     exit_code = proc.returncode
     # Leftover members of the group (a grandchild that outlived train.py) die with the run.
     _signal_group(proc.pid, signal.SIGKILL)
+    release_slot()   # (any of them still dying keeps the lock until it is dead: the fd is shared)
 
     log_text = _read_log_tail(log_path)
     status, error = classify(exit_code, log_text, timed_out=timed_out, cancelled=stop.requested,
@@ -398,18 +507,61 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
     return finish(status, error, exit_code, metrics)
 
 
+_VALUE_FLAGS = {"--expected-hash": str, "--timeout": float, "--python": str, "--kill-grace": float,
+                "--lock-fd": int, "--after": str}
+
+
+def _parse_fast(argv: list[str]) -> dict[str, Any] | None:
+    """The flags as backends pass them (`--flag value`), parsed without argparse, whose import
+    costs ~10 ms of every runner start (and a queued-ahead runner's start is on no critical
+    path, but a cold one is). None for anything else: main() then lets argparse parse (--help,
+    errors with usage)."""
+    out: dict[str, Any] = {"python": sys.executable, "kill_grace": DEFAULT_KILL_GRACE_S, "lock_fd": None, "after": []}
+    if len(argv) % 2:
+        return None
+    for flag, raw in zip(argv[::2], argv[1::2]):
+        kind = _VALUE_FLAGS.get(flag)
+        if kind is None or raw.startswith("--"):
+            return None
+        try:
+            value = kind(raw)
+        except ValueError:
+            return None
+        key = flag[2:].replace("-", "_")
+        if key == "after":
+            out["after"].append(value)
+        else:
+            out[key] = value
+    if "expected_hash" not in out or "timeout" not in out or out["timeout"] <= 0:
+        return None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    fast = _parse_fast(sys.argv[1:] if argv is None else list(argv))
+    if fast is not None:
+        return _main(**fast)
+    import argparse
     parser = argparse.ArgumentParser(description="Run train.py in this run directory under the harness contract.")
     parser.add_argument("--expected-hash", required=True, help="sha256 hex of prepare.py")
     parser.add_argument("--timeout", required=True, type=float, help="hard timeout for train.py, seconds")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
     parser.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE_S,
                         help="seconds between SIGTERM and SIGKILL when stopping train.py")
+    parser.add_argument("--lock-fd", type=int, default=None,
+                        help="inherited fd of this job's slot lock (held; released once train.py's group is gone)")
+    parser.add_argument("--after", action="append", default=[], metavar="LOCKFILE",
+                        help="lock file of a job ahead on the same slot: train.py starts once all are free")
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    return _main(args.expected_hash, args.timeout, args.python, args.kill_grace, args.lock_fd, args.after)
+
+
+def _main(expected_hash: str, timeout: float, python: str, kill_grace: float, lock_fd: int | None,
+          after: list[str]) -> int:
     try:
-        result = run(args.expected_hash, args.timeout, args.python, args.kill_grace)
+        result = run(expected_hash, timeout, python, kill_grace, lock_fd=lock_fd, after=after)
     except OSError as e:
         print(f"runner: could not run or record the experiment: {e}", file=sys.stderr, flush=True)
         return 2

@@ -8,13 +8,22 @@ restart loses nothing. One background thread runs `tick()` in a loop:
    metrics, error and log; `lost` -> requeued while attempts remain, else `lost`;
 2. watchdog: a job with no outcome long after its hard timeout (runner unresponsive) is cancelled
    and recorded as `timeout`;
-3. dispatch: while a slot has `outstanding < backend.queue_depth(slot)` and fewer than
-   `max_concurrent` experiments run, the first queued experiment that fits the slot (any slot, or
-   only slots of its `gpu_type`) gets a fresh run directory and is submitted.
+3. dispatch: while a slot has `outstanding < backend.queue_depth(slot)`, the first queued
+   experiment that fits the slot (any slot, or only slots of its `gpu_type`) gets a fresh run
+   directory and is submitted. `max_concurrent` caps the experiments that RUN at once: a slot
+   trains one job at a time, so it caps the slots in use; a job queued ahead on a slot that is
+   already in use does not count (it only starts when the one ahead of it ends).
+
+A job queued ahead (depth 2) is submitted while the slot's current job runs, so the backend
+starts it the moment that one ends: the slot gap is a lock hand-off, not result detection +
+submit + runner start. Each flight knows whether it is at the head of its slot and, where the
+backend can tell (`Backend.started_at`), when it really started; `queued_ahead()` lists the ones
+still waiting. (The ledger status of a dispatched job is `running` from submission, as it always
+was for SkyPilot; the runner's real start is the attempt's `started` event and its busy time.)
 
 It sleeps between ticks on an Event that launches and cancels set, so new work is dispatched at
-once; while a job is expected to end soon (learned from earlier runs) it polls faster, so a slot
-that frees is refilled within ~50 ms rather than a full poll interval.
+once; while a job is expected to end soon (learned from earlier runs, counted from when each job
+started) it polls faster, so a result is seen within ~20-50 ms rather than a full poll interval.
 """
 
 from __future__ import annotations
@@ -58,6 +67,11 @@ class Flight:
     deadline: float = float("inf")
     submitted_at: float = field(default_factory=time.time)
     cancel_requested: bool = False
+    # when it started running: reported by the backend (`started_at`), else estimated (a job
+    # that is alone on its slot at submission starts then; one queued ahead when the job before
+    # it ends); None while it waits behind another job on its slot
+    run_from: float | None = None
+    started_at: float | None = None     # reported by the backend: the real start
 
 
 def _to_epoch(value: Any) -> float | None:
@@ -106,6 +120,7 @@ class Scheduler:
         on_change: Callable[[list[str]], None] | None = None,
         stage: Callable[[Experiment, int, Path], None] | None = None,
         orphan_cleanup: Callable[[Path], int] | None = None,
+        on_started: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -122,6 +137,7 @@ class Scheduler:
         self.on_change = on_change or (lambda ids: None)
         self.stage = stage
         self.orphan_cleanup = orphan_cleanup
+        self.on_started = on_started   # (exp id, attempt, real start) once the backend reports it
 
         self._lock = threading.RLock()          # flights + submit/cancel of one experiment
         self._flights: dict[str, Flight] = {}
@@ -140,6 +156,10 @@ class Scheduler:
         self._dispatching: set[str] = set()
         self._stage_wake = threading.Event()
         self._stager: threading.Thread | None = None
+        # a backend that reports real starts gets a job queued ahead only behind one that has
+        # started: the first round's runners start up without the queued ones competing for CPU,
+        # and two runners of one slot are never both starting up
+        self._reports_starts = type(backend).started_at is not Backend.started_at
         self.ticks = 0
         self.last_error: str | None = None
         self.stats = {"dispatched": 0, "outcomes": 0, "lost": 0, "watchdog": 0, "tick_seconds": 0.0,
@@ -155,6 +175,7 @@ class Scheduler:
         if self.stage is not None:
             self._stager = threading.Thread(target=self._stage_loop, name="autoresearch-stager", daemon=True)
             self._stager.start()
+            self._stage_wake.set()   # stage the first run dirs while data preparation / the first dispatch run
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -191,18 +212,26 @@ class Scheduler:
 
     def _due(self, f: Flight, now: float, typical: float | None) -> bool:
         """Is this job expected to end about now (so worth polling at the fast rate)?"""
-        return typical is not None and now >= f.submitted_at + typical - 0.3
+        return typical is not None and f.run_from is not None and now >= f.run_from + typical - 0.3
 
     def _next_delay(self) -> float:
         with self._lock:
             flights = list(self._flights.values())
+            starting = self._reports_starts and any(
+                f.started_at is None and f.run_from is not None and time.time() - f.run_from < 2.0
+                for f in self._heads().values())
         if not flights or self.fast_poll_s >= self.poll_interval_s:
             return self.poll_interval_s
+        if starting:   # a job is starting: see it start soon, then queue the next one behind it
+            return self.fast_poll_s
         typical = self._typical()
         if typical is None:
             return self.poll_interval_s
         now = time.time()
-        nearest = min(f.submitted_at + typical - 0.3 for f in flights) - now
+        starts = [f.run_from for f in flights if f.run_from is not None]
+        if not starts:
+            return self.poll_interval_s
+        nearest = min(starts) + typical - 0.3 - now
         if nearest <= 0:
             return self.fast_poll_s
         return max(self.fast_poll_s, min(self.poll_interval_s, nearest))
@@ -226,6 +255,49 @@ class Scheduler:
     def outstanding(self) -> Counter[str]:
         with self._lock:
             return Counter(f.cluster for f in self._flights.values())
+
+    def queued_ahead(self) -> set[str]:
+        """Ids of the dispatched experiments that wait behind another job on their slot (not
+        started yet, as far as the scheduler knows)."""
+        with self._lock:
+            heads = self._heads()
+            return {eid for eid, f in self._flights.items() if heads.get(f.cluster) is not f and f.started_at is None}
+
+    def _heads(self) -> dict[str, Flight]:
+        """The first-submitted flight of each slot: the one that runs (caller holds _lock)."""
+        heads: dict[str, Flight] = {}
+        for f in self._flights.values():
+            h = heads.get(f.cluster)
+            if h is None or f.submitted_at < h.submitted_at:
+                heads[f.cluster] = f
+        return heads
+
+    def _update_starts(self) -> None:
+        """Learn when the job at the head of each slot started: from the backend where it can
+        tell, else estimated as now (the job ahead of it has just been seen to end). Once a real
+        start is known the watchdog counts from it."""
+        now = time.time()
+        with self._lock:
+            pending = [f for f in self._heads().values() if f.started_at is None and f.handle is not None]
+        for f in pending:
+            try:
+                t = self.backend.started_at(f.handle)
+            except Exception:  # noqa: BLE001 - an optional hint
+                t = None
+            with self._lock:
+                if self._flights.get(f.exp_id) is not f:
+                    continue
+                if t is None:
+                    if f.run_from is None:
+                        f.run_from = now
+                    continue
+                f.started_at = f.run_from = t
+                f.deadline = min(f.deadline, t + self.hard_timeout_s + self.watchdog_margin_s)
+            if self.on_started is not None:
+                try:
+                    self.on_started(f.exp_id, f.attempt, t)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_started of %s failed", f.exp_id)
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> dict[str, int]:
@@ -275,6 +347,7 @@ class Scheduler:
                     changed.append(eid)
         if adopted:
             changed += self._poll()
+            self._update_starts()
         if changed:
             self.on_change(changed)
         self.ledger.add_event(None, "recovered", f"adopted {adopted}, recorded {recorded}, requeued {requeued}")
@@ -288,6 +361,7 @@ class Scheduler:
         if full:
             self._last_full_poll = time.monotonic()
         changed = self._poll(due_only=not full)
+        self._update_starts()
         changed += self._watchdog()
         changed += self._dispatch()
         if changed:
@@ -311,7 +385,8 @@ class Scheduler:
                 flight = self._flights.get(h.experiment_id)
                 if flight is None or flight.attempt != h.attempt:
                     continue
-                self._durations.append(max(0.0, time.time() - flight.submitted_at))
+                if flight.run_from is not None:
+                    self._durations.append(max(0.0, time.time() - flight.run_from))
                 if self._record(flight, outcome):
                     changed.append(h.experiment_id)
                 self._flights.pop(h.experiment_id, None)
@@ -379,27 +454,36 @@ class Scheduler:
             return 1
 
     def _dispatch(self) -> list[str]:
-        queued = self.ledger.queued()
-        if not queued:
-            return []
-        if self.before_dispatch is not None and not self.before_dispatch():
-            return []
         now = time.monotonic()
         slots = [s for s in self.slots() if s.state == "up" and self._slot_backoff.get(s.name, 0) <= now]
         if not slots:
             return []
         outstanding = self.outstanding()
         depth = {s.name: self._depth(s.name) for s in slots}
+        if self._reports_starts:   # queue ahead only behind a job that has started
+            with self._lock:
+                unstarted = {c for c, f in self._heads().items() if f.started_at is None}
+            depth = {name: 1 if name in unstarted else d for name, d in depth.items()}
+        in_use = sum(1 for n in outstanding.values() if n)
+        if not any(outstanding[s.name] < depth[s.name] and (outstanding[s.name] or in_use < self.max_concurrent)
+                   for s in slots):
+            return []   # every slot is full: no need to read the queue (most fast ticks)
+        queued = self.ledger.queued()
+        if not queued:
+            return []
+        if self.before_dispatch is not None and not self.before_dispatch():
+            return []
         changed: list[str] = []
         for eid, gpu_type, _prio in queued:
             if self._stop.is_set():
                 break
+            # slots in use = experiments running (a slot trains one at a time); a job queued
+            # ahead on a slot in use does not add one
             with self._lock:
-                running = len(self._flights)
-            if running >= self.max_concurrent:
-                break
+                in_use = len({f.cluster for f in self._flights.values()})
             mono = time.monotonic()
             free = [s for s in slots if outstanding[s.name] < depth[s.name]
+                    and (outstanding[s.name] > 0 or in_use < self.max_concurrent)
                     and self._slot_backoff.get(s.name, 0) <= mono]   # a slot whose submit failed rests
             if not free:
                 break
@@ -409,6 +493,8 @@ class Scheduler:
             slot = min(fits, key=lambda s: (outstanding[s.name], s.name))   # idle slots first
             if self._submit(eid, slot, outstanding[slot.name] + 1):
                 outstanding[slot.name] += 1
+                if self._reports_starts and outstanding[slot.name] == 1:
+                    depth[slot.name] = 1        # it has not started yet: nothing queued behind it
             changed.append(eid)
         if self.stage is not None and len(queued) > len(changed):
             self._stage_wake.set()
@@ -429,9 +515,26 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - staging is an optimisation; dispatch exports itself
                 log.exception("staging failed")
 
+    def _open_positions(self) -> int:
+        """How many queued experiments a dispatch could place now (free queue positions; behind
+        a job that has not started, none where the backend reports starts)."""
+        outstanding = self.outstanding()
+        with self._lock:
+            heads = self._heads()
+        free = 0
+        for s in self._slots:
+            if s.state != "up":
+                continue
+            head = heads.get(s.name)
+            depth = 1 if self._reports_starts and (head is None or head.started_at is None) else self._depth(s.name)
+            free += max(0, depth - outstanding[s.name])
+        return free
+
     def _stage_next(self) -> None:
-        """Export the run directories of the next queued experiments (about one per slot)."""
-        ahead = max(1, sum(self._depth(s.name) for s in self._slots))
+        """Export the run directories of the next queued experiments: as many as can be placed
+        now, at least one. (Not more: in the first round that would take CPU from the runners
+        starting up, and a job queued ahead has a whole run's time to be placed.)"""
+        ahead = max(1, self._open_positions())
         for eid, _gpu, _prio in self.ledger.queued()[:ahead]:
             if self._stop.is_set():
                 return
@@ -485,6 +588,7 @@ class Scheduler:
                                              slot.cost_per_hour, str(run_dir)):
                 return False
             flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
+            alone = not any(f.cluster == slot.name for f in self._flights.values())
             self._flights[eid] = flight
             try:
                 staged = self._take_staged(eid, attempt, run_dir) if self.stage is not None else False
@@ -511,6 +615,7 @@ class Scheduler:
             self.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
             flight.handle = handle
             flight.submitted_at = submitted
+            flight.run_from = submitted if alone else None
             flight.deadline = submitted + position * self.hard_timeout_s + self.watchdog_margin_s
             self.stats["dispatched"] += 1
             return True
@@ -542,9 +647,17 @@ class Scheduler:
                         self.backend.cancel(flight.handle)
                     except Exception:  # noqa: BLE001
                         log.exception("cancel of %s failed", eid)
+                # busy time: none for a job that was still queued ahead; from its real start when
+                # known; else the ledger's default (since submission)
+                if flight.started_at is not None:
+                    busy: float | None = max(0.0, time.time() - flight.started_at)
+                elif eid in self._flights and self._heads().get(flight.cluster) is not flight:
+                    busy = 0.0
+                else:
+                    busy = None
                 if self.ledger.finish_attempt(eid, flight.attempt, Status.cancelled,
                                               log_path=str(Path(flight.run_dir) / "run.log"),
-                                              error=reason, detail=reason):
+                                              error=reason, detail=reason, busy_seconds=busy):
                     changed.append(eid)
                 self._flights.pop(eid, None)
         if changed:

@@ -9,6 +9,7 @@ and train.py on the cpu profile (2 s budget) on 2 CPU slots.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -345,3 +346,80 @@ def test_cached_answers_follow_every_ledger_change(tmp_path, cache, engines):
     board = eng.leaderboard()
     assert board.reference["CPU"] == launched["lr"] and board.noise_floor["CPU"] is not None
     assert any("Not ranked (no val_bpb): 1 crash" in n for n in board.notes)
+
+
+# Stand-in train.py for a slot's queue (SIMULATION: no model, it only records what happened):
+# notes its start and end in a trace shared by all the runs of the test, records an overlap if
+# another run of the slot is training at the same moment, waits for a GO file named after its
+# seed, then prints a result in the contract's format.
+TRACING_TRAIN = '''\
+import os, time
+trace = {trace!r}
+seed = os.environ["AUTORESEARCH_SEED"]
+busy = trace + ".busy"
+def note(what):
+    with open(trace, "a") as f:
+        f.write(f"{{what}} {{seed}}\\n")
+try:
+    os.close(os.open(busy, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+except FileExistsError:
+    note("OVERLAP")
+note("start")
+while not os.path.exists(trace + ".go" + seed):
+    time.sleep(0.05)
+note("end")
+os.unlink(busy)
+print("---")
+print("val_bpb:          1.100000")
+print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
+'''
+
+
+def _blocked_on_a_lock(pid: int) -> bool:
+    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def test_one_slot_queues_one_job_ahead_in_order_without_overlap(tmp_path, cache, engines):
+    ws = tmp_path / "research"
+    eng = engines.make(make_config(ws, cache, cpu_slots=1))
+    trace = tmp_path / "trace"
+    (ws / "tracing.py").write_text(TRACING_TRAIN.format(trace=str(trace)))
+    first, second, third = (eng.launch_experiment(f"queued {i}", source="tracing.py", seed=i)[0] for i in (1, 2, 3))
+
+    def wait(cond, what, seconds=120.0):
+        deadline = time.monotonic() + seconds
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+    wait(lambda: trace.exists() and "start 1" in trace.read_text(), "the first run to start")
+    wait(lambda: set(eng.scheduler.in_flight()) == {first.id, second.id}, "the second to be queued ahead")
+    assert eng.scheduler.queued_ahead() == {second.id}
+    assert eng.get_experiment(third.id).status == Status.queued          # depth 2: the third waits here
+    run2 = Path(eng.scheduler.in_flight()[second.id].run_dir)
+    pid2 = eng.scheduler.in_flight()[second.id].handle.backend_ref["pid"]
+    wait(lambda: _blocked_on_a_lock(pid2), "the second runner to wait for the slot")
+    assert not (run2 / "train.pid").exists()                             # its runner waits, untrained
+    # cancelling the job queued ahead: only its waiting runner goes; the third takes its place
+    assert eng.cancel([second.id])[0].status == Status.cancelled
+    wait(lambda: eng.scheduler.queued_ahead() == {third.id}, "the third to be queued ahead")
+    assert trace.read_text().splitlines() == ["start 1"]                 # the first still runs, alone
+    (tmp_path / "trace.go1").touch()
+    (tmp_path / "trace.go3").touch()
+    res = eng.wait([first.id, third.id], timeout_s=300)
+    assert {e.id: e.status for e in res.finished} == {first.id: Status.done, third.id: Status.done}
+    assert trace.read_text().splitlines() == ["start 1", "end 1", "start 3", "end 3"]
+    assert not (run2 / "train.pid").exists()                             # it never trained
+    assert json.loads((run2 / "result.json").read_text())["error"] == "cancelled before train.py started"
+    # the third's run clock starts when the slot was handed to it, after the first ended
+    r1 = json.loads((Path(eng.get_experiment(first.id).log_path).parent / "result.json").read_text())
+    r3 = json.loads((Path(eng.get_experiment(third.id).log_path).parent / "result.json").read_text())
+    assert r3["started_at"] >= r1["ended_at"] and r3["waited_s"] > 0
+    started = [ev for ev in eng.events(third.id) if ev["kind"] == "started"]
+    assert len(started) == 1 and started[0]["t"] == r3["started_at"]
+    assert_one_terminal_each(eng, [first.id, second.id, third.id])
+    assert_no_strays(eng)

@@ -105,7 +105,10 @@ def test_cpu_slots_without_gpus(tmp_path: Path) -> None:
     assert all(c.gpu_type == "CPU" and c.state == "up" and c.backend == "local" and not c.simulated
                for c in clusters)
     assert backend.reconcile() == clusters
-    assert backend.queue_depth("local-cpu0") == 1
+    assert backend.queue_depth("local-cpu0") == 2          # one running + one queued ahead
+    assert LocalBackend(cpu_slots=1, queue_depth=1, nvidia_smi=str(tmp_path / "none")).queue_depth("local-cpu0") == 1
+    with pytest.raises(InvalidInput, match="queue_depth"):
+        LocalBackend(cpu_slots=1, queue_depth=0)
 
 
 def test_slot_labels_are_a_named_simulation(tmp_path: Path) -> None:
@@ -174,13 +177,18 @@ def test_submit_poll_passes_the_slot_environment(tmp_path: Path, monkeypatch: py
     wait_for(d / "env.json")
     assert backend.poll([handle]) == []                       # still running
     assert backend.clusters()[1].running == ["e0001"]
-    with pytest.raises(Conflict, match="one job at a time"):  # the slot is busy
-        backend.submit("local-sim1-h200", spec(make_run_dir(tmp_path, name="other"), eid="e0002"))
+    # a second job is queued ahead; a third is refused: the slot is full
+    d2 = make_run_dir(tmp_path, name="second")
+    h2 = backend.submit("local-sim1-h200", spec(d2, eid="e0002"))
+    assert backend.clusters()[1].running == ["e0001", "e0002"]
+    with pytest.raises(Conflict, match="one job at a time"):
+        backend.submit("local-sim1-h200", spec(make_run_dir(tmp_path, name="other"), eid="e0003"))
     (d / "GO").touch()
     out = wait_outcome(backend, handle)
     assert not out.lost and out.result["status"] == "done"
     assert out.result["metrics"] == {"val_bpb": 1.234, "num_steps": 5}
     assert out.log_path == str(d / "run.log")
+    assert wait_outcome(backend, h2).result["status"] == "done"
     assert backend.clusters()[1].running == []
     seen = json.loads((d / "env.json").read_text())
     assert seen == {
@@ -265,17 +273,22 @@ SUBMIT_SCRIPT = textwrap.dedent("""\
     handle = backend.submit("local-cpu0", JobSpec("e0001", 1, run_dir, "cpu", 60.0, hash_, 7,
                                                    {"WAIT_FOR_GO": "1"}))
     handle_file.write_text(handle.to_json())
+    if len(sys.argv) > 4:   # a second job, queued ahead: its runner waits for the first
+        second = backend.submit("local-cpu0", JobSpec("e0002", 1, Path(sys.argv[4]), "cpu", 60.0, hash_, 8, {}))
+        Path(str(handle_file) + ".2").write_text(second.to_json())
     print("submitted", flush=True)
 """)
 
 
-def submit_from_another_process(tmp_path: Path, d: Path) -> tuple[JobHandle, str]:
+def submit_from_another_process(tmp_path: Path, d: Path, queued: Path | None = None) -> tuple[JobHandle, str]:
     """Submit from a short-lived 'engine' process whose stdout is a pipe; return the handle and
-    everything that ever reached that pipe (read to EOF: no runner may still hold it)."""
+    everything that ever reached that pipe (read to EOF: no runner may still hold it). With
+    `queued`, a second job is queued ahead behind the first (its handle in handle.json.2)."""
     script = tmp_path / "engine.py"
     script.write_text(SUBMIT_SCRIPT)
     handle_file = tmp_path / "handle.json"
-    engine = subprocess.Popen([sys.executable, str(script), str(d), str(handle_file), HASH],
+    engine = subprocess.Popen([sys.executable, str(script), str(d), str(handle_file), HASH]
+                              + ([str(queued)] if queued else []),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     # communicate() reads to EOF: it would block until the run ends if a child kept the pipe.
     stdout, stderr = engine.communicate(timeout=30)
@@ -285,16 +298,20 @@ def submit_from_another_process(tmp_path: Path, d: Path) -> tuple[JobHandle, str
 
 def test_handle_survives_an_engine_restart_and_children_do_not_inherit_stdout(tmp_path: Path) -> None:
     d = make_run_dir(tmp_path)
-    handle, stdout = submit_from_another_process(tmp_path, d)
-    assert stdout == "submitted\n"                 # nothing from the runner or train.py
+    d2 = make_run_dir(tmp_path, name="queued")
+    handle, stdout = submit_from_another_process(tmp_path, d, queued=d2)
+    assert stdout == "submitted\n"                 # nothing from the runners (the waiting one too) or train.py
+    second = JobHandle.from_json((tmp_path / "handle.json.2").read_text())
     wait_for(d / "env.json")
     assert not gone(handle.backend_ref["pid"])     # the run outlived its engine
+    assert not gone(second.backend_ref["pid"]) and not (d2 / "env.json").exists()   # waits, untrained
     fresh = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
-    assert fresh.poll([handle]) == []              # recognised as alive by pid + start time
-    assert fresh.clusters()[0].running == ["e0001"]
+    assert fresh.poll([handle, second]) == []      # recognised as alive by pid + start time
+    assert fresh.clusters()[0].running == ["e0001", "e0002"]
     (d / "GO").touch()
     out = wait_outcome(fresh, handle)
     assert out.result["status"] == "done" and out.result["metrics"]["val_bpb"] == 1.234
+    assert wait_outcome(fresh, second).result["status"] == "done"
     assert fresh.clusters()[0].running == []
 
 
@@ -316,3 +333,215 @@ def test_runner_killed_while_the_engine_was_down_is_lost_after_restart(tmp_path:
     while not gone(train_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(train_pid), "the orphaned train.py was not killed"
+
+
+# -- a job queued ahead on a busy slot --------------------------------------------------------
+
+# Records its start and end in a trace shared by every job of the test, and whether another job
+# was training at the same moment (a marker holding the pid of the job training now: if that
+# process is still alive when the next one starts, they overlap).
+TRACING_TRAIN = textwrap.dedent("""\
+    import json, os, time
+    trace, busy = os.environ["TRACE"], os.environ["TRACE"] + ".busy"
+    me = os.path.basename(os.getcwd())
+    def note(what):
+        with open(trace, "a") as f:
+            f.write(f"{what} {me} {os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    try:
+        other = int(open(busy).read())
+    except (OSError, ValueError):
+        other = None
+    if other is not None and alive(other):
+        note("OVERLAP")
+    with open(busy + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(busy + ".tmp", busy)
+    note("start")
+    open("started", "w").close()
+    while os.environ.get("WAIT_FOR_GO") and not os.path.exists("GO"):
+        time.sleep(0.05)
+    if os.environ.get("HANG"):
+        while True:
+            time.sleep(1)
+    note("end")
+    os.unlink(busy)
+    print("---")
+    print('RESULT_JSON: {"val_bpb": 1.5, "num_steps": 3}')
+""")
+
+
+def blocked_on_a_lock(pid: int) -> bool:
+    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def wait_blocked(pid: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not blocked_on_a_lock(pid):
+        assert time.monotonic() < deadline, f"runner {pid} never blocked on the slot lock"
+        assert not gone(pid), f"runner {pid} exited instead of waiting"
+        time.sleep(0.02)
+
+
+def trace_lines(tmp_path: Path) -> list[str]:
+    t = tmp_path / "trace"
+    return t.read_text().splitlines() if t.exists() else []
+
+
+def test_queued_ahead_job_waits_then_starts_on_the_same_gpu_without_overlap(tmp_path: Path) -> None:
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\necho "NVIDIA H100 80GB HBM3, 81559 MiB"\n')
+    backend = LocalBackend(nvidia_smi=smi)
+    assert backend.queue_depth("local-gpu1") == 2
+    trace = {"TRACE": str(tmp_path / "trace")}
+    first = make_run_dir(tmp_path, TRACING_TRAIN, name="first")
+    second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
+    h1 = backend.submit("local-gpu1", spec(first, "e0001", env=dict(trace, WAIT_FOR_GO="1")))
+    h2 = backend.submit("local-gpu1", spec(second, "e0002", env=trace))
+    assert h2.backend_ref["after"] == ["e0001"] and h1.backend_ref["after"] == []
+    wait_for(first / "started")
+    # the second runner is up (it did its startup work) and waits: it does not train meanwhile
+    wait_blocked(h2.backend_ref["pid"])
+    assert not (second / "started").exists() and not (second / runner.TRAIN_PID_FILE).exists()
+    assert backend.poll([h1, h2]) == []
+    assert backend.started_at(h1) is not None and backend.started_at(h2) is None
+    (first / "GO").touch()
+    r1 = wait_outcome(backend, h1).result
+    r2 = wait_outcome(backend, h2).result
+    assert r1["status"] == r2["status"] == "done"
+    assert trace_lines(tmp_path) == ["start first 1", "end first 1", "start second 1", "end second 1"]
+    # the second run's clock starts when it was handed the slot, not when its runner started
+    assert r2["started_at"] >= r1["ended_at"]
+    assert r2["waited_s"] > 0 and r1["waited_s"] < r2["waited_s"]
+    assert backend.started_at(h2) == r2["started_at"]
+    assert backend.clusters()[1].running == []
+
+
+def test_cancelling_the_queued_ahead_job_kills_only_its_waiting_runner(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    trace = {"TRACE": str(tmp_path / "trace")}
+    first = make_run_dir(tmp_path, TRACING_TRAIN, name="first")
+    second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
+    h1 = backend.submit("local-cpu0", spec(first, "e0001", env=dict(trace, WAIT_FOR_GO="1")))
+    h2 = backend.submit("local-cpu0", spec(second, "e0002", env=trace))
+    wait_for(first / "started")
+    wait_blocked(h2.backend_ref["pid"])
+    backend.cancel(h2)
+    assert gone(h2.backend_ref["pid"])
+    out2 = wait_outcome(backend, h2)
+    assert out2.result["status"] == "cancelled" and "before train.py started" in out2.result["error"]
+    assert not (second / "started").exists() and not (second / runner.TRAIN_PID_FILE).exists()
+    assert backend.poll([h1]) == [] and not gone(h1.backend_ref["pid"])   # the running one goes on
+    assert backend.clusters()[0].running == ["e0001"]
+    # the freed place can be taken by another job, which then runs after the first
+    third = make_run_dir(tmp_path, TRACING_TRAIN, name="third")
+    h3 = backend.submit("local-cpu0", spec(third, "e0003", env=trace))
+    assert h3.backend_ref["after"] == ["e0001"]
+    (first / "GO").touch()
+    assert wait_outcome(backend, h1).result["status"] == "done"
+    assert wait_outcome(backend, h3).result["status"] == "done"
+    assert trace_lines(tmp_path) == ["start first ", "end first ", "start third ", "end third "]
+    # cancelled the moment it was submitted (its runner may not even have installed its signal
+    # handlers): nothing runs, and its run.log says so
+    fourth = make_run_dir(tmp_path, TRACING_TRAIN, name="fourth")
+    h4 = backend.submit("local-cpu0", spec(fourth, "e0004", env=trace))
+    backend.cancel(h4)
+    assert gone(h4.backend_ref["pid"]) and not (fourth / "started").exists()
+    assert "cancelled" in (fourth / runner.LOG_FILE).read_text()
+    assert backend.clusters()[0].running == []
+
+
+def test_cancelling_the_running_job_lets_the_queued_one_start(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    trace = {"TRACE": str(tmp_path / "trace")}
+    first = make_run_dir(tmp_path, TRACING_TRAIN, name="first")
+    second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
+    h1 = backend.submit("local-cpu0", spec(first, "e0001", env=dict(trace, HANG="1")))
+    h2 = backend.submit("local-cpu0", spec(second, "e0002", env=trace))
+    wait_for(first / "started")
+    backend.cancel(h1)
+    assert wait_outcome(backend, h1).result["status"] == "cancelled"
+    r2 = wait_outcome(backend, h2).result
+    assert r2["status"] == "done"
+    assert trace_lines(tmp_path) == ["start first ", "start second ", "end second "]
+
+
+def test_queued_ahead_hard_timeout_counts_from_its_start(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    trace = {"TRACE": str(tmp_path / "trace")}
+    first = make_run_dir(tmp_path, TRACING_TRAIN, name="first")
+    second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
+    h1 = backend.submit("local-cpu0", spec(first, "e0001", env=dict(trace, WAIT_FOR_GO="1")))
+    h2 = backend.submit("local-cpu0", spec(second, "e0002", env=dict(trace, HANG="1"), timeout_s=1.0))
+    wait_for(first / "started")
+    wait_blocked(h2.backend_ref["pid"])
+    time.sleep(2.0)                              # longer than the second job's hard timeout
+    assert backend.poll([h2]) == []              # ... which has not started counting
+    (first / "GO").touch()
+    r1 = wait_outcome(backend, h1).result
+    r2 = wait_outcome(backend, h2).result
+    assert r1["status"] == "done" and r2["status"] == "timeout"
+    assert r2["started_at"] >= r1["ended_at"]
+    assert r2["ended_at"] - r2["started_at"] >= 1.0
+    assert "start second " in trace_lines(tmp_path)
+
+
+def test_killed_running_runner_releases_the_slot_only_once_its_training_is_gone(tmp_path: Path) -> None:
+    """SIGKILL cannot be forwarded: train.py, orphaned, still holds the slot lock (inherited), so
+    the queued job does not start beside it; once poll reports the runner lost and kills the
+    orphan's group, the queued job starts."""
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    trace = {"TRACE": str(tmp_path / "trace")}
+    first = make_run_dir(tmp_path, TRACING_TRAIN, name="first")
+    second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
+    h1 = backend.submit("local-cpu0", spec(first, "e0001", env=dict(trace, HANG="1")))
+    h2 = backend.submit("local-cpu0", spec(second, "e0002", env=trace))
+    wait_for(first / runner.TRAIN_PID_FILE)
+    train_pid = json.loads((first / runner.TRAIN_PID_FILE).read_text())["pid"]
+    os.kill(h1.backend_ref["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not gone(h1.backend_ref["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    wait_blocked(h2.backend_ref["pid"])                                 # still waiting: the orphan
+    assert not gone(train_pid) and not (second / "started").exists()   # holds the slot
+    out1 = wait_outcome(backend, h1)
+    assert out1.lost and "SIGKILL" in out1.reason
+    assert wait_outcome(backend, h2).result["status"] == "done"
+    assert gone(train_pid)
+    assert trace_lines(tmp_path) == ["start first ", "start second ", "end second "]
+
+
+def test_a_restarted_backend_queues_behind_the_jobs_it_adopts(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    trace = {"TRACE": str(tmp_path / "trace")}
+    dirs = [make_run_dir(tmp_path, TRACING_TRAIN, name=n) for n in ("first", "second", "third")]
+    h1 = backend.submit("local-cpu0", spec(dirs[0], "e0001", env=dict(trace, WAIT_FOR_GO="1")))
+    h2 = backend.submit("local-cpu0", spec(dirs[1], "e0002", env=trace))
+    handles = [JobHandle.from_json(h.to_json()) for h in (h2, h1)]    # as persisted; any order
+    fresh = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    assert fresh.poll(handles) == []                                   # both adopted, alive
+    assert fresh.clusters()[0].running == ["e0001", "e0002"]
+    with pytest.raises(Conflict, match="one job at a time"):
+        fresh.submit("local-cpu0", spec(dirs[2], "e0003", env=trace))
+    wait_for(dirs[0] / "started")
+    (dirs[0] / "GO").touch()
+    assert wait_outcome(fresh, handles[1]).result["status"] == "done"
+    h3 = fresh.submit("local-cpu0", spec(dirs[2], "e0003", env=trace))
+    assert h3.backend_ref["after"] == ["e0002"]
+    assert wait_outcome(fresh, handles[0]).result["status"] == "done"
+    assert wait_outcome(fresh, h3).result["status"] == "done"
+    assert trace_lines(tmp_path) == ["start first ", "end first ", "start second ", "end second ",
+                                     "start third ", "end third "]
+    deadline = time.monotonic() + 10         # (a runner exits just after writing its result)
+    while not all(gone(h.backend_ref["pid"]) for h in (h1, h2, h3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(h.backend_ref["pid"]) for h in (h1, h2, h3))

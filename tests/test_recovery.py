@@ -201,3 +201,46 @@ def test_job_started_without_saved_handle_is_stopped_and_requeued(tmp_path, cach
     assert not (run_dir / runner.RESULT_FILE).exists()
     assert_one_terminal_each(eng2, [e.id])
     assert_no_strays(eng2)
+
+
+def _blocked_on_a_lock(pid: int) -> bool:
+    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def test_restart_adopts_the_runner_waiting_queued_ahead(tmp_path, cache, engines):
+    """One slot, two experiments: the second's runner waits behind the first's (queued ahead).
+    The engine goes away and a new one starts: both runners are adopted, not rerun; the second
+    trains after the first, and nothing is left running."""
+    ws = tmp_path / "research"
+    cfg = make_config(ws, cache, cpu_slots=1, time_budget_s=3.0)
+    eng = engines.make(cfg)
+    first, second = (eng.launch_experiment(f"in line {i}")[0] for i in (1, 2))
+
+    def both_submitted():
+        rows = {r["experiment_id"]: r for r in eng.ledger.open_attempts()}
+        return len(rows) == 2 and all(r["handle"] for r in rows.values()) and rows
+    rows = _wait_for(both_submitted, what="both to be submitted")
+    pids = {eid: json.loads(r["handle"])["backend_ref"]["pid"] for eid, r in rows.items()}
+    run1, run2 = (Path(rows[e.id]["run_dir"]) for e in (first, second))
+    _wait_for(lambda: (run1 / runner.TRAIN_PID_FILE).is_file(), what="the first to train")
+    _wait_for(lambda: _blocked_on_a_lock(pids[second.id]), what="the second runner to wait for the slot")
+    assert eng.scheduler.queued_ahead() == {second.id}
+    assert not (run2 / runner.TRAIN_PID_FILE).exists()
+    eng.close()                      # the engine goes; its runners stay
+    eng.workspace.close()
+
+    eng2 = engines.make(cfg)
+    assert eng2.recovery == {"adopted": 2, "recorded": 0, "requeued": 0}
+    res = eng2.wait([first.id, second.id], timeout_s=300)
+    got = {e.id: e for e in res.finished}
+    assert all(e.status == Status.done and e.attempts == 1 for e in got.values()), got
+    r1, r2 = (json.loads((d / runner.RESULT_FILE).read_text()) for d in (run1, run2))
+    assert r1["runner_pid"] == pids[first.id] and r2["runner_pid"] == pids[second.id]   # adopted, not rerun
+    assert r2["started_at"] >= r1["ended_at"] and r2["waited_s"] > 0
+    assert_one_terminal_each(eng2, [first.id, second.id])
+    assert_no_strays(eng2)

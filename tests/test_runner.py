@@ -207,6 +207,111 @@ def test_runner_sigterm_is_forwarded_and_recorded_as_cancelled(tmp_path: Path) -
     assert gone(int((d / "grandchild.pid").read_text()))
 
 
+# -- queued ahead: waiting for the slot lock --------------------------------------------------
+
+def blocked_on_a_lock(pid: int) -> bool:
+    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def held_lock(path: Path) -> int:
+    """An fd holding an exclusive flock on `path` (a job ahead on the slot, played by the test)."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def start_queued_runner(d: Path, ahead: Path, timeout: float = 30) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "runner.py", "--expected-hash", sha(PREPARE), "--timeout", str(timeout),
+                             "--kill-grace", "0.5", "--after", str(ahead), "--after", str(d / "no-such.lock")],
+                            cwd=d, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_blocked(p: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not blocked_on_a_lock(p.pid):
+        assert p.poll() is None, "the runner exited instead of waiting for the slot"
+        assert time.monotonic() < deadline, "the runner never blocked on the slot lock"
+        time.sleep(0.02)
+
+
+def test_queued_runner_waits_for_the_slot_and_its_clock_starts_then(tmp_path: Path) -> None:
+    d = make_run_dir(tmp_path, 'open("STARTED", "w").close()\n' + SUCCESS)
+    ahead = tmp_path / "ahead.lock"
+    fd = held_lock(ahead)
+    p = start_queued_runner(d, ahead, timeout=30)
+    try:
+        wait_blocked(p)
+        assert not (d / "STARTED").exists() and not (d / runner.TRAIN_PID_FILE).exists()
+        released = time.time()
+        os.close(fd)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    result = json.loads((d / "result.json").read_text())
+    assert result["status"] == "done" and runner.parse_runner_output(out.decode()) == result
+    assert result["started_at"] >= released and result["waited_s"] > 0
+    assert json.loads((d / runner.TRAIN_PID_FILE).read_text())["started_at"] == result["started_at"]
+
+
+def test_queued_runner_stopped_while_waiting_is_cancelled_and_never_trains(tmp_path: Path) -> None:
+    d = make_run_dir(tmp_path, 'open("STARTED", "w").close()\n' + SUCCESS)
+    ahead = tmp_path / "ahead.lock"
+    fd = held_lock(ahead)
+    p = start_queued_runner(d, ahead)
+    try:
+        wait_blocked(p)
+        stopped = time.time()
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=20)     # it does not wait for the lock any longer
+    finally:
+        os.close(fd)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    result = json.loads((d / "result.json").read_text())
+    assert result["status"] == "cancelled" and "before train.py started" in result["error"]
+    assert runner.parse_runner_output(out.decode()) == result
+    assert not (d / "STARTED").exists() and not (d / runner.TRAIN_PID_FILE).exists()
+    # it never had the slot: its busy interval starts when it stopped waiting
+    assert stopped <= result["started_at"] <= result["ended_at"] and result["waited_s"] > 0
+
+
+def test_runner_and_train_hold_the_slot_lock_while_training(tmp_path: Path) -> None:
+    import fcntl
+    probe = textwrap.dedent("""\
+        import fcntl, os
+        fd = os.open("runner.lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            print("LOCK FREE")
+        except BlockingIOError:
+            print("LOCK HELD")
+    """)
+    d = make_run_dir(tmp_path, probe + SUCCESS)
+    fd = held_lock(d / runner.LOCK_FILE)
+    p = subprocess.Popen([sys.executable, "runner.py", "--expected-hash", sha(PREPARE), "--timeout", "30",
+                          "--lock-fd", str(fd)], cwd=d, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         pass_fds=(fd,))
+    os.close(fd)                                   # only the runner (and train.py) hold it now
+    p.communicate(timeout=30)
+    assert json.loads((d / "result.json").read_text())["status"] == "done"
+    assert "LOCK HELD" in (d / "run.log").read_text()
+    check = os.open(d / runner.LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(check, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released: the next job may start
+    finally:
+        os.close(check)
+
+
 # -- with the local backend -------------------------------------------------------------------
 
 def test_runner_killed_mid_run_is_reported_lost_and_training_is_cleaned_up(tmp_path: Path) -> None:

@@ -136,15 +136,92 @@ def test_priority_then_launch_order(ledger, tmp_path):
 
 
 def test_queue_depth_two_and_max_concurrent(ledger, tmp_path):
-    be = SimulatedBackend({"a": "H100", "b": "H100"}, depth=2)
-    s = _sched(ledger, be, tmp_path, max_concurrent=3)
-    _queue(ledger, 6)
+    be = SimulatedBackend({"a": "H100", "b": "H100", "c": "H100"}, depth=2)
+    s = _sched(ledger, be, tmp_path, max_concurrent=2)
+    ids = _queue(ledger, 8)
     s.tick()
-    assert len(be.jobs) == 3                           # max_concurrent caps it below 2 x 2
+    # max_concurrent caps what RUNS: two slots in use (a slot trains one job at a time), each with
+    # a job queued ahead that only starts when the one before it ends; slot c stays idle
+    assert sorted(be.running_on().values()) == ["a", "a", "b", "b"]
+    assert s.queued_ahead() == {ids[2], ids[3]}
     s.max_concurrent = 64
     s.tick()
     on = list(be.running_on().values())
-    assert sorted(on) == ["a", "a", "b", "b"]          # two outstanding per slot (one queued ahead)
+    assert sorted(on) == ["a", "a", "b", "b", "c", "c"]          # two outstanding per slot
+    assert s.queued_ahead() == {ids[2], ids[3], ids[5]}
+    # idle slots are filled before any job is queued ahead
+    assert [slot for _, slot, _ in be.submitted][:2] == ["a", "b"]
+
+
+def test_queued_ahead_job_is_tracked_until_it_starts(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"}, depth=2)
+    s = _sched(ledger, be, tmp_path, hard_timeout_s=100.0, watchdog_margin_s=5.0)
+    first, second, third = _queue(ledger, 3)
+    s.tick()
+    flights = s.in_flight()
+    assert set(flights) == {first, second} and s.queued_ahead() == {second}
+    assert flights[first].run_from == flights[first].submitted_at      # alone on its slot: runs now
+    assert flights[second].run_from is None                            # waits: no run clock yet
+    # the watchdog allows the queued job its wait: it is second in line
+    assert flights[second].deadline == pytest.approx(flights[second].submitted_at + 2 * 100.0 + 5.0)
+    # the ledger records the attempt as dispatched (status running, like SkyPilot's queued-ahead
+    # jobs); the real start is the runner's, recorded with the result
+    assert ledger.get(second).status == Status.running
+    be.finish(first)
+    s.tick()
+    flights = s.in_flight()
+    assert set(flights) == {second, third} and s.queued_ahead() == {third}
+    assert flights[second].run_from is not None and flights[second].started_at is None   # estimated
+    assert [ev["kind"] for ev in ledger.events(first)] == ["queued", "submitted", "started", "finished"]
+
+
+class ReportingBackend(SimulatedBackend):
+    """SIMULATION: a backend that can tell when a job really started (as LocalBackend does)."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.starts: dict[str, float] = {}
+
+    def started_at(self, handle):
+        return self.starts.get(handle.experiment_id)
+
+
+def test_reported_start_sets_the_run_clock_and_the_watchdog(ledger, tmp_path):
+    be = ReportingBackend({"a": "CPU"}, depth=2)
+    s = _sched(ledger, be, tmp_path, hard_timeout_s=100.0, watchdog_margin_s=5.0)
+    first, second = _queue(ledger, 2)
+    s.tick()
+    assert s.in_flight()[first].started_at is None     # submitted, not started yet ...
+    assert set(s.in_flight()) == {first}               # ... so nothing is queued behind it yet
+    s.tick()
+    assert set(s.in_flight()) == {first}
+    be.starts[first] = t = time.time()
+    s.tick()
+    f = s.in_flight()[first]
+    assert f.started_at == f.run_from == t and f.deadline == pytest.approx(t + 105.0)
+    assert set(s.in_flight()) == {first, second} and s.queued_ahead() == {second}   # now it is
+    be.finish(first)
+    s.tick()
+    assert s.in_flight()[second].started_at is None and s.queued_ahead() == set()
+    be.starts[second] = t2 = time.time()
+    s.tick()
+    assert s.in_flight()[second].started_at == t2 and s.in_flight()[second].deadline == pytest.approx(t2 + 105.0)
+
+
+def test_cancel_the_queued_ahead_job_and_the_running_one(ledger, tmp_path):
+    be = SimulatedBackend({"a": "CPU"}, depth=2)
+    s = _sched(ledger, be, tmp_path)
+    first, second, third = _queue(ledger, 3)
+    s.tick()
+    assert s.cancel([second]) == [second]
+    assert be.cancelled == [second] and ledger.get(second).status == Status.cancelled
+    assert ledger.attempts(second)[0]["busy_seconds"] == 0.0     # it never had the slot
+    assert ledger.get(first).status == Status.running
+    s.tick()                                           # its place is taken by the next queued one
+    assert set(s.in_flight()) == {first, third} and s.queued_ahead() == {third}
+    s.cancel([first])
+    s.tick()
+    assert set(s.in_flight()) == {third} and s.queued_ahead() == set()
 
 
 def test_lost_is_retried_then_lost(ledger, tmp_path):

@@ -77,8 +77,16 @@ class Backend(ABC):
         """Every slot this backend holds now, with GPU type and state."""
 
     def queue_depth(self, cluster: str) -> int:
-        """How many jobs the scheduler may have outstanding on one slot (1 running + N queued ahead)."""
+        """How many jobs the scheduler may have outstanding on one slot (1 running + N queued ahead).
+        A slot trains one job at a time whatever its depth; the jobs queued ahead start, in
+        submission order, as soon as the ones before them end."""
         return 1
+
+    def started_at(self, handle: JobHandle) -> float | None:
+        """When the job really started running (epoch seconds): for a job queued ahead, when the
+        slot was handed to it. None while it waits, or when the backend cannot tell (the scheduler
+        then assumes a job starts when the one ahead of it on the slot ends). Must be cheap."""
+        return None
 
     @abstractmethod
     def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:

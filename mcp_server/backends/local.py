@@ -9,6 +9,21 @@ Every job is one `python runner.py ...` process started in its own session, so t
   forwards SIGTERM to it (see runner.py); when the runner is gone without a result (SIGKILL,
   OOM killer) train.py's group is found through `train.pid` and killed here.
 
+Queued ahead. A slot takes `queue_depth` jobs (default 2): one running and one queued ahead, so
+that a slot whose run ends is refilled at once instead of after result detection + submit +
+interpreter start. Every job gets its own lock file (`runner.lock` in its run directory), which
+`submit` creates and flock()s exclusively BEFORE the runner starts and hands to it as an inherited
+fd; the runner passes it on to train.py and releases it once train.py's process group is gone,
+just before it writes result.json (the kernel releases it when the runner and train.py are dead).
+A job submitted to a slot with live jobs gets their lock files as `--after`: its runner starts
+now, does its startup work (interpreter, imports, harness check) and then blocks until those
+locks are free, and only then starts train.py -- its `started_at` and hard timeout count from
+there. So two jobs of one slot never train at the same time, they start in submission order,
+cancelling the waiting job kills only its waiting runner, and cancelling (or losing) the running
+one lets the waiting one start. The order and the lock files are known from the handles alone,
+so a restarted engine (which polls the handles it adopts before dispatching) queues behind runs
+an earlier process started. `started_at(handle)` tells when a job really started (train.pid).
+
 Slots are static: `provision` refuses (use the skypilot backend for clusters) and `teardown`
 is a no-op that returns [] (nothing is billed, nothing to delete; cancelling the experiments on
 a slot is the engine's job).
@@ -21,6 +36,7 @@ run still happens on this machine's CPU or GPU i).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -142,15 +158,21 @@ class LocalBackend(Backend):
         cache_dir: Path | str | None = None,
         nvidia_smi: str = "nvidia-smi",
         kill_grace_s: float = runner.DEFAULT_KILL_GRACE_S,
+        queue_depth: int = 2,
     ) -> None:
         if not isinstance(cpu_slots, int) or not 1 <= cpu_slots <= _MAX_SLOTS:
             raise InvalidInput(f"cpu_slots must be an integer from 1 to {_MAX_SLOTS}, got {cpu_slots!r}")
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or not 1 <= queue_depth <= 8:
+            raise InvalidInput(f"queue_depth must be an integer from 1 (no job queued ahead) to 8, got {queue_depth!r}")
+        self._depth = queue_depth
         self.python = python or sys.executable
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self.kill_grace_s = float(kill_grace_s)
         self._created_at = time.time()
         self._lock = threading.Lock()
-        self._running: dict[str, set[str]] = {}     # slot name -> experiment ids live on it
+        # slot name -> {experiment id: handle} of the jobs live on it, in submission order (the
+        # first runs, the others are queued ahead and wait for the lock files of those before them)
+        self._running: dict[str, dict[str, JobHandle]] = {}
         self._slots = self._build_slots(cpu_slots, slot_labels, detect_gpus(nvidia_smi))
         self._by_name = {s.name: s for s in self._slots}
 
@@ -257,10 +279,11 @@ class LocalBackend(Backend):
         if bad_env:
             raise InvalidInput(f"job env entries must be str -> str without '=' in names or NUL bytes; bad: {bad_env!r}")
         with self._lock:
-            busy = self._running.get(cluster)
-            if busy:
-                raise Conflict(f"slot {cluster} is running {', '.join(sorted(busy))}; a local slot runs one "
-                               "job at a time: wait for it to finish or cancel it")
+            ahead = list(self._running.get(cluster, {}).values())
+        if len(ahead) >= self._depth:
+            raise Conflict(f"slot {cluster} already has {', '.join(h.experiment_id for h in ahead)} (one running, "
+                           f"{self._depth - 1} queued ahead at most); a local slot runs one job at a time: wait for "
+                           "one to finish or cancel it")
 
         # A private copy of the runner: the run does not depend on the package staying put.
         tmp = run_dir / ".runner.py.tmp"
@@ -275,30 +298,47 @@ class LocalBackend(Backend):
         env["AUTORESEARCH_PROFILE"] = job.profile
         env["AUTORESEARCH_SEED"] = str(job.seed)
 
-        args = [self.python, "runner.py", "--expected-hash", job.harness_hash,
-                "--timeout", repr(float(job.timeout_s)), "--python", self.python,
-                "--kill-grace", repr(self.kill_grace_s)]
-        with open(run_dir / RUNNER_OUT, "wb") as out:
+        # This job's slot lock, taken here so that it is held before submit returns (a job
+        # submitted next waits for it even if this runner has not got going yet).
+        lock_fd = os.open(run_dir / runner.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
             try:
-                proc = subprocess.Popen(
-                    args, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
-                )
-            except OSError as e:
-                raise InvalidInput(f"cannot start the runner with Python {self.python!r}: {e}; "
-                                   "configure the local backend's python to an existing interpreter") from e
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(f"run directory {run_dir} is in use by another runner; each attempt needs a "
+                               "fresh run directory") from None
+            # -S: the runner is standard library only; skipping site (and the site-packages
+            # path hooks of editable installs) halves its start-up time
+            args = [self.python, "-S", "runner.py", "--expected-hash", job.harness_hash,
+                    "--timeout", repr(float(job.timeout_s)), "--python", self.python,
+                    "--kill-grace", repr(self.kill_grace_s), "--lock-fd", str(lock_fd)]
+            for h in ahead:
+                args += ["--after", str(Path(h.run_dir) / runner.LOCK_FILE)]
+            with open(run_dir / RUNNER_OUT, "wb") as out:
+                try:
+                    proc = subprocess.Popen(
+                        args, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True, close_fds=True, pass_fds=(lock_fd,),
+                    )
+                except OSError as e:
+                    raise InvalidInput(f"cannot start the runner with Python {self.python!r}: {e}; "
+                                       "configure the local backend's python to an existing interpreter") from e
+        finally:
+            os.close(lock_fd)   # the runner holds the lock now (or nobody, if it did not start)
         # Not reaped yet, so /proc/<pid> still exists even if the runner already exited.
         start = runner.proc_start_time(proc.pid)
         with _CHILDREN_LOCK:
             _CHILDREN[proc.pid] = (proc, start)
             _DELIVERED.discard(proc.pid)
-        with self._lock:
-            self._running.setdefault(cluster, set()).add(job.experiment_id)
-        return JobHandle(
+        handle = JobHandle(
             experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
-            backend_ref={"pid": proc.pid, "start_time": start, "boot_id": boot_id(), "python": self.python},
+            backend_ref={"pid": proc.pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
+                         "after": [h.experiment_id for h in ahead]},
             submitted_at=time.time(),
         )
+        with self._lock:
+            self._running.setdefault(cluster, {})[job.experiment_id] = handle
+        return handle
 
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
         _sweep()
@@ -321,10 +361,31 @@ class LocalBackend(Backend):
                 _forget_child(handle)
                 self._finished(handle)
                 outcomes.append(JobOutcome(handle, lost=True, log_path=log_path, reason=reason))
-            else:  # still running; after a restart this adopts it into the slot's running list
-                with self._lock:
-                    self._running.setdefault(handle.cluster, set()).add(handle.experiment_id)
+            else:  # still running or waiting; after a restart this adopts it into the slot's list
+                self._adopt(handle)
         return outcomes
+
+    def _adopt(self, handle: JobHandle) -> None:
+        with self._lock:
+            live = self._running.setdefault(handle.cluster, {})
+            known = live.get(handle.experiment_id)
+            if known is not None and known.attempt == handle.attempt:
+                return
+            live[handle.experiment_id] = handle
+            if len(live) > 1:   # keep submission order: it is the order the runners start in
+                ordered = sorted(live.values(), key=lambda h: h.submitted_at)
+                live.clear()
+                live.update((h.experiment_id, h) for h in ordered)
+
+    def started_at(self, handle: JobHandle) -> float | None:
+        """When the runner was handed the slot and started train.py (from train.pid); None while
+        it waits queued ahead, or before train.py starts."""
+        try:
+            info = json.loads((Path(handle.run_dir) / runner.TRAIN_PID_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        value = info.get("started_at") if isinstance(info, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
 
     def cancel(self, handle: JobHandle) -> None:
         """SIGTERM the runner (it forwards to train.py's group, records `cancelled` and exits);
@@ -341,12 +402,22 @@ class LocalBackend(Backend):
                 deadline = time.monotonic() + 2.0
                 while _runner_alive(handle) and time.monotonic() < deadline:
                     time.sleep(0.02)
-        _kill_training(Path(handle.run_dir))
+        run_dir = Path(handle.run_dir)
+        _kill_training(run_dir)
+        if isinstance(pid, int) and not _runner_alive(handle) and not (run_dir / runner.RESULT_FILE).exists() \
+                and not (run_dir / runner.LOG_FILE).exists():
+            # stopped before its signal handlers were even installed (cancelled right after
+            # submit, e.g. a job just queued ahead): it recorded nothing, so say what happened
+            try:
+                with open(run_dir / runner.LOG_FILE, "a", encoding="utf-8") as f:
+                    f.write("[local backend] cancelled before the runner had started: train.py never ran\n")
+            except OSError:
+                pass
         _forget_child(handle)
         self._finished(handle)
 
     def queue_depth(self, cluster: str) -> int:
-        return 1
+        return self._depth
 
     def close(self) -> None:
         # The runners are deliberately left running: they belong to the experiments, not to this
@@ -355,10 +426,12 @@ class LocalBackend(Backend):
 
     def _finished(self, handle: JobHandle) -> None:
         with self._lock:
-            ids = self._running.get(handle.cluster)
-            if ids is not None:
-                ids.discard(handle.experiment_id)
-                if not ids:
+            live = self._running.get(handle.cluster)
+            if live is not None:
+                mine = live.get(handle.experiment_id)
+                if mine is not None and mine.attempt == handle.attempt:
+                    del live[handle.experiment_id]
+                if not live:
                     del self._running[handle.cluster]
 
 

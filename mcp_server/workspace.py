@@ -44,6 +44,7 @@ EXPERIMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A revision: a hex sha, or a ref name, optionally followed by ~N / ^N. No spaces, no leading
 # dash (it would read as an option), no `..` ranges, no `@{...}` reflog syntax, no `:path`.
 REV_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}(?:[~^][0-9]{0,3}){0,8}$")
+FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Literal pathspecs: a tracked file named `*.py` must not act as a glob.
 _LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
@@ -292,6 +293,15 @@ class Workspace:
             return None
 
     def _commit(self, rev: str) -> git.Commit:
+        if isinstance(rev, str) and FULL_SHA.fullmatch(rev):
+            # A full sha (what the ledger stores, e.g. for every run directory's export) needs no
+            # `git rev-parse` subprocesses: look it up in the object database directly.
+            try:
+                info = self.repo.odb.info(bytes.fromhex(rev))
+            except (ValueError, git.BadName, git.BadObject):
+                info = None  # missing: resolve_commit below says so in words
+            if info is not None and info.type == b"commit":
+                return git.Commit(self.repo, info.binsha)
         return self.repo.commit(self.resolve_commit(rev))
 
     @staticmethod

@@ -526,3 +526,17 @@ def test_bad_tag_on_an_existing_workspace_changes_nothing(ws: Workspace, templat
     with pytest.raises(InvalidInput, match="Invalid session tag"):
         Workspace(ws.path, "../main", template)
     assert state(ws.path) == before
+
+
+@pytest.mark.parametrize("what", ["null", "absent", "tree", "blob"])
+def test_export_of_a_full_sha_that_is_no_commit_is_refused(ws: Workspace, tmp_path: Path, what: str):
+    """Export takes the ledger's full shas straight from the object database; anything there that
+    is not a commit (or nothing at all) is a clear NotFound and no run directory is written."""
+    head = ws.repo.head.commit
+    sha = {"null": "0" * 40, "absent": "deadbeef" * 5, "tree": head.tree.hexsha,
+           "blob": head.tree["train.py"].hexsha}[what]
+    dest = tmp_path / "run"
+    with pytest.raises(NotFound, match="No commit"):
+        ws.export(sha, dest)
+    assert not dest.exists() or not any(dest.iterdir())
+    assert ws.export(head.hexsha, tmp_path / "ok")  # the fast path still exports a real commit

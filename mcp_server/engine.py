@@ -147,6 +147,7 @@ class Engine:
             fast_poll_s=0.02 if self.backend.name == "local" else poll_interval_s,
             before_dispatch=self.data.ensure, on_change=self._on_change, stage=self.run_dirs.stage,
             orphan_cleanup=kill_orphans if self.backend.name == "local" else None,
+            on_started=self._started_on_slot,
         )
         self.checks = Checks(self.ledger, self.scheduler, config, self.backend.name)
         self.launcher = Launcher(self.workspace, self.ledger, self.checks, harness_hash=self.harness_hash,
@@ -304,6 +305,11 @@ class Engine:
             self._generation += 1
             self._cond.notify_all()
 
+    def _started_on_slot(self, exp_id: str, attempt: int, started_at: float) -> None:
+        """A job queued ahead on its slot started (scheduler thread): no longer waiting_for_slot."""
+        if self.ledger.mark_started(exp_id, attempt, started_at):
+            self._on_change([exp_id])
+
     def _launched(self, exps: list[Experiment]) -> None:
         """A launch is in the ledger (called under the launch lock): cache it, wake the scheduler."""
         self.cache.remember(exps)
@@ -312,13 +318,17 @@ class Engine:
 
     # clusters ------------------------------------------------------------------------------
     def list_clusters(self) -> list[Cluster]:
-        """Every slot/cluster with its GPU type, state and the experiments running on it now."""
+        """Every slot/cluster with its GPU type, state, the experiment training on it now and those
+        queued ahead behind it (submitted; they start when it ends)."""
         slots = self.scheduler.refresh_clusters()
         self.ledger.upsert_clusters(slots)
         running: dict[str, list[str]] = {}
+        ahead: dict[str, list[str]] = {}
+        waiting = self.scheduler.queued_ahead()
         for f in self.scheduler.in_flight().values():
-            running.setdefault(f.cluster, []).append(f.exp_id)
-        return [c.model_copy(update={"running": sorted(running.get(c.name, []))}) for c in slots]
+            (ahead if f.exp_id in waiting else running).setdefault(f.cluster, []).append(f.exp_id)
+        return [c.model_copy(update={"running": sorted(running.get(c.name, [])),
+                                     "queued_ahead": sorted(ahead.get(c.name, []))}) for c in slots]
 
     def provision_clusters(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
         """Bring up `count` more clusters (of `gpu_type` where the backend can choose), within max_clusters."""
@@ -388,7 +398,7 @@ class Engine:
         if self.scheduler.last_error:
             notes.append(f"scheduler: {self.scheduler.last_error}")
         return reports.budget_status(self.ledger.usage(), self.ledger.count_by_status(), self.scheduler.slots(),
-                                     self.config, notes)
+                                     self.config, notes, waiting_for_slot=self.ledger.count_waiting_for_slot())
 
     # experiments ---------------------------------------------------------------------------
     def launch_experiment(

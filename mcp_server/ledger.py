@@ -131,6 +131,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_experiment ON events(experiment_id, seq);
     """,
+    # 2: the real start of a job queued ahead on its slot (submitted while the job in front of it
+    # still runs). attempts.started_at: when it started training (NULL while it waits; in-flight
+    # GPU-hours count from it); earlier attempts started at submission. experiments.waiting_for_slot:
+    # 1 while its current attempt waits behind another job.
+    """
+    ALTER TABLE attempts ADD COLUMN started_at REAL;
+    UPDATE attempts SET started_at = submitted_at;
+    ALTER TABLE experiments ADD COLUMN waiting_for_slot INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -144,7 +153,7 @@ _EXP_COLUMNS = [
     "seq", "id", "description", "kind", "wave_id", "parent_id", "parent_commit", "commit_sha",
     "code_hash", "parent_code_hash", "harness_hash", "overrides", "seed", "gpu_type", "priority",
     "status", "decision", "cluster", "ran_on_gpu", "attempts", *METRIC_FIELDS, "error",
-    "log_path", "handle", "created_at", "started_at", "ended_at",
+    "log_path", "handle", "created_at", "started_at", "ended_at", "waiting_for_slot",
 ]
 _EXP_SELECT = ", ".join(_EXP_COLUMNS)
 
@@ -199,7 +208,7 @@ def _row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
         "decision": _DECISION[decision] if decision else None, "cluster": d["cluster"],
         "ran_on_gpu": d["ran_on_gpu"], "attempts": d["attempts"], "metrics": metrics, "error": d["error"],
         "log_path": d["log_path"], "created_at": d["created_at"], "started_at": d["started_at"],
-        "ended_at": d["ended_at"],
+        "ended_at": d["ended_at"], "waiting_for_slot": bool(d["waiting_for_slot"]),
     })
 
 
@@ -448,6 +457,11 @@ class Ledger:
     def count_by_status(self) -> dict[str, int]:
         return dict(self._conn().execute("SELECT status, COUNT(*) FROM experiments GROUP BY status").fetchall())
 
+    def count_waiting_for_slot(self) -> int:
+        """Running experiments queued ahead behind another job on their slot (not started yet)."""
+        return self._conn().execute("SELECT COUNT(*) FROM experiments WHERE status='running' "
+                                    "AND waiting_for_slot=1").fetchone()[0]
+
     def kind_of(self, exp_id: str) -> str | None:
         row = self._conn().execute("SELECT kind FROM experiments WHERE id=?", (exp_id,)).fetchone()
         return row[0] if row else None
@@ -468,19 +482,38 @@ class Ledger:
 
     # -- the life of an attempt ----------------------------------------------------------------
     def begin_attempt(self, exp_id: str, attempt: int, cluster: str, gpu_type: str | None,
-                      gpu_count: int, cost_per_hour: float | None, run_dir: str) -> bool:
-        """queued -> running with a new attempt row (handle to follow). False if not queued."""
+                      gpu_count: int, cost_per_hour: float | None, run_dir: str, *,
+                      waiting: bool = False) -> bool:
+        """queued -> running with a new attempt row (handle to follow). False if not queued.
+        `waiting`: it is queued ahead behind another job on its slot, so it has not started (no
+        start time, no GPU-hours) until `mark_started`; otherwise it starts now."""
         now = time.time()
+        start = None if waiting else now
         with self.tx() as c:
             cur = c.execute("UPDATE experiments SET status='running', attempts=?, cluster=?, ran_on_gpu=?, "
-                            "handle=NULL, started_at=COALESCE(started_at, ?), log_path=? "
+                            "handle=NULL, started_at=COALESCE(started_at, ?), log_path=?, waiting_for_slot=? "
                             "WHERE id=? AND status='queued' AND attempts=?",
-                            (attempt, cluster, gpu_type, now, str(Path(run_dir) / "run.log"), exp_id, attempt - 1))
+                            (attempt, cluster, gpu_type, start, str(Path(run_dir) / "run.log"), int(waiting),
+                             exp_id, attempt - 1))
             if cur.rowcount != 1:
                 return False
             c.execute("INSERT INTO attempts(experiment_id, attempt, cluster, gpu_type, gpu_count, cost_per_hour, "
-                      "run_dir, submitted_at) VALUES(?,?,?,?,?,?,?,?)",
-                      (exp_id, attempt, cluster, gpu_type, gpu_count, cost_per_hour, run_dir, now))
+                      "run_dir, submitted_at, started_at) VALUES(?,?,?,?,?,?,?,?,?)",
+                      (exp_id, attempt, cluster, gpu_type, gpu_count, cost_per_hour, run_dir, now, start))
+        return True
+
+    def mark_started(self, exp_id: str, attempt: int, started_at: float) -> bool:
+        """The open attempt really started (a queued-ahead job whose turn came). Idempotent: the
+        first start known is kept. True if the experiment stopped waiting for its slot."""
+        with self.tx() as c:
+            cur = c.execute("UPDATE attempts SET started_at=? WHERE experiment_id=? AND attempt=? "
+                            "AND outcome IS NULL AND started_at IS NULL", (started_at, exp_id, attempt))
+            if cur.rowcount != 1:
+                return False
+            c.execute("UPDATE experiments SET waiting_for_slot=0, started_at=COALESCE(started_at, ?) "
+                      "WHERE id=? AND attempts=? AND status='running'", (started_at, exp_id, attempt))
+            c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
+                      (exp_id, started_at, "started", f"attempt {attempt}"))
         return True
 
     def set_handle(self, exp_id: str, attempt: int, handle_json: str, submitted_at: float) -> None:
@@ -509,23 +542,28 @@ class Ledger:
         now = time.time()
         ended_at = ended_at or now
         with self.tx() as c:
-            row = c.execute("SELECT submitted_at FROM attempts WHERE experiment_id=? AND attempt=? AND outcome IS NULL",
+            row = c.execute("SELECT started_at FROM attempts WHERE experiment_id=? AND attempt=? AND outcome IS NULL",
                             (exp_id, attempt)).fetchone()
             if row is None:
                 return False
-            busy = busy_seconds if busy_seconds is not None else max(0.0, ended_at - row[0])
+            start = row[0] if row[0] is not None else started_at   # None: it never left the slot's queue
+            busy = busy_seconds if busy_seconds is not None else (max(0.0, ended_at - start) if start else 0.0)
             cur = c.execute("UPDATE experiments SET status=?, error=?, log_path=COALESCE(?, log_path), "
-                            "ended_at=?, handle=NULL WHERE id=? AND attempts=? AND status='running'",
-                            (status.value, error, log_path, ended_at, exp_id, attempt))
+                            "ended_at=?, handle=NULL, waiting_for_slot=0, started_at=COALESCE(started_at, ?) "
+                            "WHERE id=? AND attempts=? AND status='running'",
+                            (status.value, error, log_path, ended_at, started_at, exp_id, attempt))
             if cur.rowcount != 1:
                 return False
-            c.execute("UPDATE attempts SET outcome=?, ended_at=?, busy_seconds=? WHERE experiment_id=? AND attempt=?",
-                      (status.value, ended_at, busy, exp_id, attempt))
+            c.execute("UPDATE attempts SET outcome=?, ended_at=?, busy_seconds=?, started_at=COALESCE(started_at, ?) "
+                      "WHERE experiment_id=? AND attempt=?",
+                      (status.value, ended_at, busy, started_at, exp_id, attempt))
             if metrics is not None:
                 vals = metrics.model_dump()
                 c.execute(f"UPDATE experiments SET {', '.join(f'{k}=?' for k in METRIC_FIELDS)} WHERE id=?",
                           (*[vals[k] for k in METRIC_FIELDS], exp_id))
-            if started_at is not None:   # when the runner really started (a queued-ahead job waits first)
+            if started_at is not None and c.execute(   # when the runner really started (unless mark_started said)
+                    "SELECT 1 FROM events WHERE experiment_id=? AND kind='started' AND detail=?",
+                    (exp_id, f"attempt {attempt}")).fetchone() is None:
                 c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
                           (exp_id, started_at, "started", f"attempt {attempt}"))
             kind = "cancelled" if status == Status.cancelled else ("timeout" if status == Status.timeout else "finished")
@@ -538,13 +576,14 @@ class Ledger:
         """The slot/process vanished: requeue (attempts left) or mark lost. None if already closed."""
         now = time.time()
         with self.tx() as c:
-            row = c.execute("SELECT submitted_at FROM attempts WHERE experiment_id=? AND attempt=? AND outcome IS NULL",
+            row = c.execute("SELECT started_at FROM attempts WHERE experiment_id=? AND attempt=? AND outcome IS NULL",
                             (exp_id, attempt)).fetchone()
             if row is None:
                 return None
             new = Status.queued if attempt < max_attempts else Status.lost
             cur = c.execute(
-                "UPDATE experiments SET status=?, handle=NULL, ended_at=?, error=?, log_path=COALESCE(?, log_path) "
+                "UPDATE experiments SET status=?, handle=NULL, ended_at=?, error=?, log_path=COALESCE(?, log_path), "
+                "waiting_for_slot=0 "
                 "WHERE id=? AND attempts=? AND status='running'",
                 (new.value, now if new == Status.lost else None,
                  f"attempt {attempt} lost: {reason}" if reason else f"attempt {attempt} lost", log_path,
@@ -552,7 +591,7 @@ class Ledger:
             if cur.rowcount != 1:
                 return None
             c.execute("UPDATE attempts SET outcome='lost', ended_at=?, busy_seconds=? WHERE experiment_id=? AND attempt=?",
-                      (now, max(0.0, now - row[0]), exp_id, attempt))
+                      (now, max(0.0, now - row[0]) if row[0] is not None else 0.0, exp_id, attempt))
             c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
                       (exp_id, now, "lost", f"attempt {attempt}: {reason}"))
             if new == Status.queued:
@@ -598,7 +637,8 @@ class Ledger:
         return [dict(experiment_id=r[0], t=r[1], kind=r[2], detail=r[3]) for r in rows]
 
     def attempts(self, exp_id: str) -> list[dict[str, Any]]:
-        keys = ["attempt", "cluster", "gpu_type", "run_dir", "submitted_at", "ended_at", "busy_seconds", "outcome"]
+        keys = ["attempt", "cluster", "gpu_type", "run_dir", "submitted_at", "started_at", "ended_at", "busy_seconds",
+                "outcome"]
         rows = self._conn().execute(f"SELECT {', '.join(keys)} FROM attempts WHERE experiment_id=? ORDER BY attempt",
                                     (exp_id,)).fetchall()
         return [dict(zip(keys, r)) for r in rows]
@@ -606,14 +646,15 @@ class Ledger:
     # -- accounting ----------------------------------------------------------------------------
     def usage(self) -> dict[str, Any]:
         """GPU-hours and cost of every closed attempt (lost ones too: the slot was paid for),
-        plus a running estimate for open attempts."""
+        plus a running estimate for open attempts (from their real start: one queued ahead behind
+        another job on its slot counts nothing until it starts)."""
         now = time.time()
         # One pass over the attempts table (this runs on every budget_status call and every
         # launch's limit check): per GPU type and open/closed, seconds x GPUs and their cost.
         rows = self._conn().execute(
             "SELECT gpu_type, outcome IS NULL, "
-            "SUM(CASE WHEN outcome IS NULL THEN ? - submitted_at ELSE busy_seconds END * gpu_count), "
-            "SUM(CASE WHEN outcome IS NULL THEN ? - submitted_at ELSE busy_seconds END "
+            "SUM(CASE WHEN outcome IS NULL THEN COALESCE(? - started_at, 0) ELSE busy_seconds END * gpu_count), "
+            "SUM(CASE WHEN outcome IS NULL THEN COALESCE(? - started_at, 0) ELSE busy_seconds END "
             "    * COALESCE(cost_per_hour, 0) * gpu_count) / 3600.0, "
             "COUNT(*) FROM attempts GROUP BY gpu_type, outcome IS NULL", (now, now)).fetchall()
         out: dict[str, Any] = {"gpu_hours": 0.0, "cost_usd": 0.0, "attempts_closed": 0, "gpu_hours_in_flight": 0.0,

@@ -16,7 +16,7 @@ class Status(str, Enum):
     """Where an experiment is. `queued` and `running` are live; everything else is terminal."""
 
     queued = "queued"        # waiting for a free slot of the right tier
-    running = "running"      # handed to a backend (may be queued-ahead on a warm cluster)
+    running = "running"      # handed to a backend (waiting_for_slot: queued ahead, not started yet)
     done = "done"            # finished, val_bpb recorded
     crash = "crash"          # train.py exited non-zero (code failure: not retried)
     nan = "nan"              # loss became NaN / exploded (code failure: not retried)
@@ -77,8 +77,10 @@ class Experiment(BaseModel):
     error: str | None = None
     log_path: str | None = None
     created_at: float = 0.0
-    started_at: float | None = None
+    started_at: float | None = Field(None, description="When it started training; null while queued or waiting for its slot.")
     ended_at: float | None = None
+    waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
+                                   "it starts (and costs GPU time) when that one ends.")
 
 
 class Wave(BaseModel):
@@ -100,5 +102,7 @@ class Cluster(BaseModel):
     state: str = Field(description="up | provisioning | stopped | gone")
     cost_per_hour: float | None = None
     simulated: bool = Field(False, description="True when the GPU type is a label on a local slot (a simulation).")
-    running: list[str] = Field(default_factory=list, description="Experiment ids on this cluster now.")
+    running: list[str] = Field(default_factory=list, description="Experiment ids training on this cluster now.")
+    queued_ahead: list[str] = Field(default_factory=list, description="Experiment ids submitted to this cluster that "
+                                    "start when the running one ends.")
     created_at: float = 0.0

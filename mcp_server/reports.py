@@ -56,9 +56,11 @@ def gpu_info(slots: list[Cluster], measured: dict[str, dict[str, Any]], time_bud
 
 
 def budget_status(usage: dict[str, Any], counts: dict[str, int], slots: list[Cluster], config: FleetConfig,
-                  notes: list[str]) -> dict[str, Any]:
+                  notes: list[str], waiting_for_slot: int = 0) -> dict[str, Any]:
     """GPU-hours and estimated cost spent (`Ledger.usage`), the limits, clusters alive (slots not
-    gone), experiments live (`Ledger.count_by_status`); `notes` are the engine's, this adds its own."""
+    gone), experiments live (`Ledger.count_by_status`): running = training now, plus
+    `waiting_for_slot` of them queued ahead behind another job on their slot; `notes` are the
+    engine's, this adds its own."""
     slots = [c for c in slots if c.state != "gone"]
     spent = usage["gpu_hours"] + usage["gpu_hours_in_flight"]
     budget = config.gpu_hour_budget
@@ -79,7 +81,8 @@ def budget_status(usage: dict[str, Any], counts: dict[str, int], slots: list[Clu
         "max_clusters": config.max_clusters,
         "experiments_live": counts.get("queued", 0) + counts.get("running", 0),
         "experiments_queued": counts.get("queued", 0),
-        "experiments_running": counts.get("running", 0),
+        "experiments_running": max(0, counts.get("running", 0) - waiting_for_slot),
+        "experiments_waiting_for_slot": waiting_for_slot,
         "experiments_by_status": counts,
         "max_concurrent": config.max_concurrent,
         "max_live": MAX_QUEUED,

@@ -19,7 +19,9 @@ starts it the moment that one ends: the slot gap is a lock hand-off, not result 
 submit + runner start. Each flight knows whether it is at the head of its slot and, where the
 backend can tell (`Backend.started_at`), when it really started; `queued_ahead()` lists the ones
 still waiting. (The ledger status of a dispatched job is `running` from submission, as it always
-was for SkyPilot; the runner's real start is the attempt's `started` event and its busy time.)
+was for SkyPilot; a job queued ahead is `waiting_for_slot` with no start time and no GPU-hours
+until `on_started` reports its start -- the backend's, or for a backend that cannot tell, when the
+job ahead of it was seen to end -- and the engine records it with `Ledger.mark_started`.)
 
 It sleeps between ticks on an Event that launches and cancels set, so new work is dispatched at
 once; while a job is expected to end soon (learned from earlier runs, counted from when each job
@@ -137,7 +139,9 @@ class Scheduler:
         self.on_change = on_change or (lambda ids: None)
         self.stage = stage
         self.orphan_cleanup = orphan_cleanup
-        self.on_started = on_started   # (exp id, attempt, real start) once the backend reports it
+        # (exp id, attempt, start) once the backend reports the real start of a job, or, for a
+        # backend that cannot, when a job queued ahead reaches the head of its slot (estimated)
+        self.on_started = on_started
 
         self._lock = threading.RLock()          # flights + submit/cancel of one experiment
         self._flights: dict[str, Flight] = {}
@@ -288,11 +292,15 @@ class Scheduler:
                 if self._flights.get(f.exp_id) is not f:
                     continue
                 if t is None:
-                    if f.run_from is None:
-                        f.run_from = now
-                    continue
-                f.started_at = f.run_from = t
-                f.deadline = min(f.deadline, t + self.hard_timeout_s + self.watchdog_margin_s)
+                    if f.run_from is not None:
+                        continue
+                    f.run_from = now
+                    if self._reports_starts:
+                        continue   # the backend will tell
+                    t = now        # it cannot tell: the job ahead has just ended, so this one starts now
+                else:
+                    f.started_at = f.run_from = t
+                    f.deadline = min(f.deadline, t + self.hard_timeout_s + self.watchdog_margin_s)
             if self.on_started is not None:
                 try:
                     self.on_started(f.exp_id, f.attempt, t)
@@ -584,11 +592,11 @@ class Scheduler:
                 return False
             attempt = exp.attempts + 1
             run_dir = self.runs_dir / eid / f"a{attempt}"
+            alone = not any(f.cluster == slot.name for f in self._flights.values())
             if not self.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
-                                             slot.cost_per_hour, str(run_dir)):
+                                             slot.cost_per_hour, str(run_dir), waiting=not alone):
                 return False
             flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
-            alone = not any(f.cluster == slot.name for f in self._flights.values())
             self._flights[eid] = flight
             try:
                 staged = self._take_staged(eid, attempt, run_dir) if self.stage is not None else False

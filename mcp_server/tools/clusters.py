@@ -60,7 +60,9 @@ class BudgetStatus(BaseModel):
     clusters_alive: int
     max_clusters: int
     experiments_live: int = Field(description="Queued + running now.")
-    experiments_running: int = 0
+    experiments_running: int = Field(0, description="Training now.")
+    experiments_waiting_for_slot: int = Field(0, description="Submitted, queued ahead behind a running job on "
+                                              "their slot; they start when it ends.")
     experiments_queued: int = 0
     max_concurrent: int
     cost_per_hour_now: float | None = Field(None, description="$/hour of the clusters up now, where known.")
@@ -118,6 +120,7 @@ def budget_of(raw: dict[str, Any]) -> BudgetStatus:
         max_clusters=int(_num(raw, "max_clusters") or 0),
         experiments_live=int(_num(raw, "experiments_live", "live") or 0),
         experiments_running=int(_num(raw, "experiments_running") or 0),
+        experiments_waiting_for_slot=int(_num(raw, "experiments_waiting_for_slot") or 0),
         experiments_queued=int(_num(raw, "experiments_queued") or 0),
         gpu_hours_by_type={str(k): float(v or 0.0) for k, v in (raw.get("gpu_hours_by_type") or {}).items()},
         max_concurrent=int(_num(raw, "max_concurrent") or 0),
@@ -144,11 +147,12 @@ def list_clusters(ctx: Context) -> ClusterList:
     to see free capacity before launching, and to find names for teardown_clusters."""
     clusters = engine(ctx).list_clusters()
     busy = sum(1 for c in clusters if c.running)
+    ahead = sum(len(c.queued_ahead) for c in clusters)
     if not clusters:
         hint = "No clusters: call provision_clusters(count=N, gpu_type=...) before launching experiments."
     else:
-        hint = (f"{busy} of {len(clusters)} busy. Launch with launch_wave / launch_experiment; "
-                "queued experiments start as clusters free up.")
+        hint = (f"{busy} of {len(clusters)} busy" + (f", {ahead} more queued ahead behind them" if ahead else "")
+                + ". Launch with launch_wave / launch_experiment; queued experiments start as clusters free up.")
     return ClusterList(clusters=clusters, total=len(clusters), next_step=hint)
 
 

@@ -65,6 +65,9 @@ def get_experiment(
         text, start, nxt = read_log_page(eng, experiment_id, log_offset, log_limit)
     if nxt is not None:
         hint = f"More log: call get_experiment(experiment_id='{experiment_id}', log_offset={nxt})."
+    elif exp.waiting_for_slot:
+        hint = (f"Waiting for its slot: queued ahead on {exp.cluster} behind the job running there, it starts when "
+                f"that one ends. Call wait_for_experiments(experiment_ids=['{experiment_id}']).")
     elif exp.status in (Status.queued, Status.running):
         hint = f"Still {exp.status.value}: call wait_for_experiments(experiment_ids=['{experiment_id}'])."
     else:

@@ -407,6 +407,8 @@ class Scheduler:
         self.stats["outcomes"] += 1
         if outcome.lost or outcome.result is None:
             self.stats["lost"] += 1   # (the backend cleans up what a vanished job left: Backend.poll)
+            self._slots_at = 0.0      # its slot may have vanished too: re-read the slots before the
+            #                           requeued attempt is dispatched (not to the dead cluster again)
             return self.ledger.lose_attempt(flight.exp_id, flight.attempt, self.max_attempts,
                                             outcome.reason or "the job vanished without a result",
                                             log_path=log_path) is not None
@@ -614,6 +616,7 @@ class Scheduler:
                 handle = self.backend.submit(slot.name, spec)
             except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
                 log.exception("submit of %s to %s failed", eid, slot.name)
+                self._slots_at = 0.0  # the slot may be gone: re-read the slots before the next dispatch
                 self._slot_backoff[slot.name] = time.monotonic() + 5.0
                 self.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(exc).__name__}: {exc}"[:500])
                 self.ledger.lose_attempt(eid, attempt, self.max_attempts, f"submit to {slot.name} failed: {exc}")

@@ -304,6 +304,25 @@ def test_submit_failure_requeues_and_backs_off(ledger, tmp_path):
     assert "submit_failed" in kinds and "requeued" in kinds
 
 
+def test_lost_job_is_not_sent_back_to_its_vanished_slot(ledger, tmp_path):
+    """A slot dies with its job (a preempted cluster, a scancel'd allocation): the lost experiment is
+    requeued and goes to a slot that still exists, even though the slot list was read moments ago
+    (cluster_refresh_s is long) -- a second submit to the dead slot would burn another attempt."""
+    be = SimulatedBackend({"a": "CPU", "b": "CPU"})
+    s = _sched(ledger, be, tmp_path, cluster_refresh_s=3600)
+    e1, e2 = _queue(ledger, 2)
+    s.tick()
+    assert be.running_on() == {e1: "a", e2: "b"}
+    be.finish(e2)
+    s.tick()                                  # b is free again
+    del be.slots["a"]                         # 'a' vanishes, taking e1 with it
+    be.lose(e1)
+    s.tick()
+    assert be.running_on() == {e1: "b"}
+    assert [(eid, slot) for eid, slot, _ in be.submitted] == [(e1, "a"), (e2, "b"), (e1, "b")]
+    assert [a["outcome"] for a in ledger.attempts(e1)] == ["lost", None]
+
+
 def test_recover_adopts_open_attempts_once(ledger, tmp_path):
     be = SimulatedBackend({"a": "CPU", "b": "CPU"})
     s1 = _sched(ledger, be, tmp_path)

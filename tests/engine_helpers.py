@@ -174,3 +174,23 @@ def assert_one_terminal_each(eng: Engine, ids: list[str]) -> None:
         assert closed == (0 if e.status.value == "lost" else 1), (eid, closed)
         assert conn.execute("SELECT COUNT(*) FROM attempts WHERE experiment_id=? AND outcome IS NULL",
                             (eid,)).fetchone()[0] == 0
+
+
+#: A train.py that waits until the file `go` exists (format with go=path), then reports val_bpb 1.1:
+#: lets a test hold a run on its slot for as long as it needs to look at the others.
+WAITING_TRAIN = '''\
+import os, time
+while not os.path.exists({go!r}):
+    time.sleep(0.05)
+print("---")
+print("val_bpb:          1.100000")
+print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
+'''
+
+
+def until(cond, what: str, seconds: float = 180.0) -> None:
+    """Poll `cond` until true; fail with `what` after a generous deadline (no timed assertions)."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

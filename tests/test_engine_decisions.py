@@ -6,11 +6,9 @@ prints a result in the contract's format at once, or waits for a GO file."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from engine_helpers import cache, engines, git, git_state, ledger_state, make_config  # noqa: F401
+from engine_helpers import WAITING_TRAIN, until, cache, engines, git, git_state, ledger_state, make_config  # noqa: F401
 from mcp_server.backends.local import LocalBackend
 from mcp_server.engine import Engine
 from mcp_server.errors import Conflict, TeardownIncomplete
@@ -21,23 +19,6 @@ print("---")
 print("val_bpb:          {bpb:.6f}")
 print('RESULT_JSON: {{"val_bpb": {bpb}, "num_steps": 1}}', flush=True)
 '''
-
-WAITING_TRAIN = '''\
-import os, time
-while not os.path.exists({go!r}):
-    time.sleep(0.05)
-print("---")
-print("val_bpb:          1.100000")
-print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
-'''
-
-
-def _until(cond, what: str, seconds: float = 120.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
 
 def test_discard_of_a_kept_experiment_is_refused_while_the_branch_holds_its_code(tmp_path, cache, engines):
     ws = tmp_path / "research"
@@ -100,8 +81,8 @@ def test_partial_teardown_records_the_removed_cluster_and_reraises(tmp_path, cac
     go = tmp_path / "go"
     (ws / "waiting.py").write_text(WAITING_TRAIN.format(go=str(go)))
     exps = [eng.launch_experiment(f"waits {i}", source="waiting.py", seed=i)[0] for i in (1, 2)]
-    _until(lambda: {f.exp_id for f in eng.scheduler.in_flight().values()} == {e.id for e in exps}
-           and len({f.cluster for f in eng.scheduler.in_flight().values()}) == 2, "both to run, one per slot")
+    until(lambda: {f.exp_id for f in eng.scheduler.in_flight().values()} == {e.id for e in exps}
+           and len({f.cluster for f in eng.scheduler.in_flight().values()}) == 2, "both to run, one per slot", seconds=120.0)
     where = {f.exp_id: f.cluster for f in eng.scheduler.in_flight().values()}
     gone_slot, kept_slot = where[exps[0].id], where[exps[1].id]
     fake.fail = {kept_slot}

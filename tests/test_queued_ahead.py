@@ -13,26 +13,9 @@ import time
 
 import pytest
 
-from engine_helpers import cache, engines, make_config  # noqa: F401
+from engine_helpers import WAITING_TRAIN, until, cache, engines, make_config  # noqa: F401
 from mcp_server.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, format_exp_id
 from mcp_server.models import Experiment, Metrics, Status
-
-WAITING_TRAIN = '''\
-import os, time
-while not os.path.exists({go!r}):
-    time.sleep(0.05)
-print("---")
-print("val_bpb:          1.100000")
-print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
-'''
-
-
-def _until(cond, what: str, seconds: float = 180.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
 
 def _exp(n: int) -> Experiment:
     return Experiment(id=format_exp_id(n), description=f"exp {n}", commit=f"{n:040x}", code_hash=f"{n:040x}",
@@ -49,9 +32,9 @@ def test_queued_ahead_job_waits_then_starts_on_one_cpu_slot(tmp_path, cache, eng
     b = eng.launch_experiment("waits for go_b", source="wait_b.py")[0]
 
     # a trains; b is submitted behind it on the one slot
-    _until(lambda: set(eng.scheduler.in_flight()) == {a.id, b.id}, "b to be queued ahead behind a")
+    until(lambda: set(eng.scheduler.in_flight()) == {a.id, b.id}, "b to be queued ahead behind a")
     sub_b = eng.ledger.attempts(b.id)[0]["submitted_at"]
-    _until(lambda: time.time() - sub_b > 0.5, "some time to pass since b's submission")
+    until(lambda: time.time() - sub_b > 0.5, "some time to pass since b's submission")
     ea, eb = eng.get_experiment(a.id), eng.get_experiment(b.id)
     assert ea.status == eb.status == Status.running
     assert not ea.waiting_for_slot and ea.started_at is not None
@@ -70,14 +53,14 @@ def test_queued_ahead_job_waits_then_starts_on_one_cpu_slot(tmp_path, cache, eng
 
     # a ends: b really starts
     go_a.touch()
-    _until(lambda: eng.get_experiment(a.id).status == Status.done, "a to finish")
-    _until(lambda: not eng.get_experiment(b.id).waiting_for_slot, "b to start")
+    until(lambda: eng.get_experiment(a.id).status == Status.done, "a to finish")
+    until(lambda: not eng.get_experiment(b.id).waiting_for_slot, "b to start")
     eb = eng.get_experiment(b.id)
     assert eb.status == Status.running and eb.started_at is not None and eb.started_at >= sub_b
     assert eng.ledger.attempts(b.id)[0]["started_at"] == eb.started_at
     budget = eng.budget_status()
     assert (budget["experiments_running"], budget["experiments_waiting_for_slot"]) == (1, 0)
-    _until(lambda: eng.list_clusters()[0].running == [b.id], "the slot to list b as running")
+    until(lambda: eng.list_clusters()[0].running == [b.id], "the slot to list b as running")
     assert eng.list_clusters()[0].queued_ahead == []
 
     go_b.touch()

@@ -194,3 +194,12 @@ def until(cond, what: str, seconds: float = 180.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def blocked_on_a_lock(pid: int) -> bool:
+    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False

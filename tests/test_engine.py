@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import (assert_no_strays, assert_one_terminal_each, cache, engines, git, git_state,  # noqa: F401
+from engine_helpers import (blocked_on_a_lock, assert_no_strays, assert_one_terminal_each, cache, engines, git, git_state,  # noqa: F401
                             ledger_state, make_config, progress_log)
 from mcp_server import variants
 from mcp_server.errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound
@@ -375,15 +375,6 @@ print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
 '''
 
 
-def _blocked_on_a_lock(pid: int) -> bool:
-    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
-            return True
-    return False
-
-
 def test_one_slot_queues_one_job_ahead_in_order_without_overlap(tmp_path, cache, engines):
     ws = tmp_path / "research"
     eng = engines.make(make_config(ws, cache, cpu_slots=1))
@@ -402,7 +393,7 @@ def test_one_slot_queues_one_job_ahead_in_order_without_overlap(tmp_path, cache,
     assert eng.get_experiment(third.id).status == Status.queued          # depth 2: the third waits here
     run2 = Path(eng.scheduler.in_flight()[second.id].run_dir)
     pid2 = eng.scheduler.in_flight()[second.id].handle.backend_ref["pid"]
-    wait(lambda: _blocked_on_a_lock(pid2), "the second runner to wait for the slot")
+    wait(lambda: blocked_on_a_lock(pid2), "the second runner to wait for the slot")
     assert not (run2 / "train.pid").exists()                             # its runner waits, untrained
     # cancelling the job queued ahead: only its waiting runner goes; the third takes its place
     assert eng.cancel([second.id])[0].status == Status.cancelled

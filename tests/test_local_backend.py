@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from engine_helpers import blocked_on_a_lock
 from mcp_server import runner
 from mcp_server.backends.base import JobHandle, JobSpec
 from mcp_server.backends.local import LocalBackend, parse_nvidia_smi
@@ -374,15 +375,6 @@ TRACING_TRAIN = textwrap.dedent("""\
     print("---")
     print('RESULT_JSON: {"val_bpb": 1.5, "num_steps": 3}')
 """)
-
-
-def blocked_on_a_lock(pid: int) -> bool:
-    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
-            return True
-    return False
 
 
 def wait_blocked(pid: int, seconds: float = 20) -> None:

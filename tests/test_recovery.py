@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from engine_helpers import (assert_no_strays, assert_one_terminal_each, cache, engines, git, job_pids,  # noqa: F401
+from engine_helpers import (blocked_on_a_lock, assert_no_strays, assert_one_terminal_each, cache, engines, git, job_pids,  # noqa: F401
                             make_config)
 from mcp_server import runner
 from mcp_server.models import Status
@@ -203,15 +203,6 @@ def test_job_started_without_saved_handle_is_stopped_and_requeued(tmp_path, cach
     assert_no_strays(eng2)
 
 
-def _blocked_on_a_lock(pid: int) -> bool:
-    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
-            return True
-    return False
-
-
 def test_restart_adopts_the_runner_waiting_queued_ahead(tmp_path, cache, engines):
     """One slot, two experiments: the second's runner waits behind the first's (queued ahead).
     The engine goes away and a new one starts: both runners are adopted, not rerun; the second
@@ -228,7 +219,7 @@ def test_restart_adopts_the_runner_waiting_queued_ahead(tmp_path, cache, engines
     pids = {eid: json.loads(r["handle"])["backend_ref"]["pid"] for eid, r in rows.items()}
     run1, run2 = (Path(rows[e.id]["run_dir"]) for e in (first, second))
     _wait_for(lambda: (run1 / runner.TRAIN_PID_FILE).is_file(), what="the first to train")
-    _wait_for(lambda: _blocked_on_a_lock(pids[second.id]), what="the second runner to wait for the slot")
+    _wait_for(lambda: blocked_on_a_lock(pids[second.id]), what="the second runner to wait for the slot")
     assert eng.scheduler.queued_ahead() == {second.id}
     assert not (run2 / runner.TRAIN_PID_FILE).exists()
     eng.close()                      # the engine goes; its runners stay

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine_helpers import blocked_on_a_lock
 from mcp_server import runner
 from mcp_server.backends.base import JobSpec
 from mcp_server.backends.local import LocalBackend
@@ -208,15 +209,6 @@ def test_runner_sigterm_is_forwarded_and_recorded_as_cancelled(tmp_path: Path) -
 
 
 # -- queued ahead: waiting for the slot lock --------------------------------------------------
-
-def blocked_on_a_lock(pid: int) -> bool:
-    """Is `pid` blocked waiting for a file lock? (/proc/locks lists waiters as '-> FLOCK ...')."""
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "->" in parts and len(parts) > parts.index("->") + 4 and parts[parts.index("->") + 4] == str(pid):
-            return True
-    return False
-
 
 def held_lock(path: Path) -> int:
     """An fd holding an exclusive flock on `path` (a job ahead on the slot, played by the test)."""

@@ -497,7 +497,7 @@ def test_killed_running_runner_releases_the_slot_only_once_its_training_is_gone(
     second = make_run_dir(tmp_path, TRACING_TRAIN, name="second")
     h1 = backend.submit("local-cpu0", spec(first, "e0001", env=dict(trace, HANG="1")))
     h2 = backend.submit("local-cpu0", spec(second, "e0002", env=trace))
-    wait_for(first / runner.TRAIN_PID_FILE)
+    wait_for(first / "started")          # train.py itself is up (its pid file comes earlier, at spawn)
     train_pid = json.loads((first / runner.TRAIN_PID_FILE).read_text())["pid"]
     os.kill(h1.backend_ref["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10

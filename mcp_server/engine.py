@@ -58,7 +58,7 @@ from .experiment_cache import ExperimentCache
 from .launches import Launcher
 from .ledger import Ledger
 from .models import LIVE, TERMINAL, Cluster, Decision, Experiment, Status, Wave
-from .rundirs import RunDirs, kill_orphans
+from .rundirs import RunDirs
 from .scheduler import Scheduler
 from .workspace import STATE_DIR, Workspace
 
@@ -146,7 +146,7 @@ class Engine:
             # local polls are cheap (a stat per job): poll jobs that are about to end every 20 ms
             fast_poll_s=0.02 if self.backend.name == "local" else poll_interval_s,
             before_dispatch=self.data.ensure, on_change=self._on_change, stage=self.run_dirs.stage,
-            orphan_cleanup=kill_orphans if self.backend.name == "local" else None,
+            orphan_cleanup=getattr(self.backend, "kill_orphans", None),   # local: runners without a saved handle
             on_started=self._started_on_slot,
         )
         self.checks = Checks(self.ledger, self.scheduler, config, self.backend.name)

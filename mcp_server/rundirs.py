@@ -1,16 +1,12 @@
 """Run directories: what a run of one experiment attempt gets on disk, and the job that runs it.
 
 * `RunDirs.stage` exports an experiment's snapshot ahead of its dispatch (atomically);
-* `RunDirs.build_job` makes the run directory (unless staged) and the `JobSpec` for the backend;
-* `kill_orphans` (local backend, recovery only) stops runners an earlier engine started in a run
-  directory without saving their handle."""
+* `RunDirs.build_job` makes the run directory (unless staged) and the `JobSpec` for the backend."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 from .backends.base import JobSpec
@@ -49,30 +45,3 @@ class RunDirs:
             env["AUTORESEARCH_CACHE"] = str(self.config.cache_dir)
         return JobSpec(experiment_id=exp.id, attempt=attempt, run_dir=run_dir, profile=self.profile,
                        timeout_s=self.hard_timeout_s, harness_hash=self.harness_hash, seed=exp.seed, env=env)
-
-
-def kill_orphans(run_dir: Path) -> int:
-    """Local backend, recovery only: kill the process groups of every process whose working
-    directory is `run_dir` (a runner started just before the engine died, without a saved
-    handle). Returns how many processes were found."""
-    target = os.path.realpath(run_dir)
-    own = os.getpgid(0)
-    found = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            if cwd != target and not cwd.startswith(target + os.sep):
-                continue
-            pgid = os.getpgid(int(entry))
-            found += 1
-            if pgid != own:
-                os.killpg(pgid, signal.SIGKILL)
-            else:
-                os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-    if found:
-        time.sleep(0.2)   # let the kernel finish tearing them down before the run dir is reused
-    return found

@@ -1,6 +1,8 @@
 """The local backend: this machine's GPUs (one slot each) or, without GPUs, a few CPU slots.
 
-Every job is one `python runner.py ...` process started in its own session, so that
+Every job is one runner process in its own process group, forked by a warm launcher process
+(mcp_server/launcher.py: no interpreter start and no imports between submit and train.py; if the
+launcher fails, `python -S runner.py ...` is started instead), so that
 - it survives the engine: an engine restart finds it again from the persisted handle
   (pid + process start time + boot id) and its result.json;
 - it never shares the server's stdout (the MCP stdio transport): stdin is /dev/null and its
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -54,7 +57,11 @@ from .. import gpus, runner
 from ..config import FleetConfig
 from ..errors import Conflict, InvalidInput, NotFound
 from ..models import Cluster
+from ..launcher import EXIT_FILE
 from .base import Backend, JobHandle, JobOutcome, JobSpec
+from .local_launcher import LauncherBusy, LauncherUnavailable, launcher_for
+
+log = logging.getLogger(__name__)
 
 RUNNER_SOURCE = Path(runner.__file__).resolve()
 RUNNER_OUT = "runner.out"          # the runner's own stdout/stderr (its last line is the result)
@@ -67,6 +74,9 @@ _MAX_SLOTS = 256
 _CHILDREN: dict[int, tuple[subprocess.Popen[bytes], int | None]] = {}
 _CHILDREN_LOCK = threading.Lock()
 _DELIVERED: set[int] = set()   # pids whose outcome was handed out but that had not exited yet
+# Runners the launcher started for this process: (pid, start time). The launcher reaps them and
+# writes each one's exit status to runner.exit in its run directory.
+_LAUNCHED: set[tuple[int, int | None]] = set()
 
 
 @dataclass
@@ -159,6 +169,7 @@ class LocalBackend(Backend):
         nvidia_smi: str = "nvidia-smi",
         kill_grace_s: float = runner.DEFAULT_KILL_GRACE_S,
         queue_depth: int = 2,
+        use_launcher: bool = True,
     ) -> None:
         if not isinstance(cpu_slots, int) or not 1 <= cpu_slots <= _MAX_SLOTS:
             raise InvalidInput(f"cpu_slots must be an integer from 1 to {_MAX_SLOTS}, got {cpu_slots!r}")
@@ -166,6 +177,11 @@ class LocalBackend(Backend):
             raise InvalidInput(f"queue_depth must be an integer from 1 (no job queued ahead) to 8, got {queue_depth!r}")
         self._depth = queue_depth
         self.python = python or sys.executable
+        # runners are forked by a warm launcher process (mcp_server/launcher.py): no interpreter
+        # start on a job's way to train.py; started now, so the first job does not wait for it
+        self.use_launcher = bool(use_launcher)
+        if self.use_launcher:
+            launcher_for(self.python).start()
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self.kill_grace_s = float(kill_grace_s)
         self._created_at = time.time()
@@ -298,6 +314,38 @@ class LocalBackend(Backend):
         env["AUTORESEARCH_PROFILE"] = job.profile
         env["AUTORESEARCH_SEED"] = str(job.seed)
 
+        flags = ["--expected-hash", job.harness_hash, "--timeout", repr(float(job.timeout_s)),
+                 "--python", self.python, "--kill-grace", repr(self.kill_grace_s)]
+        for h in ahead:
+            flags += ["--after", str(Path(h.run_dir) / runner.LOCK_FILE)]
+        pid, start, launched = None, None, False
+        if self.use_launcher:
+            try:
+                pid, start = launcher_for(self.python).launch(run_dir, flags, env, run_dir / RUNNER_OUT)
+                launched = True
+            except LauncherBusy as e:
+                raise Conflict(f"{e}; each attempt needs a fresh run directory") from None
+            except LauncherUnavailable as e:
+                log.warning("runner launcher: %s; starting the runner as a new process", e)
+                if e.uncertain:      # a runner may have started for this run dir: it must not run twice
+                    kill_processes_in(run_dir)
+        if pid is None:
+            pid, start = self._spawn(run_dir, flags, env)
+        if launched:
+            with _CHILDREN_LOCK:
+                _LAUNCHED.add((pid, start))
+        handle = JobHandle(
+            experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
+            backend_ref={"pid": pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
+                         "after": [h.experiment_id for h in ahead]},
+            submitted_at=time.time(),
+        )
+        with self._lock:
+            self._running.setdefault(cluster, {})[job.experiment_id] = handle
+        return handle
+
+    def _spawn(self, run_dir: Path, flags: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+        """Start the runner as a new interpreter (without the launcher, or when it failed)."""
         # This job's slot lock, taken here so that it is held before submit returns (a job
         # submitted next waits for it even if this runner has not got going yet).
         lock_fd = os.open(run_dir / runner.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -309,11 +357,7 @@ class LocalBackend(Backend):
                                "fresh run directory") from None
             # -S: the runner is standard library only; skipping site (and the site-packages
             # path hooks of editable installs) halves its start-up time
-            args = [self.python, "-S", "runner.py", "--expected-hash", job.harness_hash,
-                    "--timeout", repr(float(job.timeout_s)), "--python", self.python,
-                    "--kill-grace", repr(self.kill_grace_s), "--lock-fd", str(lock_fd)]
-            for h in ahead:
-                args += ["--after", str(Path(h.run_dir) / runner.LOCK_FILE)]
+            args = [self.python, "-S", "runner.py", *flags, "--lock-fd", str(lock_fd)]
             with open(run_dir / RUNNER_OUT, "wb") as out:
                 try:
                     proc = subprocess.Popen(
@@ -330,15 +374,7 @@ class LocalBackend(Backend):
         with _CHILDREN_LOCK:
             _CHILDREN[proc.pid] = (proc, start)
             _DELIVERED.discard(proc.pid)
-        handle = JobHandle(
-            experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
-            backend_ref={"pid": proc.pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
-                         "after": [h.experiment_id for h in ahead]},
-            submitted_at=time.time(),
-        )
-        with self._lock:
-            self._running.setdefault(cluster, {})[job.experiment_id] = handle
-        return handle
+        return proc.pid, start
 
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
         _sweep()
@@ -419,6 +455,10 @@ class LocalBackend(Backend):
     def queue_depth(self, cluster: str) -> int:
         return self._depth
 
+    def kill_orphans(self, run_dir: Path) -> int:
+        """Recovery: stop the runner an earlier engine started in `run_dir` without saving its handle."""
+        return kill_processes_in(run_dir)
+
     def close(self) -> None:
         # The runners are deliberately left running: they belong to the experiments, not to this
         # process, and a restarted engine adopts them. Exited children are reaped.
@@ -469,6 +509,9 @@ def _forget_child(handle: JobHandle) -> None:
     is still exiting is kept, and reaped on a later call)."""
     proc = _our_child(handle)
     if proc is None:
+        ref = handle.backend_ref or {}
+        with _CHILDREN_LOCK:
+            _LAUNCHED.discard((ref.get("pid"), ref.get("start_time")))  # type: ignore[arg-type]
         return
     with _CHILDREN_LOCK:
         if proc.poll() is not None:
@@ -501,9 +544,11 @@ def _lost_reason(handle: JobHandle) -> str:
     if not isinstance(pid, int):
         return "the job has no runner process on record (it was never started) and no result.json"
     proc = _our_child(handle)
-    code = proc.poll() if proc is not None else None
+    code = proc.poll() if proc is not None else _launched_exit_code(handle)
     if code is None:
-        how = "is no longer running (it was started by an earlier engine process)"
+        how = "is no longer running"
+        if proc is None and not _launched_here(handle):
+            how += " (it was started by an earlier engine process)"
     elif code < 0:
         try:
             how = f"was killed by {signal.Signals(-code).name}"
@@ -514,6 +559,29 @@ def _lost_reason(handle: JobHandle) -> str:
     reason = f"runner process {pid} on {handle.cluster} {how} without writing result.json"
     last = _last_line(Path(handle.run_dir) / RUNNER_OUT)
     return f"{reason}; its last output: {last}" if last else reason
+
+
+def _launched_here(handle: JobHandle) -> bool:
+    ref = handle.backend_ref or {}
+    with _CHILDREN_LOCK:
+        return (ref.get("pid"), ref.get("start_time")) in _LAUNCHED
+
+
+def _launched_exit_code(handle: JobHandle) -> int | None:
+    """The exit status the launcher recorded for the handle's runner (runner.exit), waiting a
+    moment for it when this process's launcher started the runner (it writes it on SIGCHLD)."""
+    path = Path(handle.run_dir) / EXIT_FILE
+    deadline = time.monotonic() + (1.0 if _launched_here(handle) else 0.0)
+    while True:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            if info.get("pid") == handle.backend_ref.get("pid") and isinstance(info.get("exit_code"), int):
+                return int(info["exit_code"])
+            return None
+        except (OSError, ValueError, AttributeError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
 
 def _last_line(path: Path) -> str:
@@ -549,3 +617,30 @@ def _kill_training(run_dir: Path) -> None:
         return
     if start is not None and runner.proc_start_time(pid) == start and runner.proc_state(pid) not in (None, "Z", "X"):
         _signal_group(pgid, signal.SIGKILL)
+
+
+def kill_processes_in(run_dir: Path) -> int:
+    """Kill the process groups of every process whose working directory is `run_dir` (a runner
+    started without a saved handle: by an engine that died right after, or by a launcher that
+    stopped answering). Returns how many processes were found."""
+    target = os.path.realpath(run_dir)
+    own = os.getpgid(0)
+    found = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            if cwd != target and not cwd.startswith(target + os.sep):
+                continue
+            pgid = os.getpgid(int(entry))
+            found += 1
+            if pgid != own:
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    if found:
+        time.sleep(0.2)   # let the kernel finish tearing them down before the run dir is reused
+    return found

@@ -1,0 +1,176 @@
+"""The runner launcher (mcp_server/launcher.py) and the local backend's use of it
+(backends/local_launcher.py): real launcher processes, real runners, real train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcp_server import launcher, runner
+from mcp_server.backends import local_launcher
+from mcp_server.backends.local import LocalBackend
+from mcp_server.backends.local_launcher import LAUNCHER_SOURCE, launcher_for
+from test_local_backend import HANG, HASH, REPORTING_TRAIN, gone, make_run_dir, spec, wait_for, wait_outcome
+
+TRACE_START = "import os\nwith open(os.environ['TRACE'], 'a') as f:\n    f.write(os.getcwd() + '\\n')\n"
+
+
+def ppid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def launcher_pid() -> int:
+    proc = launcher_for(sys.executable)._proc
+    assert proc is not None and proc.poll() is None
+    return proc.pid
+
+
+def test_the_runner_is_forked_by_the_warm_launcher(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    d = make_run_dir(tmp_path)
+    h = backend.submit("local-cpu0", spec(d, env={"EXTRA_KNOB": "7"}))
+    pid = h.backend_ref["pid"]
+    assert ppid(pid) == launcher_pid()                   # forked there: no interpreter start
+    assert os.getpgid(pid) == pid                        # its own group: a cancel reaches it all
+    out = wait_outcome(backend, h)
+    assert out.result["status"] == "done" and out.result["runner_pid"] == pid
+    seen = json.loads((d / "env.json").read_text())
+    assert seen["AUTORESEARCH_PROFILE"] == "cpu" and seen["EXTRA_KNOB"] == "7" and seen["CUDA_VISIBLE_DEVICES"] == ""
+    assert seen["stdin"] == "/dev/null" and seen["pgid_is_own"]
+    assert "TRAIN OUTPUT" in (d / runner.LOG_FILE).read_text()    # train.py's output: run.log; the
+    [line] = (d / "runner.out").read_text().splitlines()            # runner's: its result line only
+    assert line.startswith(runner.RESULT_PREFIX)
+    wait_for(d / launcher.EXIT_FILE)
+    assert json.loads((d / launcher.EXIT_FILE).read_text()) == {"pid": pid, "exit_code": 0}
+
+
+def test_a_runner_killed_under_the_launcher_is_explained(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
+    d = make_run_dir(tmp_path, HANG)
+    h = backend.submit("local-cpu0", spec(d))
+    wait_for(d / "started")
+    train_pid = json.loads((d / runner.TRAIN_PID_FILE).read_text())["pid"]
+    os.kill(h.backend_ref["pid"], signal.SIGKILL)
+    out = wait_outcome(backend, h)
+    assert out.lost and "was killed by SIGKILL" in out.reason and "without writing result.json" in out.reason
+    deadline = time.monotonic() + 10
+    while not gone(train_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(train_pid), "the orphaned train.py was not killed"
+
+
+def test_runs_outlive_a_launcher_that_dies_and_the_next_submit_gets_a_new_one(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=2, nvidia_smi=str(tmp_path / "none"))
+    first = make_run_dir(tmp_path, name="first")
+    h1 = backend.submit("local-cpu0", spec(first, "e0001", env={"WAIT_FOR_GO": "1"}))
+    wait_for(first / "env.json")
+    old = launcher_pid()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not gone(old) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not gone(h1.backend_ref["pid"])               # the run goes on without its launcher
+    second = make_run_dir(tmp_path, name="second")
+    h2 = backend.submit("local-cpu1", spec(second, "e0002"))
+    assert launcher_pid() != old and ppid(h2.backend_ref["pid"]) == launcher_pid()
+    (first / "GO").touch()
+    assert wait_outcome(backend, h1).result["status"] == "done"
+    assert wait_outcome(backend, h2).result["status"] == "done"
+
+
+def test_a_launcher_that_does_not_answer_is_replaced_and_the_job_runs_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_launcher, "REPLY_TIMEOUT_S", 0.5)
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
+    stuck = launcher_pid()
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        d = make_run_dir(tmp_path, TRACE_START + REPORTING_TRAIN)
+        h = backend.submit("local-cpu0", spec(d, env={"TRACE": str(tmp_path / "trace")}))
+    finally:
+        try:
+            os.kill(stuck, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert ppid(h.backend_ref["pid"]) == os.getpid()     # started as a new interpreter instead
+    assert wait_outcome(backend, h).result["status"] == "done"
+    deadline = time.monotonic() + 10
+    while not gone(stuck) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gone(stuck)                                   # the silent launcher was stopped
+    assert (tmp_path / "trace").read_text().splitlines() == [str(d.resolve())]   # ran once
+    d2 = make_run_dir(tmp_path, name="next")
+    h2 = backend.submit("local-cpu0", spec(d2, "e0002"))
+    assert ppid(h2.backend_ref["pid"]) == launcher_pid() != stuck
+    assert wait_outcome(backend, h2).result["status"] == "done"
+
+
+def test_without_the_launcher_the_runner_is_a_new_interpreter(tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), use_launcher=False, kill_grace_s=0.5)
+    d = make_run_dir(tmp_path, HANG)
+    h = backend.submit("local-cpu0", spec(d))
+    pid = h.backend_ref["pid"]
+    assert ppid(pid) == os.getpid() and "runner.py" in Path(f"/proc/{pid}/cmdline").read_text()
+    wait_for(d / "started")
+    backend.cancel(h)
+    assert wait_outcome(backend, h).result["status"] == "cancelled"
+
+
+class Launcher:
+    """The launcher process driven by hand over its pipes."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-S", str(LAUNCHER_SOURCE)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, start_new_session=True)
+
+    def ask(self, line: bytes) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        assert select.select([self.proc.stdout], [], [], 20)[0], "no reply"
+        return json.loads(self.proc.stdout.readline())
+
+
+def request(d: Path, **over: object) -> bytes:
+    env = dict(os.environ, AUTORESEARCH_PROFILE="cpu", WAIT_FOR_GO="1")
+    req = {"run_dir": str(d), "argv": ["--expected-hash", HASH, "--timeout", "60", "--python", sys.executable],
+           "env": env, "out": str(d / "runner.out")}
+    req.update(over)
+    return json.dumps(req).encode()
+
+
+def test_the_launcher_answers_bad_requests_and_leaves_its_runners_at_eof(tmp_path: Path) -> None:
+    la = Launcher()
+    try:
+        d = make_run_dir(tmp_path)
+        for bad in (b"not json", b"[]", json.dumps({"run_dir": str(d)}).encode(),
+                    request(d, argv="--timeout 60"), request(d, env={"A": 1}),
+                    request(tmp_path / "missing")):
+            reply = la.ask(bad)
+            assert "error" in reply and reply["busy"] is False, (bad, reply)
+        assert list(d.iterdir()) != [] and not (d / "runner.out").exists()   # nothing was started
+        ok = la.ask(request(d))
+        pid = ok["pid"]
+        assert ok["start_time"] == runner.proc_start_time(pid) and ppid(pid) == la.proc.pid
+        busy = la.ask(request(d))                          # its slot lock is held by that runner
+        assert busy["busy"] is True and "in use" in busy["error"]
+        wait_for(d / "env.json")
+        assert la.proc.stdin is not None
+        la.proc.stdin.close()                              # the engine went away
+        assert la.proc.wait(timeout=10) == 0
+        assert not gone(pid)                               # its runner did not
+        (d / "GO").touch()
+        wait_for(d / runner.RESULT_FILE)
+        assert json.loads((d / runner.RESULT_FILE).read_text())["status"] == "done"
+    finally:
+        if la.proc.poll() is None:
+            la.proc.kill()

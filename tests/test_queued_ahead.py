@@ -16,6 +16,7 @@ import pytest
 from engine_helpers import WAITING_TRAIN, until, cache, engines, make_config  # noqa: F401
 from mcp_server.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, format_exp_id
 from mcp_server.models import Experiment, Metrics, Status
+from mcp_server.tools.common import ExperimentBrief
 
 def _exp(n: int) -> Experiment:
     return Experiment(id=format_exp_id(n), description=f"exp {n}", commit=f"{n:040x}", code_hash=f"{n:040x}",
@@ -39,6 +40,8 @@ def test_queued_ahead_job_waits_then_starts_on_one_cpu_slot(tmp_path, cache, eng
     assert ea.status == eb.status == Status.running
     assert not ea.waiting_for_slot and ea.started_at is not None
     assert eb.waiting_for_slot and eb.started_at is None
+    # the tools' one-line form (fetch_results, wait_for_experiments) says so too
+    assert [ExperimentBrief.of(e).waiting_for_slot for e in (ea, eb)] == [False, True]
     assert eng.ledger.attempts(b.id)[0]["started_at"] is None
     # in-flight GPU-hours: a's alone (b counts nothing while it waits)
     start_a = eng.ledger.attempts(a.id)[0]["started_at"]

@@ -165,6 +165,8 @@ class ExperimentBrief(BaseModel):
     id: str
     description: str
     status: str = Field(description="queued | running | done | crash | nan | oom | timeout | rejected | cancelled | lost")
+    waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
+                                   "not started yet.")
     wave_id: str | None = None
     decision: str | None = Field(None, description="keep | discard once you decided.")
     gpu_type: str | None = Field(None, description="GPU type it ran on (or was requested for, while queued).")
@@ -180,6 +182,7 @@ class ExperimentBrief(BaseModel):
             id=e.id,
             description=clip(e.description, 160),
             status=e.status.value if hasattr(e.status, "value") else str(e.status),
+            waiting_for_slot=e.waiting_for_slot,
             wave_id=e.wave_id,
             decision=e.decision.value if e.decision is not None and hasattr(e.decision, "value") else e.decision,
             gpu_type=e.ran_on_gpu or e.gpu_type,

@@ -333,10 +333,11 @@ class Scheduler:
                 continue
             result_file = Path(row["run_dir"]) / "result.json"
             result = None
+            stopped = 0
             if not result_file.is_file() and self.orphan_cleanup is not None:
                 # the job may have been started without its handle being saved: stop whatever
                 # runs in its run directory before the experiment is requeued
-                self.orphan_cleanup(Path(row["run_dir"]))
+                stopped = self.orphan_cleanup(Path(row["run_dir"]))
             if result_file.is_file():
                 try:
                     result = json.loads(result_file.read_text())
@@ -349,8 +350,9 @@ class Scheduler:
                     recorded += 1
                     changed.append(eid)
             else:
-                if self.ledger.lose_attempt(eid, attempt, self.max_attempts,
-                                            "the engine stopped before the job was submitted") is not None:
+                why = ("the engine stopped before it saved the handle of the job it had started; that job was "
+                       "stopped" if stopped else "the engine stopped before the job was submitted")
+                if self.ledger.lose_attempt(eid, attempt, self.max_attempts, why) is not None:
                     requeued += 1
                     changed.append(eid)
         if adopted:

@@ -163,7 +163,7 @@ def test_engine_killed_mid_wave_and_restarted(tmp_path, cache, engines):
     assert len(once) == eng.recovery["adopted"] + eng.recovery["recorded"]
     for eid in set(running_before) - set(once):
         assert exps[eid].attempts == 2
-        assert any(ev["kind"] == "lost" and "before the job was submitted" in ev["detail"] for ev in eng.events(eid))
+        assert any(ev["kind"] == "lost" and "the engine stopped before" in ev["detail"] for ev in eng.events(eid))
     assert_one_terminal_each(eng, ids)
     assert_no_strays(eng)
 
@@ -199,6 +199,7 @@ def test_job_started_without_saved_handle_is_stopped_and_requeued(tmp_path, cach
     done = res.finished[0]
     assert done.status == Status.done and done.attempts == 2
     assert not (run_dir / runner.RESULT_FILE).exists()
+    assert any(ev["kind"] == "lost" and "that job was stopped" in ev["detail"] for ev in eng2.events(e.id))
     assert_one_terminal_each(eng2, [e.id])
     assert_no_strays(eng2)
 

@@ -178,6 +178,65 @@ def test_engine_restart_mid_wave_is_reconciled(fleet):
         assert [a["outcome"] for a in eng2.ledger.attempts(eid)] == ["done"]   # nothing lost by the restart
 
 
+def test_jobs_submitted_without_a_saved_handle_are_cancelled_and_run_once(fleet):
+    """The engine stops after its jobs were exec'd on the clusters but before it saved their
+    handles (for one, even before it saved the exec's request id): the restarted engine cancels
+    those jobs on their clusters and runs each experiment once more."""
+    import json
+
+    import sky
+    from mcp_server.backends.skypilot.records import status_value
+    fleet["engine"].close()
+    eng = Engine(fleet["config"])                 # not started: we play its scheduler
+    fleet["engine"] = eng
+    # train.py that waits while a file exists (the local Slurm shares this filesystem): the
+    # orphans are still running when the engine restarts; the reruns, after it is gone, are not held
+    hold = eng.workspace.path.parent / "hold-orphans"
+    hold.touch()
+    held = f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.5)\n"
+    (eng.workspace.path / "held_train.py").write_text(held + (eng.workspace.path / "train.py").read_text())
+    exps = [eng.launch_experiment(f"caught mid-submit {i}", source="held_train.py")[0] for i in (1, 2)]
+    slots = [s for s in eng.scheduler.slots() if s.state == "up"][:2]
+    assert len(slots) == 2
+    names = {}
+    for e, slot in zip(exps, slots):
+        run_dir = eng.runs_dir / e.id / "a1"
+        assert eng.ledger.begin_attempt(e.id, 1, slot.name, slot.gpu_type, 1, None, str(run_dir))
+        handle = eng.backend.submit(slot.name, eng._build_job(e, 1, slot, run_dir))   # handle never saved
+        names[handle.backend_ref["job_name"]] = slot.name
+    spec_file = eng.backend.state_dir / "stage" / f"{handle.backend_ref['key']}.json"
+    spec = json.loads(spec_file.read_text())
+    assert spec["request_id"]
+    spec_file.write_text(json.dumps(dict(spec, request_id=None)))    # stopped before saving that too
+
+    def states() -> dict[str, str | None]:
+        out = {}
+        for name, cluster in names.items():
+            recs = [r for r in sky.get(sky.queue(cluster, skip_finished=False)) if r.job_name == name]
+            out[name] = status_value(recs[0].status) if recs else None
+        return out
+    deadline = time.time() + WAIT_S
+    while set(states().values()) != {"RUNNING"}:
+        assert time.time() < deadline, f"the orphan jobs never ran: {states()}"
+        time.sleep(1)
+    eng.close()
+
+    eng2 = Engine(fleet["config"])
+    fleet["engine"] = eng2
+    eng2.start()
+    assert eng2.recovery["requeued"] == 2
+    deadline = time.time() + 120
+    while not set(states().values()) <= {"CANCELLED", "SUCCEEDED", "FAILED"}:
+        assert time.time() < deadline, f"orphan jobs still live: {states()}"
+        time.sleep(1)
+    assert set(states().values()) == {"CANCELLED"}   # stopped, not left to run beside the reruns
+    hold.unlink()
+    _wait(eng2, [e.id for e in exps])
+    for e in exps:
+        assert [a["outcome"] for a in eng2.ledger.attempts(e.id)] == ["lost", "done"]
+        _assert_ledger_matches_logs(eng2, e.id)
+
+
 def test_killed_cluster_mid_experiment_is_lost_and_requeued(fleet):
     eng: Engine = fleet["engine"]
     [victim] = eng.launch_experiment("victim of scancel")

@@ -106,7 +106,7 @@ class JobsMixin:
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"
-        spec = {"cluster": cluster, "name": f"arf-{key}", "key": key,
+        spec = {"cluster": cluster, "name": f"arf-{key}", "key": key, "run_dir": str(Path(job.run_dir).resolve()),
                 "run": self.run_command(key, job.harness_hash, job.timeout_s),
                 "envs": self._job_envs(job), "resources": self.job_resources(info), "request_id": None}
         stage = self._stage_run(job, key)
@@ -175,10 +175,45 @@ class JobsMixin:
             spec["request_id"] = request_id
         write_spec(self.state_dir, spec)
 
+    def kill_orphans(self, run_dir: Path) -> int:
+        """Recovery: an earlier process submitted a job for `run_dir` and stopped before the
+        engine saved its handle, so the engine requeues the experiment. Cancel that job on its
+        cluster first (found through its spec file, written before the exec), so the experiment
+        does not run twice. Returns how many such jobs were found."""
+        target = str(Path(run_dir).resolve())
+        found = 0
+        for path in sorted((self.state_dir / "stage").glob("*.json")):
+            try:
+                spec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(spec, dict) or spec.get("run_dir") != target or not isinstance(spec.get("key"), str):
+                continue
+            found += 1
+            cluster, name, request_id = spec.get("cluster"), spec.get("name"), spec.get("request_id")
+            try:
+                job_ids: list[int] = []
+                if request_id:      # exec'd: its request's value is the job id (waits for it to finish)
+                    job_ids = [int(self.sky.get(request_id)[0])]
+                else:               # the exec may have been sent all the same: look for the name
+                    records = self.sky.get(self.sky.queue(cluster, skip_finished=True))
+                    job_ids = [int(r.job_id) for r in records if str(getattr(r, "job_name", "")) == name]
+                if job_ids:
+                    self.sky.cancel(cluster, job_ids=job_ids)
+                    log.warning("recovery: cancelled job %s (%s) on %s: it was submitted for %s but its handle "
+                                "was never saved", name, job_ids, cluster, target)
+            except Exception as e:  # noqa: BLE001 - the cluster may be gone: then nothing runs there
+                log.warning("recovery: could not cancel job %s on %s: %s: %s", name, cluster, type(e).__name__,
+                            ANSI_RE.sub("", str(e))[:300])
+            self._remove_stage(spec.get("stage"), spec["key"])
+        return found
+
     def _drop_stage(self, job: TrackedJob) -> None:
-        if job.stage:
-            shutil.rmtree(job.stage, ignore_errors=True)
-        key = (job.spec or {}).get("key") or (job.handle.backend_ref or {}).get("key")
+        self._remove_stage(job.stage, (job.spec or {}).get("key") or (job.handle.backend_ref or {}).get("key"))
+
+    def _remove_stage(self, stage: str | None, key: Any) -> None:
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
         if isinstance(key, str) and ID_RE.match(key):
             try:
                 spec_path(self.state_dir, key).unlink()

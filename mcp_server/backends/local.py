@@ -318,11 +318,12 @@ class LocalBackend(Backend):
                  "--python", self.python, "--kill-grace", repr(self.kill_grace_s)]
         for h in ahead:
             flags += ["--after", str(Path(h.run_dir) / runner.LOCK_FILE)]
-        pid, start, launched = None, None, False
+        pid, start = None, None
         if self.use_launcher:
             try:
                 pid, start = launcher_for(self.python).launch(run_dir, flags, env, run_dir / RUNNER_OUT)
-                launched = True
+                with _CHILDREN_LOCK:
+                    _LAUNCHED.add((pid, start))
             except LauncherBusy as e:
                 raise Conflict(f"{e}; each attempt needs a fresh run directory") from None
             except LauncherUnavailable as e:
@@ -331,9 +332,6 @@ class LocalBackend(Backend):
                     kill_processes_in(run_dir)
         if pid is None:
             pid, start = self._spawn(run_dir, flags, env)
-        if launched:
-            with _CHILDREN_LOCK:
-                _LAUNCHED.add((pid, start))
         handle = JobHandle(
             experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
             backend_ref={"pid": pid, "start_time": start, "boot_id": boot_id(), "python": self.python,

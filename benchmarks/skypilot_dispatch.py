@@ -38,10 +38,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mcp_server import runner  # noqa: E402
-from mcp_server.backends.base import JobSpec  # noqa: E402
-from mcp_server.backends.skypilot import SkyPilotBackend, parse_job_log  # noqa: E402
-from mcp_server.config import TEMPLATE_DIR, FleetConfig  # noqa: E402
+from mcp_server.backends.base import JobSpec
+from mcp_server.backends.skypilot import SkyPilotBackend, parse_job_log
+from mcp_server.domain.config import TEMPLATE_DIR, FleetConfig
+from mcp_server.runtime import runner
 
 
 def local_slurm_ok() -> str | None:

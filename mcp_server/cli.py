@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import FleetConfig
-from .errors import FleetError
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import FleetError
 
 DEFAULT_HTTP_PORT = 8765
 
@@ -98,8 +98,8 @@ def setup_logging(level: str = "INFO") -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
-    from . import http
-    from .server import build_server
+    from mcp_server.surface import http
+    from mcp_server.surface.server import build_server
 
     token = args.token or os.environ.get(http.TOKEN_ENV) or None
     if args.transport == "http":
@@ -140,7 +140,7 @@ def _fleet_error(exc: BaseException, depth: int = 0) -> FleetError | None:
 
 
 def _open_ledger(workspace: Path):
-    from .ledger import Ledger
+    from mcp_server.store.ledger import Ledger
 
     path = workspace / ".autoresearch" / "ledger.db"
     if not path.exists():
@@ -151,7 +151,7 @@ def _open_ledger(workspace: Path):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import analysis
+    from mcp_server.domain import analysis
 
     ledger = _open_ledger(args.workspace)
     if ledger is None:
@@ -192,7 +192,7 @@ def print_leaderboard(board, out=sys.stdout) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import analysis, plot
+    from mcp_server.domain import analysis, plot
 
     ledger = _open_ledger(args.workspace)
     if ledger is None:
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "demo":
-        from . import demo
+        from mcp_server import demo
 
         return demo.main(workspace=args.workspace, time_budget=args.time_budget, slots=args.slots)
     if args.command == "status":

@@ -144,8 +144,8 @@ async def _amain(workspace: Path, time_budget: float, slots: int) -> int:
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    from .analysis import Leaderboard
-    from .cli import print_leaderboard
+    from mcp_server.cli import print_leaderboard
+    from mcp_server.domain.analysis import Leaderboard
 
     workspace = workspace.resolve()
     workspace.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ async def _amain(workspace: Path, time_budget: float, slots: int) -> int:
 
 
 def _export_tsv(workspace: Path) -> Path:
-    from .ledger import Ledger
+    from mcp_server.store.ledger import Ledger
 
     ledger = Ledger(workspace / ".autoresearch" / "ledger.db")
     try:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from mcp_server import runner
-from mcp_server.config import FleetConfig
-from mcp_server.engine import Engine
-from mcp_server.models import LIVE
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.models import LIVE
+from mcp_server.engine.facade import Engine
+from mcp_server.runtime import runner
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "train_template"

@@ -22,9 +22,9 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from mcp_server.config import FleetConfig
-from mcp_server.engine import Engine
-from mcp_server.models import Experiment, Metrics, Status, Wave
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.models import Experiment, Metrics, Status, Wave
+from mcp_server.engine.facade import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 _OWN_CACHE: dict[str, Path] = {}
@@ -194,7 +194,7 @@ def ledger_path(workspace: Path) -> Path:
 
 
 def ledger_dump(workspace: Path) -> dict[str, Any]:
-    from mcp_server.ledger import Ledger
+    from mcp_server.store.ledger import Ledger
 
     ledger = Ledger(ledger_path(workspace))
     try:
@@ -204,7 +204,7 @@ def ledger_dump(workspace: Path) -> dict[str, Any]:
 
 
 def ledger_experiments(workspace: Path) -> dict[str, Any]:
-    from mcp_server.ledger import Ledger
+    from mcp_server.store.ledger import Ledger
 
     ledger = Ledger(ledger_path(workspace))
     try:

@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 
-from mcp_server.analysis import Index, leaderboard, noise_floor, verdicts
-from mcp_server.errors import InvalidInput
-from mcp_server.models import Decision, Experiment, Metrics, Status
+from mcp_server.domain.analysis import Index, leaderboard, noise_floor, verdicts
+from mcp_server.domain.errors import InvalidInput
+from mcp_server.domain.models import Decision, Experiment, Metrics, Status
 
 _counter = iter(range(1, 10**9))
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 from mcp_harness import REPO, cache  # noqa: F401 (fixture)
 
-from mcp_server.ledger import Ledger
+from mcp_server.store.ledger import Ledger
 
 
 @pytest.mark.slow

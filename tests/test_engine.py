@@ -14,13 +14,23 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_helpers import (  # noqa: F401
+    assert_no_strays,
+    assert_one_terminal_each,
+    blocked_on_a_lock,
+    cache,
+    engines,
+    git,
+    git_state,
+    ledger_state,
+    make_config,
+    progress_log,
+)
 
-from engine_helpers import (blocked_on_a_lock, assert_no_strays, assert_one_terminal_each, cache, engines, git, git_state,  # noqa: F401
-                            ledger_state, make_config, progress_log)
-from mcp_server import variants
-from mcp_server.errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound
-from mcp_server.ledger import TSV_COLUMNS
-from mcp_server.models import Decision, Status
+from mcp_server.domain import variants
+from mcp_server.domain.errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound
+from mcp_server.domain.models import Decision, Status
+from mcp_server.store.ledger import TSV_COLUMNS
 
 AXES = {"MATRIX_LR": [0.02, 0.06], "WARMDOWN_RATIO": [0.3, 0.7]}
 
@@ -292,8 +302,8 @@ def test_cached_answers_follow_every_ledger_change(tmp_path, cache, engines):
     write, then on_change) or through keep/discard, they equal answers computed afresh from the
     ledger, and differ from the answers before it. Fails if a cache goes stale. (No runs: results
     are written straight into the ledger.)"""
-    from mcp_server import analysis
-    from mcp_server.models import Metrics
+    from mcp_server.domain import analysis
+    from mcp_server.domain.models import Metrics
 
     eng = engines.make(make_config(tmp_path / "research", cache), start=False)
     base = eng.launch_experiment("baseline", replicates=3)

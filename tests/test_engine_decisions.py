@@ -7,12 +7,12 @@ prints a result in the contract's format at once, or waits for a GO file."""
 from __future__ import annotations
 
 import pytest
+from engine_helpers import WAITING_TRAIN, cache, engines, git, git_state, ledger_state, make_config, until  # noqa: F401
 
-from engine_helpers import WAITING_TRAIN, until, cache, engines, git, git_state, ledger_state, make_config  # noqa: F401
-from mcp_server.backends.local import LocalBackend
-from mcp_server.engine import Engine
-from mcp_server.errors import Conflict, TeardownIncomplete
-from mcp_server.models import Decision, Status
+from mcp_server.backends.local.backend import LocalBackend
+from mcp_server.domain.errors import Conflict, TeardownIncomplete
+from mcp_server.domain.models import Decision, Status
+from mcp_server.engine.facade import Engine
 
 QUICK_TRAIN = '''\
 print("---")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server import gpus
-from mcp_server.errors import InvalidInput
+from mcp_server.domain import gpus
+from mcp_server.domain.errors import InvalidInput
 
 PREPARE = Path(__file__).resolve().parent.parent / "train_template" / "prepare.py"
 

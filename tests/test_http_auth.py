@@ -15,7 +15,7 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp_harness import REPO, cache, free_port, http_server, ok, serve_args  # noqa: F401 (fixture)
 
-from mcp_server.http import check_bind, is_loopback, InsecureBind
+from mcp_server.surface.http import InsecureBind, check_bind, is_loopback
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",

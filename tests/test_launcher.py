@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mcp_server import launcher, runner
-from mcp_server.backends import local_launcher
-from mcp_server.backends.local import LocalBackend
-from mcp_server.backends.local_launcher import LAUNCHER_SOURCE, launcher_for
 from test_local_backend import HANG, HASH, REPORTING_TRAIN, gone, make_run_dir, spec, wait_for, wait_outcome
+
+from mcp_server.backends.local import launcher_client as local_launcher
+from mcp_server.backends.local.backend import LocalBackend
+from mcp_server.backends.local.launcher_client import LAUNCHER_SOURCE, launcher_for
+from mcp_server.runtime import runner
+from mcp_server.runtime import warm_launcher as launcher
 
 TRACE_START = "import os\nwith open(os.environ['TRACE'], 'a') as f:\n    f.write(os.getcwd() + '\\n')\n"
 

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine_helpers import blocked_on_a_lock
-from mcp_server import runner
+
 from mcp_server.backends.base import JobHandle, JobSpec
-from mcp_server.backends.local import LocalBackend, parse_nvidia_smi
-from mcp_server.errors import Conflict, InvalidInput, NotFound
+from mcp_server.backends.local.backend import LocalBackend, parse_nvidia_smi
+from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
+from mcp_server.runtime import runner
 
 PREPARE = "# stand-in harness\nHARNESS = 1\n"
 HASH = hashlib.sha256(PREPARE.encode()).hexdigest()

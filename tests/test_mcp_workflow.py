@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from mcp_server.models import Decision, Status
-
 from mcp_harness import (  # noqa: F401 (cache is a fixture)
-    cache,
     REPO,
+    cache,
     free_port,
     git,
     http_server,
@@ -29,6 +26,8 @@ from mcp_harness import (  # noqa: F401 (cache is a fixture)
     stdio_session,
 )
 from test_server_contract import ACTING, READ_ONLY
+
+from mcp_server.domain.models import Decision, Status
 
 pytestmark = pytest.mark.anyio
 

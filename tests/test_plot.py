@@ -8,8 +8,8 @@ import io
 import matplotlib.image as mpimg
 import numpy as np
 
-from mcp_server.models import Decision, Experiment, Metrics, Status
-from mcp_server.plot import PALETTE, render_progress
+from mcp_server.domain.models import Decision, Experiment, Metrics, Status
+from mcp_server.domain.plot import PALETTE, render_progress
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -62,7 +62,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 # harness hash
 
 def test_harness_hash_is_sha256_of_the_file_and_changes_with_it(tmp_path, monkeypatch):
-    from mcp_server import runner
+    from mcp_server.runtime import runner
 
     original = load_prepare(monkeypatch)
     assert original.harness_hash() == hashlib.sha256((TEMPLATE / "prepare.py").read_bytes()).hexdigest()

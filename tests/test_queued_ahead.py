@@ -12,11 +12,12 @@ import sqlite3
 import time
 
 import pytest
+from engine_helpers import WAITING_TRAIN, cache, engines, make_config, until  # noqa: F401
 
-from engine_helpers import WAITING_TRAIN, until, cache, engines, make_config  # noqa: F401
-from mcp_server.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, format_exp_id
-from mcp_server.models import Experiment, Metrics, Status
-from mcp_server.tools.common import ExperimentBrief
+from mcp_server.domain.models import Experiment, Metrics, Status
+from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, format_exp_id
+from mcp_server.surface.tools.common import ExperimentBrief
+
 
 def _exp(n: int) -> Experiment:
     return Experiment(id=format_exp_id(n), description=f"exp {n}", commit=f"{n:040x}", code_hash=f"{n:040x}",

@@ -16,10 +16,19 @@ import textwrap
 import time
 from pathlib import Path
 
-from engine_helpers import (blocked_on_a_lock, assert_no_strays, assert_one_terminal_each, cache, engines, git, job_pids,  # noqa: F401
-                            make_config)
-from mcp_server import runner
-from mcp_server.models import Status
+from engine_helpers import (  # noqa: F401
+    assert_no_strays,
+    assert_one_terminal_each,
+    blocked_on_a_lock,
+    cache,
+    engines,
+    git,
+    job_pids,
+    make_config,
+)
+
+from mcp_server.domain.models import Status
+from mcp_server.runtime import runner
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine_helpers import blocked_on_a_lock
-from mcp_server import runner
+
 from mcp_server.backends.base import JobSpec
-from mcp_server.backends.local import LocalBackend
+from mcp_server.backends.local.backend import LocalBackend
+from mcp_server.runtime import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "mcp_server" / "runner.py"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
-from mcp_server.ledger import Ledger, format_exp_id
-from mcp_server.models import Cluster, Experiment, Status
-from mcp_server.scheduler import Scheduler
+from mcp_server.domain.models import Cluster, Experiment, Status
+from mcp_server.scheduling.scheduler import Scheduler
+from mcp_server.store.ledger import Ledger, format_exp_id
 
 
 class SimulatedBackend(Backend):

@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_server.config import FleetConfig
-from mcp_server.server import build_server
+from mcp_server.domain.config import FleetConfig
+from mcp_server.surface.server import build_server
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
 

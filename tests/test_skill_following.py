@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from engine_helpers import cache  # noqa: F401 - fixture: cpu-profile data prepared once
 from mcp_harness import git, ledger_experiments, ok, serve_args, stdio_session
-from mcp_server.models import Decision, Status
+
+from mcp_server.domain.models import Decision, Status
 
 pytestmark = pytest.mark.anyio
 

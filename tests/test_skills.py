@@ -35,9 +35,9 @@ import pytest
 import yaml
 from mcp import Client, StdioServerParameters
 
-from mcp_server.config import FleetConfig
-from mcp_server.server import build_server
-from mcp_server.variants import apply_overrides, list_constants
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.variants import apply_overrides, list_constants
+from mcp_server.surface.server import build_server
 
 REPO = Path(__file__).resolve().parent.parent
 SKILLS = REPO / "skills"

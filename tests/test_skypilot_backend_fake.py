@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 
 from mcp_server.backends.base import JobHandle, JobSpec
-from mcp_server.backends.skypilot import SkyPilotBackend, TRAIN_LOG_BEGIN, TRAIN_LOG_END
+from mcp_server.backends.skypilot import TRAIN_LOG_BEGIN, TRAIN_LOG_END, SkyPilotBackend
 from mcp_server.backends.skypilot.jobs import TrackedJob
 from mcp_server.backends.skypilot.staging import spec_path
-from mcp_server.config import FleetConfig
-from mcp_server.errors import Conflict, NotFound, TeardownIncomplete
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import Conflict, NotFound, TeardownIncomplete
 
 HASH = "ab" * 32
 

@@ -27,9 +27,9 @@ import pytest
 import yaml
 
 from mcp_server.backends.skypilot import SkyPilotBackend, parse_job_log
-from mcp_server.config import TEMPLATE_DIR, FleetConfig
-from mcp_server.engine import Engine
-from mcp_server.models import Status
+from mcp_server.domain.config import TEMPLATE_DIR, FleetConfig
+from mcp_server.domain.models import Status
+from mcp_server.engine.facade import Engine
 
 pytestmark = pytest.mark.slurm
 
@@ -185,6 +185,7 @@ def test_jobs_submitted_without_a_saved_handle_are_cancelled_and_run_once(fleet)
     import json
 
     import sky
+
     from mcp_server.backends.skypilot.records import status_value
     fleet["engine"].close()
     eng = Engine(fleet["config"])                 # not started: we play its scheduler

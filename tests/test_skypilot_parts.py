@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from mcp_server import runner
 from mcp_server.backends.skypilot import RUNS_SUBDIR, SkyPilotBackend, parse_job_log
-from mcp_server.config import TEMPLATE_DIR, FleetConfig
-from mcp_server.errors import InvalidInput
+from mcp_server.domain.config import TEMPLATE_DIR, FleetConfig
+from mcp_server.domain.errors import InvalidInput
+from mcp_server.runtime import runner
 
 PLACEHOLDER_SDK = SimpleNamespace(exceptions=SimpleNamespace(ClusterDoesNotExist=LookupError,
                                                               ClusterNotUpError=RuntimeError))

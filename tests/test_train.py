@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.variants import apply_overrides, list_constants
+from mcp_server.domain.variants import apply_overrides, list_constants
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "train_template"

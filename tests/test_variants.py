@@ -6,8 +6,8 @@ import ast
 
 import pytest
 
-from mcp_server.errors import FleetError, InvalidInput
-from mcp_server.variants import apply_overrides, describe, factorial, list_constants
+from mcp_server.domain.errors import FleetError, InvalidInput
+from mcp_server.domain.variants import apply_overrides, describe, factorial, list_constants
 
 # A small train.py written for these tests (the real template's constants may change).
 TRAIN = '''"""A tiny train.py for tests."""

@@ -12,10 +12,10 @@ from pathlib import Path
 import git
 import pytest
 
-from mcp_server.config import TEMPLATE_DIR
-from mcp_server.errors import Conflict, FleetError, InvalidInput, NotFound
-from mcp_server.variants import apply_overrides, factorial, list_constants
-from mcp_server.workspace import EXPERIMENT_REF_PREFIX, Workspace, blob_sha
+from mcp_server.domain.config import TEMPLATE_DIR
+from mcp_server.domain.errors import Conflict, FleetError, InvalidInput, NotFound
+from mcp_server.domain.variants import apply_overrides, factorial, list_constants
+from mcp_server.store.workspace import EXPERIMENT_REF_PREFIX, Workspace, blob_sha
 
 TRAIN = '''"""tiny train.py"""
 DEPTH = 8  # layers

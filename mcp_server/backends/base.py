@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models import Cluster
+from mcp_server.domain.models import Cluster
 
 
 @dataclass

@@ -34,12 +34,12 @@ command, resources and envs), staging.py (what is copied to a cluster), joblog.p
 job's log), records.py (SkyPilot's status records read).
 """
 
-from .backend import DEFAULT_PREFIX, SkyPilotBackend
-from .clusters import ProvisionFailed
-from .joblog import SKY_JOB_LOG, TRAIN_LOG_BEGIN, TRAIN_LOG_END, parse_job_log
-from .records import ClusterInfo, accelerators_of, gpu_label
-from .staging import MAX_STAGE_BYTES, RUNNER_SOURCE, STAGE_SKIP
-from .task import RUNS_SUBDIR
+from mcp_server.backends.skypilot.backend import DEFAULT_PREFIX, SkyPilotBackend
+from mcp_server.backends.skypilot.clusters import ProvisionFailed
+from mcp_server.backends.skypilot.joblog import SKY_JOB_LOG, TRAIN_LOG_BEGIN, TRAIN_LOG_END, parse_job_log
+from mcp_server.backends.skypilot.records import ClusterInfo, accelerators_of, gpu_label
+from mcp_server.backends.skypilot.staging import MAX_STAGE_BYTES, RUNNER_SOURCE, STAGE_SKIP
+from mcp_server.backends.skypilot.task import RUNS_SUBDIR
 
 _ClusterInfo = ClusterInfo   # its name before the split into a package
 

@@ -12,15 +12,15 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from ...config import FleetConfig
-from ...errors import InvalidInput
-from ..base import Backend, JobSpec
-from . import task as sky_task
-from .clusters import ClustersMixin
-from .jobs import JobsMixin, TrackedJob
-from .records import ClusterInfo
-from .refresher import ClusterWatch, RefresherMixin
-from .staging import stage_run
+from mcp_server.backends.base import Backend, JobSpec
+from mcp_server.backends.skypilot import task as sky_task
+from mcp_server.backends.skypilot.clusters import ClustersMixin
+from mcp_server.backends.skypilot.jobs import JobsMixin, TrackedJob
+from mcp_server.backends.skypilot.records import ClusterInfo
+from mcp_server.backends.skypilot.refresher import ClusterWatch, RefresherMixin
+from mcp_server.backends.skypilot.staging import stage_run
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import InvalidInput
 
 DEFAULT_PREFIX = "arf"
 

@@ -14,15 +14,15 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...config import FleetConfig
-from ...errors import FleetError, InvalidInput, TeardownIncomplete
-from ...models import Cluster
-from .joblog import ANSI_RE
-from .records import ClusterInfo, cluster_info
-from .staging import stage_prepare
+from mcp_server.backends.skypilot.joblog import ANSI_RE
+from mcp_server.backends.skypilot.records import ClusterInfo, cluster_info
+from mcp_server.backends.skypilot.staging import stage_prepare
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import FleetError, InvalidInput, TeardownIncomplete
+from mcp_server.domain.models import Cluster
 
 if TYPE_CHECKING:
-    from .jobs import TrackedJob
+    from mcp_server.backends.skypilot.jobs import TrackedJob
 
 log = logging.getLogger("autoresearch.skypilot")
 

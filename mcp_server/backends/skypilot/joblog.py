@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ... import runner
+from mcp_server.runtime import runner
 
 TRAIN_LOG_BEGIN = "ARF_TRAIN_LOG_BEGIN"
 TRAIN_LOG_END = "ARF_TRAIN_LOG_END"

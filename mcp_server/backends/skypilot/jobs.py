@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import Conflict, InvalidInput, NotFound
-from ..base import JobHandle, JobOutcome, JobSpec
-from .joblog import ANSI_RE
-from .records import STARTED, TERMINAL, ClusterInfo, status_value
-from .staging import spec_path, write_spec
-from .task import ID_RE
+from mcp_server.backends.base import JobHandle, JobOutcome, JobSpec
+from mcp_server.backends.skypilot.joblog import ANSI_RE
+from mcp_server.backends.skypilot.records import STARTED, TERMINAL, ClusterInfo, status_value
+from mcp_server.backends.skypilot.staging import spec_path, write_spec
+from mcp_server.backends.skypilot.task import ID_RE
+from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger("autoresearch.skypilot")
 

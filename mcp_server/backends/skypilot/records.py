@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ... import gpus
+from mcp_server.domain import gpus
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}   # job statuses
 STARTED = TERMINAL | {"RUNNING"}

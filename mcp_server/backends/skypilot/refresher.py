@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import runner
-from ..base import JobOutcome
-from .joblog import ANSI_RE, SKY_JOB_LOG, parse_job_log
-from .jobs import TrackedJob
-from .records import REQUEST_DONE_BAD, TERMINAL, ClusterInfo, status_value
+from mcp_server.backends.base import JobOutcome
+from mcp_server.backends.skypilot.joblog import ANSI_RE, SKY_JOB_LOG, parse_job_log
+from mcp_server.backends.skypilot.jobs import TrackedJob
+from mcp_server.backends.skypilot.records import REQUEST_DONE_BAD, TERMINAL, ClusterInfo, status_value
+from mcp_server.runtime import runner
 
 log = logging.getLogger("autoresearch.skypilot")
 

@@ -12,12 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ... import runner
-from ...config import FleetConfig
-from ...errors import Conflict, InvalidInput
-from ..base import JobSpec
-from .joblog import SKY_JOB_LOG
-from .task import RUNS_SUBDIR
+from mcp_server.backends.base import JobSpec
+from mcp_server.backends.skypilot.joblog import SKY_JOB_LOG
+from mcp_server.backends.skypilot.task import RUNS_SUBDIR
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import Conflict, InvalidInput
+from mcp_server.runtime import runner
 
 RUNNER_SOURCE = Path(runner.__file__).resolve()
 STAGE_SKIP = {runner.RESULT_FILE, runner.LOG_FILE, runner.TRAIN_PID_FILE, SKY_JOB_LOG, "runner.out"}

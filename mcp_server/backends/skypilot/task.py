@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
-from ... import gpus
-from ...config import FleetConfig
-from ...errors import InvalidInput
-from ..base import JobSpec
-from .joblog import TRAIN_LOG_BEGIN, TRAIN_LOG_END
-from .records import ClusterInfo
+from mcp_server.backends.base import JobSpec
+from mcp_server.backends.skypilot.joblog import TRAIN_LOG_BEGIN, TRAIN_LOG_END
+from mcp_server.backends.skypilot.records import ClusterInfo
+from mcp_server.domain import gpus
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import InvalidInput
 
 RUNS_SUBDIR = "arf-runs"               # on the cluster: <workdir>/arf-runs/<key>/
 

@@ -1,0 +1,106 @@
+"""The engine's in-memory view of every experiment: the experiments by id and the analysis index
+over them (groups, noise floors, verdicts), loaded from the ledger once and then kept current by
+every write path of the engine (`remember` / `refresh`), and the answers cached on top of them.
+
+Answers derived from the index (leaderboards, throughput) are cached per (index object, index
+version): a change that matters moves the version, a rebuilt index is a new object."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from mcp_server.domain import analysis
+from mcp_server.domain.analysis import Leaderboard
+from mcp_server.domain.models import Experiment
+from mcp_server.store.ledger import Ledger
+
+log = logging.getLogger("autoresearch.engine")
+
+
+class ExperimentCache:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.lock = threading.Lock()
+        self._by_id: dict[str, Experiment] | None = None
+        self._index: analysis.Index | None = None
+        self._boards: dict[tuple[Any, ...], tuple[analysis.Index, int, Leaderboard]] = {}
+        self._throughput: tuple[analysis.Index, int, dict[str, dict[str, Any]]] | None = None
+
+    def refresh(self, ids: list[str]) -> None:
+        """These experiments changed in the ledger: read them again (if the cache is loaded)."""
+        with self.lock:
+            if self._by_id is not None and ids:
+                self._put(self.ledger.get_many(list(dict.fromkeys(ids))))
+
+    def remember(self, exps: list[Experiment]) -> None:
+        """Put the current version of these experiments into the cache and the analysis index.
+        Call after the ledger write and before waiters are woken (so a reader that sees the
+        news sees the new state)."""
+        with self.lock:
+            self._put(exps)
+
+    def _put(self, exps: list[Experiment]) -> None:
+        if self._by_id is None or self._index is None:
+            return
+        try:
+            for e in exps:
+                self._by_id[e.id] = e
+                self._index.put(e)
+        except Exception:  # noqa: BLE001 - never serve a half-updated index: reload it on next use
+            log.exception("updating the analysis index failed; it is rebuilt from the ledger")
+            self._by_id = self._index = None
+
+    def _load(self) -> None:
+        """Load the cache and build the index (with the lock held) if not loaded."""
+        if self._by_id is None or self._index is None:
+            exps = self.ledger.all_experiments()
+            self._index = analysis.Index(exps)
+            self._by_id = {e.id: e for e in exps}
+
+    @contextmanager
+    def indexed(self) -> Iterator[analysis.Index]:
+        """The analysis index, current with every change recorded, held under the lock for the
+        duration of the block (keep the block short: writers wait)."""
+        with self.lock:
+            self._load()
+            assert self._index is not None
+            yield self._index
+
+    def all(self) -> list[Experiment]:
+        """Every experiment (loads the cache on first use)."""
+        with self.lock:
+            self._load()
+            assert self._by_id is not None
+            return list(self._by_id.values())
+
+    def leaderboard(self, gpu_type: str | None, limit: int) -> Leaderboard:
+        """`Index.leaderboard`, cached until the index version moves (a deep copy: callers may edit it)."""
+        key = (gpu_type, limit)
+        with self.indexed() as idx:
+            hit = self._boards.get(key)
+            if hit is not None and hit[0] is idx and hit[1] == idx.version:
+                board = hit[2]
+            else:
+                board = idx.leaderboard(gpu_type, limit)
+                if len(self._boards) > 64:
+                    self._boards.clear()
+                self._boards[key] = (idx, idx.version, board)
+        return board.model_copy(deep=True)
+
+    def throughput(self) -> dict[str, dict[str, Any]]:
+        """`ledger.throughput_by_gpu()`, cached until the analysis index version moves (it does when
+        a finished experiment's status, GPU type or metrics change). Until the index is loaded
+        (the engine's exporter thread loads it at start) changes are not tracked, so nothing is cached."""
+        with self.lock:
+            idx = self._index
+            version = idx.version if idx is not None else -1   # read before the query: the answer is at least this new
+            hit = self._throughput
+            if idx is not None and hit is not None and hit[0] is idx and hit[1] == version:
+                return hit[2]
+        measured = self.ledger.throughput_by_gpu()
+        if idx is not None:
+            self._throughput = (idx, version, measured)
+        return measured

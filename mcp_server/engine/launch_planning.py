@@ -1,0 +1,272 @@
+"""Planning and writing launches: what `launch_experiment`, `launch_wave` and `promote` create.
+
+A launch is validated and planned in full (`Planned`: one per experiment, with its code, seed,
+reference and priority) before anything is written; `Launcher.write` then snapshots each
+experiment's code as a commit on a hidden ref and inserts them (and their wave) into the ledger in
+one transaction, removing the refs it made if that fails."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mcp_server.domain import variants
+from mcp_server.domain.errors import Conflict, InvalidInput
+from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.engine.checks import (
+    DEFAULT_SEED,
+    EXP_ID,
+    MAX_DESCRIPTION,
+    MAX_PROMOTE,
+    MAX_REPLICATES,
+    MAX_SEED,
+    MAX_WAVE_EXPERIMENTS,
+    PROMOTION_PRIORITY,
+    USER_PRIORITY,
+    Checks,
+    check_bool,
+    check_description,
+    check_int,
+    check_overrides,
+    short,
+)
+from mcp_server.store.ledger import Ledger, format_exp_id, format_wave_id
+from mcp_server.store.workspace import EXPERIMENT_REF_PREFIX, Workspace
+
+log = logging.getLogger("autoresearch.engine")
+
+
+@dataclass
+class Base:
+    """The code a launch derives from."""
+
+    source: str                  # text of train.py to apply overrides to
+    parent_commit: str           # commit the snapshots are built on
+    parent_id: str | None        # experiment that commit belongs to, if any
+    label: str                   # for descriptions / wave design
+
+
+@dataclass
+class Planned:
+    """One experiment a launch will create (validated, not yet written)."""
+
+    description: str
+    source: str
+    overrides: dict[str, Any]
+    seed: int
+    base: Base
+    parent_code_hash: str | None
+    kind: str
+    priority: int
+    gpu_type: str | None
+    parent_id: str | None = None
+    code_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Launcher:
+    """Turns launch calls into queued experiments. `lock` serialises launches with each other and
+    with keeps (the engine's launch lock); `all_experiments()` is the engine's cached list;
+    `written(exps)` is called after a launch is in the ledger (the engine updates its cache and
+    wakes the scheduler)."""
+
+    def __init__(self, workspace: Workspace, ledger: Ledger, checks: Checks, *, harness_hash: str,
+                 lock: threading.RLock, all_experiments: Callable[[], list[Experiment]],
+                 written: Callable[[list[Experiment]], None]) -> None:
+        self.workspace = workspace
+        self.ledger = ledger
+        self.checks = checks
+        self.harness_hash = harness_hash
+        self.lock = lock
+        self.all_experiments = all_experiments
+        self.written = written
+
+    # the code to derive from -----------------------------------------------------------------
+    def resolve_base(self, *, source: Any = None, commit: Any = None, what: str = "commit") -> Base:
+        """The code to derive from: an experiment id or commit, a workspace file, or the working train.py."""
+        if source is not None and commit is not None:
+            raise InvalidInput("Give either source (a file in the workspace) or commit (an experiment id or commit), "
+                               "not both.")
+        if commit is not None:
+            if not isinstance(commit, str) or not commit.strip() or len(commit) > 200:
+                raise InvalidInput(f"{what} must be an experiment id (e.g. 'e0042') or a commit sha/ref, "
+                                   f"got {short(commit)}.")
+            if EXP_ID.match(commit):
+                exp = self.checks.experiment(commit, what)
+                if not exp.commit:
+                    raise Conflict(f"{commit} has no code snapshot to derive from.")
+                return Base(self.workspace.file_at(exp.commit, "train.py"), exp.commit, exp.id, exp.id)
+            sha = self.workspace.resolve_commit(commit)
+            return Base(self.workspace.file_at(sha, "train.py"), sha, self.experiment_of_commit(sha), sha[:12])
+        text = self.workspace.read_source(source)
+        return Base(text, self.workspace.head_commit(), None, source or "train.py")
+
+    def experiment_of_commit(self, sha: str) -> str | None:
+        for e in self.all_experiments():
+            if e.commit == sha:
+                return e.id
+        return None
+
+    # the three kinds of launch ---------------------------------------------------------------
+    def experiment(self, description: Any, overrides: Any, source: Any, commit: Any, gpu_type: Any,
+                   replicates: Any, seed: Any, priority: Any) -> list[Experiment]:
+        """See Engine.launch_experiment."""
+        desc = check_description(description)
+        overrides = check_overrides(overrides)
+        n = check_int("replicates", replicates, 1, MAX_REPLICATES)
+        seed0 = DEFAULT_SEED if seed is None else check_int("seed", seed, 0, MAX_SEED - MAX_REPLICATES)
+        prio = check_int("priority", priority, *USER_PRIORITY)
+        gpu = self.checks.gpu_type(gpu_type)
+        with self.lock:
+            base = self.resolve_base(source=source, commit=commit)
+            text = variants.apply_overrides(base.source, overrides) if overrides else base.source
+            code_hash = self.workspace.blob_sha(text)
+            parent_hash = self.workspace.code_hash_at(base.parent_commit)
+            label = variants.describe(overrides)
+            planned = []
+            for k in range(n):
+                d = desc if n == 1 else f"{desc} [seed {seed0 + k}]"
+                planned.append(Planned(d, text, overrides, seed0 + k, base, parent_hash,
+                                       "replicate" if n > 1 else "single", prio, gpu, code_hash=code_hash))
+            wave = None
+            if n > 1:
+                wave = {"description": desc, "kind": "replicates",
+                        "design": {"replicates": n, "seeds": [seed0 + k for k in range(n)], "overrides": overrides,
+                                   "label": label, "base": base.label, "gpu_type": gpu}}
+            exps, _ = self.write(planned, wave)
+        return exps
+
+    def wave(self, description: Any, axes: Any, replicates: Any, include_control: Any, base: Any,
+             gpu_type: Any) -> Wave:
+        """See Engine.launch_wave."""
+        desc = check_description(description)
+        n = check_int("replicates", replicates, 1, MAX_REPLICATES)
+        control = check_bool("include_control", include_control)
+        gpu = self.checks.gpu_type(gpu_type)
+        cells = variants.factorial(axes, max_cells=MAX_WAVE_EXPERIMENTS)
+        total = (len(cells) + (1 if control else 0)) * n
+        if total > MAX_WAVE_EXPERIMENTS:
+            raise InvalidInput(
+                f"This wave would launch ({len(cells)} cells{' + control' if control else ''}) x {n} replicates = {total} "
+                f"experiments; at most {MAX_WAVE_EXPERIMENTS} per wave. Use fewer levels or replicates, or split it.")
+        with self.lock:
+            b = self.resolve_base(commit=base, what="base")
+            parent_hash = self.workspace.blob_sha(b.source)
+            planned: list[Planned] = []
+            seeds = [DEFAULT_SEED + k for k in range(n)]
+            if control:
+                for s in seeds:
+                    d = f"{desc} [control]" + (f" [seed {s}]" if n > 1 else "")
+                    planned.append(Planned(d, b.source, {}, s, b, parent_hash, "control", 0, gpu,
+                                           code_hash=parent_hash))
+            for cell in cells:
+                text = variants.apply_overrides(b.source, cell)
+                code_hash = self.workspace.blob_sha(text)
+                for s in seeds:
+                    d = f"{desc} [{variants.describe(cell)}]" + (f" [seed {s}]" if n > 1 else "")
+                    planned.append(Planned(d, text, dict(cell), s, b, parent_hash, "factorial", 0, gpu,
+                                           code_hash=code_hash))
+            design = {"axes": axes, "cells": len(cells), "replicates": n, "seeds": seeds,
+                      "include_control": control, "base": b.label, "gpu_type": gpu}
+            _, wave = self.write(planned, {"description": desc, "kind": "factorial", "design": design})
+        assert wave is not None
+        return wave
+
+    def promotion(self, experiment_ids: Any, gpu_type: Any, replicates: Any) -> Wave:
+        """See Engine.promote."""
+        ids = self.checks.experiment_ids(experiment_ids, max_n=MAX_PROMOTE)
+        gpu = self.checks.gpu_type(gpu_type, required=True)
+        n = check_int("replicates", replicates, 1, MAX_REPLICATES)
+        exps = self.ledger.get_many(ids)
+        not_done = [e for e in exps if e.status != Status.done]
+        if not_done:
+            raise Conflict("Only done experiments can be promoted: " + ", ".join(
+                f"{e.id} is {e.status.value}" for e in not_done[:10]) + ". Nothing was launched.")
+        seeds = [DEFAULT_SEED + k for k in range(n)]
+        with self.lock:
+            planned: list[Planned] = []
+            chosen_hashes = {e.code_hash for e in exps}
+            controls: list[dict[str, Any]] = []
+            notes: list[str] = []
+            parents_done: set[str] = set()
+            everything = self.all_experiments()
+            for e in exps:
+                src = self.workspace.file_at(e.commit, "train.py")
+                base = Base(src, e.parent_commit or e.commit, e.id, e.id)
+                for s in seeds:
+                    planned.append(Planned(f"promote {e.id} to {gpu}: {e.description}"[:MAX_DESCRIPTION] +
+                                           (f" [seed {s}]" if n > 1 else ""), src, dict(e.overrides), s, base,
+                                           e.parent_code_hash, "promotion", PROMOTION_PRIORITY, gpu,
+                                           parent_id=e.id, code_hash=e.code_hash or self.workspace.blob_sha(src)))
+                pch = e.parent_code_hash
+                if not pch or pch in parents_done or pch in chosen_hashes:
+                    continue
+                parents_done.add(pch)
+                have = sum(1 for x in everything if x.code_hash == pch and (
+                    (x.status == Status.done and x.ran_on_gpu == gpu) or (x.status in LIVE and x.gpu_type == gpu)))
+                if have >= n:
+                    notes.append(f"parent code of {e.id} already has {have} runs on {gpu}: no extra control")
+                    continue
+                ref = next((x for x in everything if x.code_hash == pch and x.commit), None)
+                if ref is not None:
+                    psrc, pcommit, pid = self.workspace.file_at(ref.commit, "train.py"), ref.parent_commit or ref.commit, ref.id
+                elif e.parent_commit and self.workspace.code_hash_at(e.parent_commit) == pch:
+                    psrc, pcommit, pid = self.workspace.file_at(e.parent_commit, "train.py"), e.parent_commit, None
+                else:
+                    notes.append(f"parent code of {e.id} not found: no control added")
+                    continue
+                pbase = Base(psrc, pcommit, pid, pid or pcommit[:12])
+                for s in seeds[have:]:
+                    planned.append(Planned(f"control for promotion to {gpu} (parent code of {e.id})" +
+                                           (f" [seed {s}]" if n > 1 else ""), psrc, {}, s, pbase, pch, "control",
+                                           PROMOTION_PRIORITY, gpu, parent_id=pid, code_hash=pch))
+                controls.append({"parent_code_hash": pch, "of": e.id, "runs": n - have})
+            design = {"experiments": ids, "gpu_type": gpu, "replicates": n, "seeds": seeds, "controls": controls,
+                      "notes": notes}
+            desc = f"promote {', '.join(ids)} to {gpu} x{n}"[:MAX_DESCRIPTION]
+            _, wave = self.write(planned, {"description": desc, "kind": "promotion", "design": design})
+        assert wave is not None
+        return wave
+
+    # writing ---------------------------------------------------------------------------------
+    def write(self, planned: list[Planned], wave: dict[str, Any] | None) -> tuple[list[Experiment], Wave | None]:
+        """Allocate ids, snapshot each experiment, insert them (and the wave) in one transaction.
+        Called with every argument validated; on failure the refs created here are removed."""
+        with self.lock:
+            self.checks.capacity(len(planned))
+            first = self.ledger.max_experiment_seq() + 1
+            ids = [format_exp_id(first + i) for i in range(len(planned))]
+            wave_obj = None
+            now = time.time()
+            if wave is not None:
+                wave_obj = Wave(id=format_wave_id(self.ledger.max_wave_seq() + 1), description=wave["description"],
+                                kind=wave["kind"], design=wave["design"], experiment_ids=ids, created_at=now)
+            exps: list[Experiment] = []
+            created: list[str] = []
+            try:
+                for eid, p in zip(ids, planned):
+                    msg = f"{eid}: {p.description}"
+                    if p.overrides:
+                        msg += "\n\noverrides: " + variants.describe(p.overrides)
+                    sha = self.workspace.snapshot(eid, p.source, p.base.parent_commit, msg)
+                    created.append(eid)
+                    exps.append(Experiment(
+                        id=eid, description=p.description, wave_id=wave_obj.id if wave_obj else None,
+                        parent_id=p.parent_id if p.parent_id is not None else p.base.parent_id,
+                        parent_commit=p.base.parent_commit, commit=sha, code_hash=p.code_hash,
+                        parent_code_hash=p.parent_code_hash, harness_hash=self.harness_hash,
+                        overrides=p.overrides, seed=p.seed, gpu_type=p.gpu_type, priority=p.priority,
+                        status=Status.queued, created_at=now))
+                self.ledger.insert_launch(exps, {e.id: p.kind for e, p in zip(exps, planned)}, wave_obj)
+            except BaseException:
+                for eid in created:
+                    try:
+                        self.workspace.repo.git.update_ref("-d", EXPERIMENT_REF_PREFIX + eid)
+                    except Exception:  # noqa: BLE001
+                        log.exception("could not remove ref of %s", eid)
+                raise
+            self.written(exps)
+        return exps, wave_obj

@@ -1,0 +1,135 @@
+"""The MCP server: builds the Engine from a FleetConfig for the server's lifetime and exposes it
+as the tools in `mcp_server/tools/`. Transport-agnostic; `cli.py` picks stdio or HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
+from pydantic import ValidationError
+
+from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.errors import FleetError
+from mcp_server.surface.tools import register_all
+from mcp_server.surface.tools.common import FleetContext
+
+log = logging.getLogger("autoresearch_fleet.server")
+
+SERVER_NAME = "autoresearch"
+
+INSTRUCTIONS = """\
+Parallel ML research fleet. You edit the workspace's train.py; the server runs variants of it for a
+fixed wall-clock budget on many clusters at once and records every val_bpb (lower is better) in a
+ledger. Typical loop: get_gpu_info / list_clusters (provision_clusters if none) -> baseline with
+launch_experiment(replicates=3) -> launch_wave (factorial: 2-3 knobs x 2-4 levels) ->
+wait_for_experiments (blocks, returns verdicts vs the noise floor) -> keep_experiment the real
+improvement, discard_experiment the rest -> promote the top 2-3 to the fast GPU tier with replicates.
+Results are comparable only within one GPU type. teardown_clusters when done."""
+
+
+def _describe_validation(tool: str, exc: ValidationError, schema: dict[str, Any] | None) -> str:
+    props = (schema or {}).get("properties", {})
+    lines = []
+    for err in exc.errors()[:8]:
+        loc = [str(p) for p in err.get("loc", ())]
+        field = loc[0] if loc else "?"
+        where = ".".join(loc) or "arguments"
+        line = f"- {where}: {err.get('msg', 'invalid')}"
+        desc = props.get(field, {}).get("description")
+        if desc:
+            line += f" ({field}: {desc})"
+        lines.append(line)
+    return (f"Invalid arguments for {tool}:\n" + "\n".join(lines)
+            + f"\nNothing was changed. Fix these and call {tool} again.")
+
+
+class FleetServer(MCPServer[FleetContext]):
+    """MCPServer whose argument errors tell the model what to fix: unknown tools list the valid
+    ones, unknown argument names list the valid ones, and validation errors quote the field's
+    description. Nothing reaches a tool function until its arguments are valid."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        schema = self._tool_input_schema(name)
+        if schema is None:
+            valid = ", ".join(sorted(t.name for t in await self.list_tools()))
+            raise ToolError(f"Unknown tool {name[:64]!r}. Valid tools: {valid}.")
+        known = set(schema.get("properties", {}))
+        unknown = sorted(k for k in arguments if k not in known)
+        if unknown:
+            shown = ", ".join(repr(k[:64]) for k in unknown[:8])
+            raise ToolError(
+                f"Unknown argument(s) {shown} for {name}. Valid arguments: {', '.join(sorted(known)) or 'none'}. "
+                f"Nothing was changed. Call {name} again with only those."
+            )
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_describe_validation(name, exc.__cause__, schema)) from exc.__cause__
+            raise
+        return _compact_text(result)
+
+
+def _compact_text(result: Any) -> Any:
+    """The SDK's text copy of structured content is indented JSON; the same JSON without the
+    indentation is a third of the tokens for the model."""
+    if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
+        text = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
+        result.content = [TextContent(type="text", text=text)]
+    return result
+
+
+EngineFactory = Callable[[FleetConfig], Any]
+
+
+def _default_engine(config: FleetConfig) -> Any:
+    from mcp_server.engine.facade import Engine
+
+    return Engine(config)
+
+
+def build_server(config: FleetConfig, engine_factory: EngineFactory = _default_engine) -> FleetServer:
+    """The server for one research session. The engine is built and started when the server starts
+    (lifespan) and closed when it stops; running experiments survive a restart."""
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[FleetContext]:
+        log.info("starting engine: workspace=%s backend=%s tag=%s", config.workspace, config.backend, config.tag)
+        engine = await anyio.to_thread.run_sync(engine_factory, config)
+        try:
+            await anyio.to_thread.run_sync(engine.start)
+        except BaseException as exc:
+            if isinstance(exc, FleetError):
+                log.error("engine cannot start: %s", exc)
+            else:
+                log.exception("engine failed to start")
+            await anyio.to_thread.run_sync(engine.close)
+            raise
+        log.info("engine started")
+        try:
+            yield FleetContext(engine=engine, config=config)
+        finally:
+            log.info("closing engine")
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(engine.close)
+
+    server = FleetServer(SERVER_NAME, title="autoresearch fleet", instructions=INSTRUCTIONS,
+                         version=_version(), lifespan=lifespan)
+    register_all(server)
+    return server
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("autoresearch-fleet")
+    except Exception:  # noqa: BLE001
+        return "0.0.0"

@@ -1,0 +1,14 @@
+"""The MCP tool surface, one module per concern. Each module's `register(server)` adds its tools."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+
+from mcp_server.surface.tools import clusters, decisions, experiments, results
+
+MODULES = (clusters, experiments, results, decisions)
+
+
+def register_all(server: MCPServer) -> None:
+    for module in MODULES:
+        module.register(server)

@@ -1,0 +1,206 @@
+"""What every tool module shares: the engine lookup, error mapping, bounded argument types and
+the compact experiment view the tools return."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from mcp_server.domain.errors import FleetError, LimitExceeded, NotFound
+from mcp_server.domain.models import Experiment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mcp_server.domain.config import FleetConfig
+    from mcp_server.engine.facade import Engine
+
+log = logging.getLogger("autoresearch_fleet.tools")
+
+
+@dataclass
+class FleetContext:
+    """What the server's lifespan yields: the one engine every tool calls."""
+
+    engine: "Engine"
+    config: "FleetConfig"
+
+
+def fleet(ctx: Context) -> FleetContext:
+    return ctx.request_context.lifespan_context
+
+
+def engine(ctx: Context) -> "Engine":
+    return fleet(ctx).engine
+
+
+# -- error mapping -----------------------------------------------------------------------------
+
+# (error kind, word in the text, the hint): the first match is appended when the engine's text
+# names no tool call yet (its texts usually do).
+_HINTS: list[tuple[type[FleetError], str, str]] = [
+    (NotFound, "cluster", "Call list_clusters to see the cluster names."),
+    (NotFound, "wave", "Call fetch_results to see the experiments and their wave ids."),
+    (NotFound, "experiment", "Call fetch_results to see the experiment ids."),
+    (LimitExceeded, "", "Call budget_status to see the limits and what is in use."),
+    (FleetError, "no file", "Write the file into the workspace first (path relative to it), or omit source "
+     "to run train.py."),
+]
+_TOOL_NAME = re.compile(r"\b(" + "|".join((
+    "get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard", "budget_status",
+    "plot_progress", "provision_clusters", "teardown_clusters", "launch_experiment", "launch_wave", "promote",
+    "wait_for_experiments", "cancel_experiments", "keep_experiment", "discard_experiment")) + r")\b")
+
+
+def to_tool_error(exc: FleetError) -> ToolError:
+    """The engine's text is already written for the model; add the next call where it names none."""
+    text = str(exc).strip() or type(exc).__name__
+    if not _TOOL_NAME.search(text):
+        for kind, word, hint in _HINTS:
+            if isinstance(exc, kind) and word in text.lower():
+                text = f"{text} {hint}"
+                break
+    return ToolError(text)
+
+
+def _unexpected(tool: str, exc: Exception) -> ToolError:
+    log.exception("tool %s failed unexpectedly", tool)
+    detail = f"{type(exc).__name__}: {exc}"[:300]
+    return ToolError(
+        f"{tool} failed inside the server ({detail}). Nothing was decided on your behalf; "
+        "the traceback is in the server's stderr log. Call list_clusters or fetch_results to check "
+        "the state, then retry once."
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tool_errors(fn: F) -> F:
+    """Turn engine errors into ToolErrors with the same text; log anything unexpected to stderr."""
+    name = fn.__name__
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except ToolError:
+                raise
+            except FleetError as exc:
+                raise to_tool_error(exc) from exc
+            except Exception as exc:  # noqa: BLE001 - reported to the model, logged with traceback
+                raise _unexpected(name, exc) from exc
+
+        return awrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except FleetError as exc:
+            raise to_tool_error(exc) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _unexpected(name, exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- bounded argument types --------------------------------------------------------------------
+# Constraint-only types, then the parameter types with their description at the top level (so an
+# optional parameter's description is not buried inside an anyOf arm).
+
+ExperimentIdStr = Annotated[str, Field(pattern=r"^e\d{4,9}$", max_length=10)]
+WaveIdStr = Annotated[str, Field(pattern=r"^w\d{4,9}$", max_length=10)]
+GpuTypeStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", max_length=32)]
+BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,9}|[0-9a-fA-F]{7,40})$", max_length=40)]
+ClusterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", max_length=63)]
+OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
+Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1000)]
+          | None)
+# Lists and dicts nest (the engine checks depth and size); the schema stays readable.
+OverrideValue = Scalar | Annotated[list[Any], Field(max_length=64)] | Annotated[dict[str, Any], Field(max_length=64)]
+
+GPU_DESC = ("GPU type / tier, e.g. 'H100', 'H200', 'A10G', or 'CPU' for local CPU slots; "
+            "get_gpu_info lists the types in the fleet.")
+ExperimentId = Annotated[ExperimentIdStr, Field(description="Experiment id, e.g. 'e0042'.")]
+ExperimentIds = list[ExperimentIdStr]
+WaveId = Annotated[WaveIdStr, Field(description="Wave id, e.g. 'w0003'.")]
+OptWaveId = Annotated[WaveIdStr | None, Field(description="Wave id, e.g. 'w0003'.")]
+GpuType = Annotated[GpuTypeStr, Field(description=GPU_DESC)]
+OptGpuType = Annotated[GpuTypeStr | None, Field(description=GPU_DESC + " Default: any free cluster.")]
+OptBaseRef = Annotated[
+    BaseRefStr | None,
+    Field(description="Derive from this experiment's code (id, e.g. 'e0007') or a git commit sha. "
+          "Default: the session branch head with the current working train.py."),
+]
+Description = Annotated[
+    str,
+    Field(min_length=1, max_length=200,
+          description="One line saying what this changes and why, e.g. 'MATRIX_LR 0.04 -> 0.06: faster early descent'."),
+]
+OptOverrides = Annotated[
+    dict[OverrideName, OverrideValue] | None,
+    Field(max_length=32,
+          description="Module-level UPPER_CASE constants of train.py to set for this run, as Python literals "
+          "written through the AST, e.g. {\"MATRIX_LR\": 0.05, \"DEPTH\": 6}. Names must exist in train.py."),
+]
+
+
+# -- compact results ---------------------------------------------------------------------------
+
+
+class ExperimentBrief(BaseModel):
+    """One experiment in a few fields: what it is, where it ran, what it scored."""
+
+    id: str
+    description: str
+    status: str = Field(description="queued | running | done | crash | nan | oom | timeout | rejected | cancelled | lost")
+    waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
+                                   "not started yet.")
+    wave_id: str | None = None
+    decision: str | None = Field(None, description="keep | discard once you decided.")
+    gpu_type: str | None = Field(None, description="GPU type it ran on (or was requested for, while queued).")
+    val_bpb: float | None = Field(None, description="Lower is better. Compare only within one GPU type.")
+    num_steps: int | None = None
+    seed: int = 0
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; {} = unchanged (a control/baseline).")
+    error: str | None = Field(None, description="Short failure reason; get_experiment shows the log.")
+
+    @classmethod
+    def of(cls, e: Experiment) -> "ExperimentBrief":
+        return cls(
+            id=e.id,
+            description=clip(e.description, 160),
+            status=e.status.value if hasattr(e.status, "value") else str(e.status),
+            waiting_for_slot=e.waiting_for_slot,
+            wave_id=e.wave_id,
+            decision=e.decision.value if e.decision is not None and hasattr(e.decision, "value") else e.decision,
+            gpu_type=e.ran_on_gpu or e.gpu_type,
+            val_bpb=e.metrics.val_bpb,
+            num_steps=e.metrics.num_steps,
+            seed=e.seed,
+            overrides=e.overrides,
+            error=clip(e.error, 300),
+        )
+
+
+def clip(text: str | None, n: int) -> str | None:
+    if text is None or len(text) <= n:
+        return text
+    return text[: n - 3] + "..."
+
+
+def ids_text(ids: list[str], limit: int = 12) -> str:
+    """A short python-ish list for next-step hints."""
+    shown = ", ".join(f"'{i}'" for i in ids[:limit])
+    return f"[{shown}{', ...' if len(ids) > limit else ''}]"

@@ -1,0 +1,54 @@
+"""Decisions about finished experiments: keep_experiment (moves the branch), discard_experiment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from mcp_server.surface.tools.common import ExperimentBrief, ExperimentId, engine, fleet, tool_errors
+
+
+class DecisionResult(BaseModel):
+    experiment: ExperimentBrief
+    branch: str | None = Field(None, description="The session branch (keep only).")
+    commit: str | None = Field(None, description="Commit the branch now points to (keep only).")
+    next_step: str
+
+
+@tool_errors
+def keep_experiment(
+    ctx: Context,
+    experiment_id: ExperimentId,
+    force: Annotated[bool, Field(description="Reset the branch to the snapshot even when the branch has moved "
+                                 "since it was taken (only after a keep was refused for that reason).")] = False,
+) -> DecisionResult:
+    """Adopt a finished experiment's code: the session branch moves to its snapshot and the
+    workspace's train.py becomes that code, so the next experiments build on it. Use it for a
+    verdict of 'improvement' (beyond the noise floor) on the GPU type you care about."""
+    exp = engine(ctx).keep(experiment_id, force=force)
+    branch = f"autoresearch/{fleet(ctx).config.tag}"
+    return DecisionResult(
+        experiment=ExperimentBrief.of(exp), branch=branch, commit=exp.commit,
+        next_step="train.py now holds the kept code. Re-measure the baseline noise if the model changed a lot, "
+        "then launch the next wave from it.",
+    )
+
+
+@tool_errors
+def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionResult:
+    """Record that a finished experiment is not adopted (the branch and train.py do not move; the
+    result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
+    exp = engine(ctx).discard(experiment_id)
+    return DecisionResult(experiment=ExperimentBrief.of(exp), next_step="Recorded. launch_wave tries the next idea.")
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(keep_experiment, title="Keep an experiment (move the branch)",
+                    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                                                idempotent_hint=True, open_world_hint=False))
+    server.add_tool(discard_experiment, title="Discard an experiment",
+                    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                                idempotent_hint=True, open_world_hint=False))

@@ -1,0 +1,295 @@
+"""Launching and waiting: launch_experiment, launch_wave, promote, wait_for_experiments,
+cancel_experiments."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.engine.facade import Verdict
+from mcp_server.surface.tools.common import (
+    Description,
+    ExperimentBrief,
+    ExperimentIdStr,
+    GpuType,
+    OptBaseRef,
+    OptGpuType,
+    OptOverrides,
+    OptWaveId,
+    OverrideName,
+    Scalar,
+    WaveIdStr,
+    clip,
+    engine,
+    ids_text,
+    tool_errors,
+)
+
+log = logging.getLogger("autoresearch_fleet.tools")
+
+MAX_LISTED = 64      # experiments listed in a launch/cancel result
+MAX_WAIT_ROWS = 30   # finished experiments (with verdicts) listed in a wait result
+
+Replicates = Annotated[
+    int, Field(ge=1, le=16, description="Runs of the same code with different seeds; 3+ measures the noise floor.")
+]
+
+# -- outputs -----------------------------------------------------------------------------------
+
+
+class LaunchResult(BaseModel):
+    experiments: list[ExperimentBrief]
+    next_step: str
+
+
+class WaveResult(BaseModel):
+    wave_id: str
+    kind: str = Field(description="factorial | replicates | promotion | single")
+    description: str
+    design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
+    experiments: list[ExperimentBrief] = Field(
+        description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more.")
+    experiment_count: int = Field(description="Experiments in the wave.")
+    next_step: str
+
+
+class WaitResult(BaseModel):
+    finished: list[ExperimentBrief] = Field(
+        description=f"Experiments that reached a terminal status, in launch order (at most {MAX_WAIT_ROWS}: "
+        "every failure and the best by val_bpb when more finished; see omitted).")
+    verdicts: list[Verdict] = Field(
+        description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor."
+    )
+    finished_count: int = Field(description="How many of the waited-for experiments are finished.")
+    omitted: int = Field(0, description="Finished but not listed here (leaderboard / fetch_results show them).")
+    still_running: list[str]
+    timed_out: bool
+    interrupted: bool = Field(False, description="True when the server shut down during the wait.")
+    next_step: str
+
+
+class CancelResult(BaseModel):
+    cancelled: list[ExperimentBrief] = Field(description=f"Their state now (the first {MAX_LISTED}).")
+    cancelled_count: int
+    next_step: str
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def wave_result(eng: Any, wave: Wave) -> WaveResult:
+    listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
+    hint = _wait_hint(wave_id=wave.id)
+    if len(wave.experiment_ids) > MAX_LISTED:
+        hint += f" fetch_results(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
+    return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
+                      experiments=[ExperimentBrief.of(e) for e in listed],
+                      experiment_count=len(wave.experiment_ids), next_step=hint)
+
+
+def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
+    """All of them when few; else every failure (up to a third) and the best by val_bpb."""
+    if len(finished) <= MAX_WAIT_ROWS:
+        return finished
+    failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
+    failed_ids = {e.id for e in failed}
+    done = sorted((e for e in finished if e.id not in failed_ids and e.metrics.val_bpb is not None),
+                  key=lambda e: e.metrics.val_bpb)
+    keep = failed_ids | {e.id for e in done[: MAX_WAIT_ROWS - len(failed)]}
+    return [e for e in finished if e.id in keep]
+
+
+def _wait_hint(ids: list[str] | None = None, wave_id: str | None = None) -> str:
+    if wave_id:
+        return f"Call wait_for_experiments(wave_id='{wave_id}') to block until they finish (progress is reported)."
+    return f"Call wait_for_experiments(experiment_ids={ids_text(ids or [])}) to block until they finish."
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+@tool_errors
+def launch_experiment(
+    ctx: Context,
+    description: Description,
+    overrides: OptOverrides = None,
+    source: Annotated[str | None, Field(max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$",
+                                        description="A .py file in the workspace to run instead of train.py "
+                                        "(relative path), e.g. a variant you wrote to 'variants/rope.py'.")] = None,
+    base: OptBaseRef = None,
+    gpu_type: OptGpuType = None,
+    replicates: Replicates = 1,
+    seed: Annotated[int | None, Field(ge=0, le=2**31 - 17, description="Seed of the first replicate; the others "
+                                      "use seed+1, seed+2, ... (default 42).")] = None,
+    priority: Annotated[int, Field(ge=-100, le=100, description="Higher runs first among queued experiments.")] = 0,
+) -> LaunchResult:
+    """Snapshot the current train.py (with optional constant overrides) and queue it to run for the
+    fixed time budget. Use it for a baseline (replicates=3), a single hand-written change, or a
+    re-run. For several values of several knobs at once use launch_wave instead. The agent's branch
+    does not move; returns at once with ids for wait_for_experiments."""
+    if source is not None and base is not None:
+        raise ToolError("Give either source (a file in the workspace) or base (an experiment id or commit to "
+                        "derive from), not both. Nothing was launched.")
+    if source is not None and ".." in source.split("/"):
+        raise ToolError(f"source must be a path inside the workspace without '..' (got {source!r}), "
+                        "e.g. 'variants/rope.py'. Nothing was launched.")
+    exps = engine(ctx).launch_experiment(
+        description=description, overrides=overrides or None, source=source, commit=base,
+        gpu_type=gpu_type, replicates=replicates, seed=seed, priority=priority,
+    )
+    return LaunchResult(experiments=[ExperimentBrief.of(e) for e in exps], next_step=_wait_hint([e.id for e in exps]))
+
+
+@tool_errors
+def launch_wave(
+    ctx: Context,
+    description: Description,
+    axes: Annotated[
+        dict[OverrideName, Annotated[list[Scalar], Field(min_length=1, max_length=8)]],
+        Field(min_length=1, max_length=4,
+              description="Factorial design: constant name -> levels, e.g. {\"MATRIX_LR\": [0.03, 0.06], "
+              "\"DEPTH\": [6, 8]} runs every combination (here 4 cells). 1-4 axes, 1-8 levels each."),
+    ],
+    replicates: Replicates = 1,
+    include_control: Annotated[bool, Field(description="Also run the unchanged base code as the wave's control.")] = True,
+    base: OptBaseRef = None,
+    gpu_type: OptGpuType = None,
+) -> WaveResult:
+    """Launch a factorial wave: every combination of the levels of 2-3 knobs (plus a control), all
+    at once, so one wave measures main effects and interactions. Use it instead of one-at-a-time
+    changes whenever the fleet has free clusters. Returns at once with the wave id."""
+    eng = engine(ctx)
+    wave = eng.launch_wave(description=description, axes=axes, replicates=replicates,
+                           include_control=include_control, base=base, gpu_type=gpu_type)
+    return wave_result(eng, wave)
+
+
+@tool_errors
+def promote(
+    ctx: Context,
+    experiment_ids: Annotated[list[ExperimentIdStr], Field(min_length=1, max_length=8,
+                                                       description="The best few from a screening wave (2-3).")],
+    gpu_type: GpuType,
+    replicates: Replicates = 3,
+) -> WaveResult:
+    """Re-run the best few experiments' exact code on another (usually the fast) GPU tier with
+    replicates, against a same-tier reference, to confirm that a screening win is real. Use it after
+    a screening wave on the common tier; compare the promoted results only within the new tier."""
+    eng = engine(ctx)
+    wave = eng.promote(experiment_ids, gpu_type=gpu_type, replicates=replicates)
+    return wave_result(eng, wave)
+
+
+@tool_errors
+async def wait_for_experiments(
+    ctx: Context,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=256, description="Experiments to wait for.")] = None,
+    wave_id: OptWaveId = None,
+    until: Annotated[Literal["all", "first"], Field(description="'all': return when every one is finished; "
+                                                    "'first': as soon as one more finishes.")] = "all",
+    timeout_s: Annotated[float, Field(ge=1, le=3600, description="Return after this many seconds even if some are still running.")] = 600,
+) -> WaitResult:
+    """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
+    passes; reports progress as each finishes. Returns their results and verdicts (delta vs the
+    same-GPU-type reference, against the noise floor), so you never poll or read raw logs. Use it
+    right after launching. Give experiment_ids or wave_id (neither = everything live)."""
+    eng = engine(ctx)
+    token = anyio.lowlevel.current_token()
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        try:
+            anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message), token=token)
+        except Exception:  # noqa: BLE001 - a vanished client must not break the wait
+            log.debug("progress notification dropped", exc_info=True)
+
+    res = await anyio.to_thread.run_sync(
+        functools.partial(eng.wait, experiment_ids=experiment_ids or None, wave_id=wave_id, until=until,
+                          timeout_s=timeout_s, on_progress=on_progress),
+        abandon_on_cancel=True,
+    )
+    rows = _pick_rows(res.finished)
+    shown = {e.id for e in rows}
+    omitted = len(res.finished) - len(rows)
+    if getattr(res, "interrupted", False):
+        hint = ("The server is shutting down; experiments keep running and are picked up when it restarts. "
+                "Call wait_for_experiments again then.")
+    elif not res.finished and not res.still_running:
+        hint = "Nothing to wait for: no experiment is queued or running. launch_experiment / launch_wave start some."
+    elif res.still_running:
+        again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
+                 f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
+                 "no arguments (= every live experiment)")
+        hint = f"{len(res.still_running)} still running: call wait_for_experiments again with {again}."
+    else:
+        hint = ("All finished. Read the verdicts; keep_experiment the best improvement (beyond the noise), "
+                "discard_experiment the rest, or launch the next wave. leaderboard ranks everything per GPU type.")
+    if omitted:
+        where = f"wave_id='{wave_id}', " if wave_id else ""
+        hint += (f" {omitted} more finished are not listed (every failure and the best are): leaderboard ranks "
+                 f"them all; fetch_results({where}status='done') pages through them.")
+    return WaitResult(finished=[ExperimentBrief.of(e) for e in rows],
+                      verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
+                      finished_count=len(res.finished), omitted=omitted,
+                      still_running=res.still_running, timed_out=res.timed_out,
+                      interrupted=getattr(res, "interrupted", False), next_step=hint)
+
+
+def _clip_note(v: Verdict) -> Verdict:
+    return v if len(v.note) <= 240 else v.model_copy(update={"note": clip(v.note, 240)})
+
+
+@tool_errors
+def cancel_experiments(
+    ctx: Context,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=256, description="Experiments to cancel.")] = None,
+    wave_id: Annotated[WaveIdStr | None, Field(description="Cancel every live experiment of this wave.")] = None,
+) -> CancelResult:
+    """Stop queued or running experiments (they end as 'cancelled', logs kept). Use it to free
+    clusters from a wave that is clearly losing or was launched by mistake. Destructive: their
+    training is lost. Finished experiments are not touched."""
+    eng = engine(ctx)
+    if bool(experiment_ids) == bool(wave_id):
+        raise ToolError("cancel_experiments needs exactly one of experiment_ids=['e0001', ...] or "
+                        "wave_id='w0001'. Nothing was cancelled.")
+    if wave_id:
+        exps, total = eng.experiments(wave_id=wave_id, offset=0, limit=500)
+        if total == 0:
+            raise ToolError(f"Wave {wave_id!r} has no experiments. Call fetch_results to see the waves. "
+                            "Nothing was cancelled.")
+        ids = [e.id for e in exps if e.status in LIVE]
+        if not ids:
+            raise ToolError(f"Every experiment of wave {wave_id} has already finished; nothing to cancel. "
+                            f"Call fetch_results(wave_id='{wave_id}') to read them.")
+    else:
+        ids = list(experiment_ids or [])
+    done = eng.cancel(ids)
+    return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
+                        next_step="Their clusters are free for the next launch; fetch_results(status='cancelled') "
+                        "lists them.")
+
+
+ACT = dict(read_only_hint=False, open_world_hint=False)
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(launch_experiment, title="Launch an experiment",
+                    annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
+    server.add_tool(launch_wave, title="Launch a factorial wave",
+                    annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
+    server.add_tool(promote, title="Promote to another GPU tier",
+                    annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
+    server.add_tool(wait_for_experiments, title="Wait for experiments",
+                    annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False))
+    server.add_tool(cancel_experiments, title="Cancel experiments",
+                    annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, **ACT))

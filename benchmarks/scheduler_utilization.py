@@ -43,9 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.ids import format_exp_id, format_wave_id
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.engine.facade import Engine
-from mcp_server.store.ledger import format_exp_id, format_wave_id
 
 STANDIN_TRAIN = '''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
 import json, os, random, time

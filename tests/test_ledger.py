@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from mcp_server.domain.ids import format_exp_id
 from mcp_server.domain.models import Cluster, Decision, Experiment, Metrics, Status, Wave
-from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, TSV_COLUMNS, Ledger, LedgerError, format_exp_id
+from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, TSV_COLUMNS, Ledger, LedgerError
 
 
 def _exp(n: int, **kw) -> Experiment:

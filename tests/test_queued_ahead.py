@@ -14,8 +14,9 @@ import time
 import pytest
 from engine_helpers import WAITING_TRAIN, cache, engines, make_config, until  # noqa: F401
 
+from mcp_server.domain.ids import format_exp_id
 from mcp_server.domain.models import Experiment, Metrics, Status
-from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, format_exp_id
+from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger
 from mcp_server.surface.tools.common import ExperimentBrief
 
 

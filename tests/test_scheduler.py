@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
+from mcp_server.domain.ids import format_exp_id
 from mcp_server.domain.models import Cluster, Experiment, Status
 from mcp_server.scheduling.scheduler import Scheduler
-from mcp_server.store.ledger import Ledger, format_exp_id
+from mcp_server.store.ledger import Ledger
 
 
 class SimulatedBackend(Backend):

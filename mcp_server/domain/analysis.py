@@ -39,12 +39,11 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.domain.errors import InvalidInput
+from mcp_server.domain.limits import MAX_IDS_PER_ROW, MAX_LEADERBOARD_ROWS
 from mcp_server.domain.models import LIVE, Decision, Experiment, Status
 
 UNKNOWN_GPU = "unknown"
 SIGMAS = 2.0            # width of the "within noise" band, in standard errors of the difference
-MAX_LEADERBOARD_ROWS = 1000
-MAX_IDS_PER_ROW = 20
 
 
 class Verdict(BaseModel):

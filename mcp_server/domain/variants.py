@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_server.domain.errors import InvalidInput
+from mcp_server.domain.limits import (
+    MAX_AXES,
+    MAX_DESCRIBE_VALUE,
+    MAX_LEVELS,
+    MAX_OVERRIDES,
+    MAX_SOURCE_BYTES,
+    MAX_VALUE_DEPTH,
+    MAX_VALUE_REPR,
+)
 
 CONSTANT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-MAX_OVERRIDES = 32          # per experiment; a wave cell has at most 4 axes anyway
-MAX_VALUE_REPR = 1000       # characters of the written literal
-MAX_VALUE_DEPTH = 4         # nesting of lists/dicts inside a value
-MAX_SOURCE_BYTES = 1_000_000
-MAX_AXES = 4
-MAX_LEVELS = 8
-MAX_DESCRIBE_VALUE = 40     # characters per value in a label
 
 _LEAF_TYPES = (bool, int, float, str, type(None))
 

@@ -14,25 +14,18 @@ from typing import Any
 from mcp_server.domain import gpus
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import InvalidInput, LimitExceeded, NotFound
+from mcp_server.domain.ids import EXPERIMENT_ID_RE as EXP_ID
+from mcp_server.domain.ids import WAVE_ID_RE as WAVE_ID
+from mcp_server.domain.ids import format_exp_id, format_wave_id
+from mcp_server.domain.limits import (
+    MAX_DESCRIPTION,
+    MAX_IDS,
+    MAX_QUEUED,
+)
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.scheduling.scheduler import Scheduler
-from mcp_server.store.ledger import Ledger, format_exp_id, format_wave_id
+from mcp_server.store.ledger import Ledger
 
-MAX_DESCRIPTION = 500          # characters
-MAX_REPLICATES = 16
-MAX_WAVE_EXPERIMENTS = 128     # (cells + control) x replicates
-MAX_PROMOTE = 16               # experiments promoted in one call
-MAX_QUEUED = 1000              # live (queued + running) experiments: a sanity bound
-MAX_IDS = 1000                 # ids in one call
-MAX_WAIT_S = 86400.0
-MAX_LOG_LIMIT = 200_000
-MAX_LIST_LIMIT = 500
-USER_PRIORITY = (-100, 100)
-PROMOTION_PRIORITY = 1000      # promotions run before any user-launched work
-DEFAULT_SEED = 42
-MAX_SEED = 2**31 - 1
-EXP_ID = re.compile(r"^e\d{4,9}$")
-WAVE_ID = re.compile(r"^w\d{4,9}$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 

@@ -45,45 +45,30 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.backends.base import Backend
-from mcp_server.domain import analysis, gpus
+from mcp_server.domain import analysis, gpus, paths
 from mcp_server.domain.analysis import Leaderboard, LeaderboardRow, Verdict
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import Conflict, FleetError, InvalidInput, LimitExceeded, NotFound, TeardownIncomplete
-from mcp_server.domain.models import LIVE, TERMINAL, Cluster, Decision, Experiment, Status, Wave
-from mcp_server.engine import reports
-from mcp_server.engine.checks import (
-    DEFAULT_SEED,
-    EXP_ID,
-    MAX_DESCRIPTION,
-    MAX_IDS,
+from mcp_server.domain.limits import (
     MAX_LIST_LIMIT,
     MAX_LOG_LIMIT,
-    MAX_PROMOTE,
     MAX_QUEUED,
-    MAX_REPLICATES,
-    MAX_SEED,
     MAX_WAIT_S,
-    MAX_WAVE_EXPERIMENTS,
-    PROMOTION_PRIORITY,
-    USER_PRIORITY,
-    WAVE_ID,
-    Checks,
-    check_bool,
-    check_int,
-    short,
 )
+from mcp_server.domain.models import LIVE, TERMINAL, Cluster, Decision, Experiment, Status, Wave
+from mcp_server.domain.profiles import budgets_from_harness
+from mcp_server.engine import reports
+from mcp_server.engine.checks import Checks, check_bool, check_int, short
 from mcp_server.engine.data_prep import DataPreparation
 from mcp_server.engine.experiment_cache import ExperimentCache
 from mcp_server.engine.launch_planning import Launcher
 from mcp_server.engine.rundirs import RunDirs
 from mcp_server.scheduling.scheduler import Scheduler
 from mcp_server.store.ledger import Ledger
-from mcp_server.store.workspace import STATE_DIR, Workspace
+from mcp_server.store.workspace import Workspace
 
 log = logging.getLogger("autoresearch.engine")
 
-#: Training budget of each harness profile (train_template/prepare.py PROFILES[...]["time_budget"]).
-PROFILE_BUDGET_S = {"gpu": 300.0, "cpu": 15.0}
 
 
 class WaitResult(BaseModel):
@@ -110,18 +95,19 @@ class Engine:
         (`config.backend`: local by default). Nothing runs until `start()`."""
         self.config = config
         self.workspace = Workspace(Path(config.workspace), config.tag, Path(config.template_dir))
-        self.state_dir = self.workspace.path / STATE_DIR
+        self.state_dir = paths.state_dir(self.workspace.path)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.runs_dir = self.state_dir / "runs"
-        self.results_tsv = self.state_dir / "results.tsv"
-        self.ledger = Ledger(self.state_dir / "ledger.db")
+        self.runs_dir = paths.runs_dir(self.workspace.path)
+        self.results_tsv = paths.results_tsv(self.workspace.path)
+        self.ledger = Ledger(paths.ledger_path(self.workspace.path))
         self.backend = backend if backend is not None else self._make_backend(config)
 
         self.template_prepare = Path(config.template_dir) / "prepare.py"
         template_hash = _sha256_file(self.template_prepare)
         profile = config.profile or self._detect_profile()
-        if profile not in PROFILE_BUDGET_S:
-            raise InvalidInput(f"profile must be one of {sorted(PROFILE_BUDGET_S)} (or omitted), got {profile!r}.")
+        budgets = budgets_from_harness(self.template_prepare)
+        if profile not in budgets:
+            raise InvalidInput(f"profile must be one of {sorted(budgets)} (or omitted), got {profile!r}.")
         meta = self.ledger.init_session(harness_hash=template_hash, profile=profile, tag=config.tag,
                                         backend=self.backend.name)
         self.notes: list[str] = []
@@ -131,7 +117,7 @@ class Engine:
                 f"The template's prepare.py (sha256 {template_hash[:12]}) differs from the harness pinned when this "
                 f"session was created ({self.harness_hash[:12]}); runs are checked against the pinned one.")
         self.profile = config.profile or meta["profile"]
-        self.time_budget_s = float(config.time_budget_s or PROFILE_BUDGET_S[self.profile])
+        self.time_budget_s = float(config.time_budget_s or budgets[self.profile])
         self.hard_timeout_s = self.time_budget_s * 2 + float(config.timeout_grace_s)
         margin = watchdog_margin_s if watchdog_margin_s is not None else max(30.0, 0.1 * self.hard_timeout_s)
 
@@ -149,7 +135,7 @@ class Engine:
         self._export_wake = threading.Event()
         self._exporter: threading.Thread | None = None
         # data preparation (local backend): once per engine process, in its own thread
-        self.prepare_log = self.state_dir / "prepare.log"
+        self.prepare_log = paths.prepare_log(self.workspace.path)
         self.data = DataPreparation(prepare_py=self.template_prepare, cwd=self.state_dir, log_path=self.prepare_log,
                                     profile=self.profile, cache_dir=config.cache_dir, ledger=self.ledger,
                                     needed=self.backend.name == "local", on_finished=self._data_finished)
@@ -675,7 +661,4 @@ class Engine:
         return self.cache.leaderboard(gpu_type, limit)
 
 
-__all__ = ["Engine", "WaitResult", "Verdict", "Leaderboard", "LeaderboardRow", "FleetError", "PROFILE_BUDGET_S",
-           "DEFAULT_SEED", "EXP_ID", "WAVE_ID", "MAX_DESCRIPTION", "MAX_IDS", "MAX_LIST_LIMIT", "MAX_LOG_LIMIT",
-           "MAX_PROMOTE", "MAX_QUEUED", "MAX_REPLICATES", "MAX_SEED", "MAX_WAIT_S", "MAX_WAVE_EXPERIMENTS",
-           "PROMOTION_PRIORITY", "USER_PRIORITY"]
+__all__ = ["Engine", "WaitResult", "Verdict", "Leaderboard", "LeaderboardRow", "FleetError"]

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from mcp_server.domain import variants
 from mcp_server.domain.errors import Conflict, InvalidInput
-from mcp_server.domain.models import LIVE, Experiment, Status, Wave
-from mcp_server.engine.checks import (
+from mcp_server.domain.ids import EXPERIMENT_ID_RE as EXP_ID
+from mcp_server.domain.ids import format_exp_id, format_wave_id
+from mcp_server.domain.limits import (
     DEFAULT_SEED,
-    EXP_ID,
     MAX_DESCRIPTION,
     MAX_PROMOTE,
     MAX_REPLICATES,
@@ -26,14 +26,10 @@ from mcp_server.engine.checks import (
     MAX_WAVE_EXPERIMENTS,
     PROMOTION_PRIORITY,
     USER_PRIORITY,
-    Checks,
-    check_bool,
-    check_description,
-    check_int,
-    check_overrides,
-    short,
 )
-from mcp_server.store.ledger import Ledger, format_exp_id, format_wave_id
+from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.engine.checks import Checks, check_bool, check_description, check_int, check_overrides, short
+from mcp_server.store.ledger import Ledger
 from mcp_server.store.workspace import EXPERIMENT_REF_PREFIX, Workspace
 
 log = logging.getLogger("autoresearch.engine")

@@ -7,8 +7,8 @@ from typing import Any
 
 from mcp_server.domain import gpus
 from mcp_server.domain.config import FleetConfig
+from mcp_server.domain.limits import MAX_QUEUED
 from mcp_server.domain.models import Cluster
-from mcp_server.engine.checks import MAX_QUEUED
 
 
 def gpu_info(slots: list[Cluster], measured: dict[str, dict[str, Any]], time_budget_s: float,

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from mcp_server.domain.ids import format_exp_id, format_wave_id, id_seq
 from mcp_server.domain.models import TERMINAL, Cluster, Decision, Experiment, Metrics, Status, Wave
 
 # --------------------------------------------------------------------------------------------
@@ -163,18 +164,6 @@ TSV_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description",
 
 class LedgerError(RuntimeError):
     """The ledger file cannot be used (written by a newer version, corrupt)."""
-
-
-def exp_seq(exp_id: str) -> int:
-    return int(exp_id[1:])
-
-
-def format_exp_id(n: int) -> str:
-    return f"e{n:04d}"
-
-
-def format_wave_id(n: int) -> str:
-    return f"w{n:04d}"
 
 
 _STATUS = {s.value: s for s in Status}
@@ -369,7 +358,7 @@ class Ledger:
         with self.tx() as c:
             if wave is not None:
                 c.execute("INSERT INTO waves(seq, id, description, kind, design, created_at) VALUES(?,?,?,?,?,?)",
-                          (int(wave.id[1:]), wave.id, wave.description, wave.kind,
+                          (id_seq(wave.id), wave.id, wave.description, wave.kind,
                            json.dumps(wave.design, sort_keys=True), wave.created_at or now))
             for e in experiments:
                 c.execute(
@@ -377,7 +366,7 @@ class Ledger:
                         parent_commit, commit_sha, code_hash, parent_code_hash, harness_hash,
                         overrides, seed, gpu_type, priority, status, attempts, created_at)
                         VALUES({','.join('?' * 18)})""",
-                    (exp_seq(e.id), e.id, e.description, kinds.get(e.id, "single"), e.wave_id,
+                    (id_seq(e.id), e.id, e.description, kinds.get(e.id, "single"), e.wave_id,
                      e.parent_id, e.parent_commit, e.commit, e.code_hash, e.parent_code_hash,
                      e.harness_hash, json.dumps(e.overrides, sort_keys=True), e.seed, e.gpu_type,
                      e.priority, Status.queued.value, 0, e.created_at or now))
@@ -728,5 +717,4 @@ class Ledger:
         return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 
-__all__ = ["Ledger", "LedgerError", "MIGRATIONS", "SCHEMA_VERSION", "TSV_COLUMNS", "format_exp_id",
-           "format_wave_id", "exp_seq", "TERMINAL"]
+__all__ = ["Ledger", "LedgerError", "MIGRATIONS", "SCHEMA_VERSION", "TSV_COLUMNS", "TERMINAL"]

@@ -28,18 +28,18 @@ import git
 from gitdb.base import IStream
 
 from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
+from mcp_server.domain.ids import TAG_RE
+from mcp_server.domain.limits import MAX_MESSAGE_CHARS, MAX_SOURCE_BYTES
+from mcp_server.domain.paths import STATE_DIR
 
 TRAIN = "train.py"
 HARNESS = "prepare.py"
-STATE_DIR = ".autoresearch"
 BRANCH_PREFIX = "autoresearch/"
 EXPERIMENT_REF_PREFIX = "refs/autoresearch/experiments/"
 TEMPLATE_BRANCH = "main"
-MAX_SOURCE_BYTES = 1_000_000
-MAX_MESSAGE_CHARS = 10_000
 DEFAULT_IDENTITY = ("autoresearch-fleet", "autoresearch-fleet@localhost")
 
-TAG_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
+TAG_PATTERN = TAG_RE
 EXPERIMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A revision: a hex sha, or a ref name, optionally followed by ~N / ^N. No spaces, no leading
 # dash (it would read as an option), no `..` ranges, no `@{...}` reflog syntax, no `:path`.

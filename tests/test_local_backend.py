@@ -268,7 +268,7 @@ SUBMIT_SCRIPT = textwrap.dedent("""\
     import sys
     from pathlib import Path
     from mcp_server.backends.base import JobSpec
-    from mcp_server.backends.local import LocalBackend
+    from mcp_server.backends.local.backend import LocalBackend
     run_dir, handle_file, hash_ = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     backend = LocalBackend(cpu_slots=1, nvidia_smi="/nonexistent/nvidia-smi", kill_grace_s=0.5)
     handle = backend.submit("local-cpu0", JobSpec("e0001", 1, run_dir, "cpu", 60.0, hash_, 7,

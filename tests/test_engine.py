@@ -117,10 +117,10 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
     tail, _ = eng.read_log(best.id, offset=-200, limit=200)
     assert text.endswith(tail)
     info = eng.gpu_info()
-    cpu = next(t for t in info["gpu_types"] if t["gpu_type"] == "CPU")
-    assert cpu["clusters"] == 2 and cpu["measured"]["runs"] == 5 and cpu["measured"]["mean_steps"] > 0
+    cpu = next(t for t in info.gpu_types if t.gpu_type == "CPU")
+    assert cpu.clusters == 2 and cpu.measured.runs == 5 and cpu.measured.mean_steps > 0
     budget = eng.budget_status()
-    assert budget["gpu_hours_spent"] > 0 and budget["experiments_live"] == 0 and budget["clusters_alive"] == 2
+    assert budget.gpu_hours_spent > 0 and budget.experiments_live == 0 and budget.clusters_alive == 2
     events = eng.events(best.id)
     assert [ev["kind"] for ev in events] == ["queued", "submitted", "started", "finished", "kept"]
     assert_no_strays(eng)

@@ -51,8 +51,8 @@ def test_queued_ahead_job_waits_then_starts_on_one_cpu_slot(tmp_path, cache, eng
     assert u["attempts_open"] == 2
     assert u["gpu_hours_in_flight"] * 3600.0 <= time.time() - start_a + 1e-3
     budget = eng.budget_status()
-    assert (budget["experiments_running"], budget["experiments_waiting_for_slot"]) == (1, 1)
-    assert budget["experiments_live"] == 2
+    assert (budget.experiments_running, budget.experiments_waiting_for_slot) == (1, 1)
+    assert budget.experiments_live == 2
     [slot] = eng.list_clusters()
     assert slot.running == [a.id] and slot.queued_ahead == [b.id]
 
@@ -64,7 +64,7 @@ def test_queued_ahead_job_waits_then_starts_on_one_cpu_slot(tmp_path, cache, eng
     assert eb.status == Status.running and eb.started_at is not None and eb.started_at >= sub_b
     assert eng.ledger.attempts(b.id)[0]["started_at"] == eb.started_at
     budget = eng.budget_status()
-    assert (budget["experiments_running"], budget["experiments_waiting_for_slot"]) == (1, 0)
+    assert (budget.experiments_running, budget.experiments_waiting_for_slot) == (1, 0)
     until(lambda: eng.list_clusters()[0].running == [b.id], "the slot to list b as running")
     assert eng.list_clusters()[0].queued_ahead == []
 

@@ -389,12 +389,12 @@ class Engine:
                 self.scheduler.cancel(victims, reason="cancelled: its cluster was torn down")
         self.scheduler.refresh_clusters()
 
-    def gpu_info(self) -> dict[str, Any]:
+    def gpu_info(self) -> reports.GpuInfo:
         """Per GPU type: slots, table figures (memory, peak bf16 TFLOP/s, bandwidth, $/h) and the
         throughput MEASURED by finished runs (steps and tokens within the budget)."""
         return reports.gpu_info(self.list_clusters(), self.cache.throughput(), self.time_budget_s, self.profile)
 
-    def budget_status(self) -> dict[str, Any]:
+    def budget_status(self) -> reports.BudgetStatus:
         """GPU-hours and estimated cost spent, the limits, clusters alive, experiments live."""
         notes = list(self.notes)
         if self.data.error:

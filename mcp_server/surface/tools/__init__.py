@@ -10,5 +10,6 @@ MODULES = (clusters, experiments, results, decisions)
 
 
 def register_all(server: MCPServer) -> None:
+    """Register every tool, each under its `Tool` name (tests/test_tool_names.py: all of them)."""
     for module in MODULES:
         module.register(server)

@@ -14,8 +14,10 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
+from mcp_server.domain import ids, limits
 from mcp_server.domain.errors import FleetError, LimitExceeded, NotFound
 from mcp_server.domain.models import Experiment
+from mcp_server.domain.tool_names import Tool
 
 if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.domain.config import FleetConfig
@@ -52,10 +54,7 @@ _HINTS: list[tuple[type[FleetError], str, str]] = [
     (FleetError, "no file", "Write the file into the workspace first (path relative to it), or omit source "
      "to run train.py."),
 ]
-_TOOL_NAME = re.compile(r"\b(" + "|".join((
-    "get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard", "budget_status",
-    "plot_progress", "provision_clusters", "teardown_clusters", "launch_experiment", "launch_wave", "promote",
-    "wait_for_experiments", "cancel_experiments", "keep_experiment", "discard_experiment")) + r")\b")
+_TOOL_NAME = re.compile(r"\b(" + "|".join(t.value for t in Tool) + r")\b")
 
 
 def to_tool_error(exc: FleetError) -> ToolError:
@@ -119,16 +118,17 @@ def tool_errors(fn: F) -> F:
 # Constraint-only types, then the parameter types with their description at the top level (so an
 # optional parameter's description is not buried inside an anyOf arm).
 
-ExperimentIdStr = Annotated[str, Field(pattern=r"^e\d{4,9}$", max_length=10)]
-WaveIdStr = Annotated[str, Field(pattern=r"^w\d{4,9}$", max_length=10)]
-GpuTypeStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", max_length=32)]
-BaseRefStr = Annotated[str, Field(pattern=r"^(e\d{4,9}|[0-9a-fA-F]{7,40})$", max_length=40)]
-ClusterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", max_length=63)]
+ExperimentIdStr = Annotated[str, Field(pattern=ids.EXPERIMENT_ID, max_length=ids.ID_MAX_CHARS)]
+WaveIdStr = Annotated[str, Field(pattern=ids.WAVE_ID, max_length=ids.ID_MAX_CHARS)]
+GpuTypeStr = Annotated[str, Field(pattern=ids.GPU_TYPE, max_length=ids.GPU_TYPE_MAX_CHARS)]
+BaseRefStr = Annotated[str, Field(pattern=ids.BASE_REF, max_length=ids.BASE_REF_MAX_CHARS)]
+ClusterName = Annotated[str, Field(pattern=ids.CLUSTER_NAME, max_length=ids.CLUSTER_NAME_MAX_CHARS)]
 OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
-Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1000)]
+Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=limits.MAX_VALUE_REPR)]
           | None)
 # Lists and dicts nest (the engine checks depth and size); the schema stays readable.
-OverrideValue = Scalar | Annotated[list[Any], Field(max_length=64)] | Annotated[dict[str, Any], Field(max_length=64)]
+OverrideValue = (Scalar | Annotated[list[Any], Field(max_length=limits.MAX_VALUE_ITEMS)]
+                 | Annotated[dict[str, Any], Field(max_length=limits.MAX_VALUE_ITEMS)])
 
 GPU_DESC = ("GPU type / tier, e.g. 'H100', 'H200', 'A10G', or 'CPU' for local CPU slots; "
             "get_gpu_info lists the types in the fleet.")
@@ -145,12 +145,12 @@ OptBaseRef = Annotated[
 ]
 Description = Annotated[
     str,
-    Field(min_length=1, max_length=200,
+    Field(min_length=1, max_length=limits.MAX_DESCRIPTION,
           description="One line saying what this changes and why, e.g. 'MATRIX_LR 0.04 -> 0.06: faster early descent'."),
 ]
 OptOverrides = Annotated[
     dict[OverrideName, OverrideValue] | None,
-    Field(max_length=32,
+    Field(max_length=limits.MAX_OVERRIDES,
           description="Module-level UPPER_CASE constants of train.py to set for this run, as Python literals "
           "written through the AST, e.g. {\"MATRIX_LR\": 0.05, \"DEPTH\": 6}. Names must exist in train.py."),
 ]

@@ -8,6 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from mcp_server.domain.tool_names import Tool
 from mcp_server.surface.tools.common import ExperimentBrief, ExperimentId, engine, fleet, tool_errors
 
 
@@ -46,9 +47,9 @@ def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionRes
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(keep_experiment, title="Keep an experiment (move the branch)",
+    server.add_tool(keep_experiment, name=Tool.KEEP_EXPERIMENT, title="Keep an experiment (move the branch)",
                     annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                                 idempotent_hint=True, open_world_hint=False))
-    server.add_tool(discard_experiment, title="Discard an experiment",
+    server.add_tool(discard_experiment, name=Tool.DISCARD_EXPERIMENT, title="Discard an experiment",
                     annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                                 idempotent_hint=True, open_world_hint=False))

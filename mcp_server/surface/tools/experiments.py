@@ -16,7 +16,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from mcp_server.domain import limits
 from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.facade import Verdict
 from mcp_server.surface.tools.common import (
     Description,
@@ -38,11 +40,11 @@ from mcp_server.surface.tools.common import (
 
 log = logging.getLogger("autoresearch_fleet.tools")
 
-MAX_LISTED = 64      # experiments listed in a launch/cancel result
-MAX_WAIT_ROWS = 30   # finished experiments (with verdicts) listed in a wait result
+MAX_LISTED = limits.TOOL_LISTED
+MAX_WAIT_ROWS = limits.TOOL_WAIT_ROWS
 
 Replicates = Annotated[
-    int, Field(ge=1, le=16, description="Runs of the same code with different seeds; 3+ measures the noise floor.")
+    int, Field(ge=1, le=limits.MAX_REPLICATES, description="Runs of the same code with different seeds; 3+ measures the noise floor.")
 ]
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -124,15 +126,15 @@ def launch_experiment(
     ctx: Context,
     description: Description,
     overrides: OptOverrides = None,
-    source: Annotated[str | None, Field(max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$",
+    source: Annotated[str | None, Field(max_length=limits.MAX_SOURCE_PATH, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$",
                                         description="A .py file in the workspace to run instead of train.py "
                                         "(relative path), e.g. a variant you wrote to 'variants/rope.py'.")] = None,
     base: OptBaseRef = None,
     gpu_type: OptGpuType = None,
     replicates: Replicates = 1,
-    seed: Annotated[int | None, Field(ge=0, le=2**31 - 17, description="Seed of the first replicate; the others "
+    seed: Annotated[int | None, Field(ge=0, le=limits.MAX_FIRST_SEED, description="Seed of the first replicate; the others "
                                       "use seed+1, seed+2, ... (default 42).")] = None,
-    priority: Annotated[int, Field(ge=-100, le=100, description="Higher runs first among queued experiments.")] = 0,
+    priority: Annotated[int, Field(ge=limits.USER_PRIORITY[0], le=limits.USER_PRIORITY[1], description="Higher runs first among queued experiments.")] = 0,
 ) -> LaunchResult:
     """Snapshot the current train.py (with optional constant overrides) and queue it to run for the
     fixed time budget. Use it for a baseline (replicates=3), a single hand-written change, or a
@@ -156,8 +158,8 @@ def launch_wave(
     ctx: Context,
     description: Description,
     axes: Annotated[
-        dict[OverrideName, Annotated[list[Scalar], Field(min_length=1, max_length=8)]],
-        Field(min_length=1, max_length=4,
+        dict[OverrideName, Annotated[list[Scalar], Field(min_length=1, max_length=limits.MAX_LEVELS)]],
+        Field(min_length=1, max_length=limits.MAX_AXES,
               description="Factorial design: constant name -> levels, e.g. {\"MATRIX_LR\": [0.03, 0.06], "
               "\"DEPTH\": [6, 8]} runs every combination (here 4 cells). 1-4 axes, 1-8 levels each."),
     ],
@@ -178,7 +180,7 @@ def launch_wave(
 @tool_errors
 def promote(
     ctx: Context,
-    experiment_ids: Annotated[list[ExperimentIdStr], Field(min_length=1, max_length=8,
+    experiment_ids: Annotated[list[ExperimentIdStr], Field(min_length=1, max_length=limits.MAX_PROMOTE,
                                                        description="The best few from a screening wave (2-3).")],
     gpu_type: GpuType,
     replicates: Replicates = 3,
@@ -194,11 +196,11 @@ def promote(
 @tool_errors
 async def wait_for_experiments(
     ctx: Context,
-    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=256, description="Experiments to wait for.")] = None,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to wait for.")] = None,
     wave_id: OptWaveId = None,
     until: Annotated[Literal["all", "first"], Field(description="'all': return when every one is finished; "
                                                     "'first': as soon as one more finishes.")] = "all",
-    timeout_s: Annotated[float, Field(ge=1, le=3600, description="Return after this many seconds even if some are still running.")] = 600,
+    timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S, description="Return after this many seconds even if some are still running.")] = 600,
 ) -> WaitResult:
     """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
     passes; reports progress as each finishes. Returns their results and verdicts (delta vs the
@@ -252,7 +254,7 @@ def _clip_note(v: Verdict) -> Verdict:
 @tool_errors
 def cancel_experiments(
     ctx: Context,
-    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=256, description="Experiments to cancel.")] = None,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to cancel.")] = None,
     wave_id: Annotated[WaveIdStr | None, Field(description="Cancel every live experiment of this wave.")] = None,
 ) -> CancelResult:
     """Stop queued or running experiments (they end as 'cancelled', logs kept). Use it to free
@@ -283,13 +285,13 @@ ACT = dict(read_only_hint=False, open_world_hint=False)
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(launch_experiment, title="Launch an experiment",
+    server.add_tool(launch_experiment, name=Tool.LAUNCH_EXPERIMENT, title="Launch an experiment",
                     annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
-    server.add_tool(launch_wave, title="Launch a factorial wave",
+    server.add_tool(launch_wave, name=Tool.LAUNCH_WAVE, title="Launch a factorial wave",
                     annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
-    server.add_tool(promote, title="Promote to another GPU tier",
+    server.add_tool(promote, name=Tool.PROMOTE, title="Promote to another GPU tier",
                     annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, **ACT))
-    server.add_tool(wait_for_experiments, title="Wait for experiments",
+    server.add_tool(wait_for_experiments, name=Tool.WAIT_FOR_EXPERIMENTS, title="Wait for experiments",
                     annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False))
-    server.add_tool(cancel_experiments, title="Cancel experiments",
+    server.add_tool(cancel_experiments, name=Tool.CANCEL_EXPERIMENTS, title="Cancel experiments",
                     annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, **ACT))

@@ -8,8 +8,9 @@ from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.types import TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server.domain import plot
+from mcp_server.domain import limits, plot
 from mcp_server.domain.models import Experiment, Status
+from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.facade import Leaderboard, Verdict
 from mcp_server.surface.tools.common import (
     ExperimentBrief,
@@ -22,9 +23,9 @@ from mcp_server.surface.tools.common import (
     tool_errors,
 )
 
-LOG_PAGE_MAX = 16000
-PLOT_PAGE = 500
-ROW_IDS = 5
+LOG_PAGE_MAX = limits.TOOL_LOG_PAGE_MAX
+PLOT_PAGE = limits.TOOL_PLOT_PAGE
+ROW_IDS = limits.TOOL_ROW_IDS
 
 # -- outputs -----------------------------------------------------------------------------------
 
@@ -100,8 +101,8 @@ def fetch_results(
                               "cancelled", "lost"] | None,
                       Field(description="Only experiments with this status.")] = None,
     wave_id: Annotated[WaveIdStr | None, Field(description="Only this wave's experiments.")] = None,
-    offset: Annotated[int, Field(ge=0, le=10**7, description="Skip this many (pagination).")] = 0,
-    limit: Annotated[int, Field(ge=1, le=50, description="Page size.")] = 20,
+    offset: Annotated[int, Field(ge=0, le=limits.MAX_LIST_OFFSET, description="Skip this many (pagination).")] = 0,
+    limit: Annotated[int, Field(ge=1, le=limits.TOOL_PAGE_MAX, description="Page size.")] = 20,
 ) -> ResultsPage:
     """Experiments in launch order, one page at a time, optionally filtered by status or wave: id,
     description, status, GPU type, val_bpb, steps, decision. Use it to review history or find ids;
@@ -121,7 +122,7 @@ def fetch_results(
 def leaderboard(
     ctx: Context,
     gpu_type: Annotated[GpuTypeStr | None, Field(description="Only this GPU type (default: every type, separately).")] = None,
-    limit: Annotated[int, Field(ge=1, le=25, description="Rows per GPU type.")] = 10,
+    limit: Annotated[int, Field(ge=1, le=limits.TOOL_LEADERBOARD_ROWS, description="Rows per GPU type.")] = 10,
 ) -> LeaderboardResult:
     """Finished experiments ranked by val_bpb SEPARATELY per GPU type (never across types), with
     replicates averaged, delta vs the reference, verdict against the noise floor, and your
@@ -164,7 +165,7 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(get_experiment, title="Get one experiment and its log", annotations=READ_ONLY)
-    server.add_tool(fetch_results, title="Fetch results (paginated)", annotations=READ_ONLY)
-    server.add_tool(leaderboard, title="Leaderboard per GPU type", annotations=READ_ONLY)
-    server.add_tool(plot_progress, title="Plot progress", annotations=READ_ONLY)
+    server.add_tool(get_experiment, name=Tool.GET_EXPERIMENT, title="Get one experiment and its log", annotations=READ_ONLY)
+    server.add_tool(fetch_results, name=Tool.FETCH_RESULTS, title="Fetch results (paginated)", annotations=READ_ONLY)
+    server.add_tool(leaderboard, name=Tool.LEADERBOARD, title="Leaderboard per GPU type", annotations=READ_ONLY)
+    server.add_tool(plot_progress, name=Tool.PLOT_PROGRESS, title="Plot progress", annotations=READ_ONLY)

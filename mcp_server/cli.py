@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import FleetError
+from mcp_server.domain.tool_names import Tool
 
 DEFAULT_HTTP_PORT = 8765
 
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="summary of a workspace's session: experiments, best per GPU type")
     _session_args(status)
-    report = sub.add_parser("report", help="write results.tsv and progress.png, print the leaderboard")
+    report = sub.add_parser("report", help=f"write results.tsv and progress.png, print the {Tool.LEADERBOARD}")
     _session_args(report)
     return parser
 

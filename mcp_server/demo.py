@@ -21,6 +21,8 @@ from typing import Any
 
 import anyio
 
+from mcp_server.domain.tool_names import Tool
+
 # Two knobs of train_template/train.py (module-level constants) and two levels each.
 DEMO_AXES: dict[str, list[Any]] = {"MATRIX_LR": [0.02, 0.08], "DEPTH": [4, 8]}
 DEFAULT_TIME_BUDGET = 8.0
@@ -67,7 +69,7 @@ class Session:
         async def progress(done: float, total: float | None, message: str | None) -> None:
             _say(f"{self.elapsed()}   {label}: {int(done)}/{int(total or 0)}  {message or ''}")
 
-        out = await self.call("wait_for_experiments", {"timeout_s": WAIT_TIMEOUT, **args},
+        out = await self.call(f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": WAIT_TIMEOUT, **args},
                               progress_callback=progress, read_timeout_seconds=WAIT_TIMEOUT + 60)
         if out["still_running"]:
             raise DemoFailed(f"{label}: still running after {WAIT_TIMEOUT}s: {out['still_running']}")
@@ -88,21 +90,21 @@ def _print_verdicts(out: dict[str, Any]) -> None:
 
 async def run_session(session: Session, slots: int) -> dict[str, Any]:
     s = session
-    info = await s.call("get_gpu_info")
-    clusters = await s.call("list_clusters")
+    info = await s.call(f"{Tool.GET_GPU_INFO}")
+    clusters = await s.call(f"{Tool.LIST_CLUSTERS}")
     _say(f"{s.elapsed()} fleet: {clusters['total']} slots: "
          + ", ".join(f"{c['name']} ({c['gpu_type']})" for c in clusters["clusters"]))
     gpu = info["gpu_types"][0]["gpu_type"] if info["gpu_types"] else "CPU"
 
     _say(f"\n{s.elapsed()} 1. baseline x3 replicates (noise floor)")
-    base = await s.call("launch_experiment", {"description": "baseline", "replicates": 3})
+    base = await s.call(f"{Tool.LAUNCH_EXPERIMENT}", {"description": "baseline", "replicates": 3})
     base_ids = [e["id"] for e in base["experiments"]]
     _say(f"{s.elapsed()}    launched {base_ids}")
     out = await s.wait("baseline", experiment_ids=base_ids)
     _print_verdicts(out)
 
     _say(f"\n{s.elapsed()} 2. factorial wave 2x2 + control: {DEMO_AXES}")
-    wave = await s.call("launch_wave", {"description": "lr x depth screen", "axes": DEMO_AXES,
+    wave = await s.call(f"{Tool.LAUNCH_WAVE}", {"description": "lr x depth screen", "axes": DEMO_AXES,
                                         "include_control": True})
     _say(f"{s.elapsed()}    wave {wave['wave_id']}: " + ", ".join(
         f"{e['id']} {e['overrides'] or 'control'}" for e in wave["experiments"]))
@@ -113,10 +115,10 @@ async def run_session(session: Session, slots: int) -> dict[str, Any]:
     cells.sort(key=lambda v: v["val_bpb"])
     best2 = [v["experiment_id"] for v in cells[:2]]
     if not best2:
-        raise DemoFailed("no wave cell finished with a val_bpb; see get_experiment for the logs")
+        raise DemoFailed(f"no wave cell finished with a val_bpb; see {Tool.GET_EXPERIMENT} for the logs")
 
-    _say(f"\n{s.elapsed()} 3. promote the best 2 {best2} with 2 replicates each on {gpu}")
-    promo = await s.call("promote", {"experiment_ids": best2, "gpu_type": gpu, "replicates": 2})
+    _say(f"\n{s.elapsed()} 3. {Tool.PROMOTE} the best 2 {best2} with 2 replicates each on {gpu}")
+    promo = await s.call(f"{Tool.PROMOTE}", {"experiment_ids": best2, "gpu_type": gpu, "replicates": 2})
     out = await s.wait(f"promotion {promo['wave_id']}", wave_id=promo["wave_id"])
     _print_verdicts(out)
 
@@ -125,7 +127,7 @@ async def run_session(session: Session, slots: int) -> dict[str, Any]:
     kept = None
     if improvements:
         winner = min(improvements, key=lambda v: v.get("mean_val_bpb") or v.get("val_bpb") or 1e9)
-        res = await s.call("keep_experiment", {"experiment_id": winner["experiment_id"]})
+        res = await s.call(f"{Tool.KEEP_EXPERIMENT}", {"experiment_id": winner["experiment_id"]})
         kept = winner["experiment_id"]
         _say(f"{s.elapsed()}    kept {kept}: branch {res['branch']} -> {str(res['commit'])[:10]} "
              f"(delta {_fmt(winner.get('delta'), '+.5f')} beyond the noise floor {_fmt(winner.get('noise'))})")
@@ -134,10 +136,10 @@ async def run_session(session: Session, slots: int) -> dict[str, Any]:
         _say(f"{s.elapsed()}    no promoted variant beat the baseline beyond the noise "
              f"(best {best['experiment_id']}: {best['verdict']}); keeping nothing, the branch stays where it was.")
 
-    board = await s.call("leaderboard", {"limit": 10})
-    plot = await s.call("plot_progress")
+    board = await s.call(f"{Tool.LEADERBOARD}", {"limit": 10})
+    plot = await s.call(f"{Tool.PLOT_PROGRESS}")
     plot_text = next((c.text for c in plot.content if getattr(c, "type", "") == "text"), "")
-    return {"board": board["leaderboard"], "kept": kept, "plot": plot_text}
+    return {"board": board[f"{Tool.LEADERBOARD}"], "kept": kept, "plot": plot_text}
 
 
 async def _amain(workspace: Path, time_budget: float, slots: int) -> int:

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 from mcp_server.domain.errors import InvalidInput
 from mcp_server.domain.limits import MAX_IDS_PER_ROW, MAX_LEADERBOARD_ROWS
 from mcp_server.domain.models import LIVE, Decision, Experiment, Status
+from mcp_server.domain.tool_names import Tool
 
 UNKNOWN_GPU = "unknown"
 SIGMAS = 2.0            # width of the "within noise" band, in standard errors of the difference
@@ -391,12 +392,12 @@ class Index:
                 note = (
                     f"Its parent code has no finished run on {gpu}; it has on: {', '.join(elsewhere)}. Results on "
                     f"different GPU types are not comparable (a faster GPU fits more steps in the same time budget), "
-                    f"so no verdict: run the parent on {gpu} too (launch it as a control, or promote it)."
+                    f"so no verdict: run the parent on {gpu} too (launch it as a control, or {Tool.PROMOTE} it)."
                 )
             else:
                 note = (
                     "Its parent code has no finished run on any GPU type: launch the unmodified parent as a control "
-                    "(launch_wave include_control=true, or launch_experiment with no changes)."
+                    f"({Tool.LAUNCH_WAVE} include_control=true, or {Tool.LAUNCH_EXPERIMENT} with no changes)."
                 )
             return Verdict(**base, verdict="no_reference", note=note)
 
@@ -411,7 +412,7 @@ class Index:
         elif base["noise"] == 0.0:
             notes.append(f"Replicates on {gpu} were identical (noise 0): the seed may not change anything on this GPU type.")
         if label == "improvement" and n_t == 1 and t.code_hash != t.parent_code_hash:
-            notes.append("Single seed: confirm with replicates (or promote) before keeping.")
+            notes.append(f"Single seed: confirm with replicates (or {Tool.PROMOTE}) before keeping.")
         assert ref.first is not None
         return Verdict(
             **base, verdict=label, delta=delta, threshold=threshold,
@@ -447,7 +448,7 @@ class Index:
             if len(all_types) > 1:
                 notes.append(
                     f"{' and '.join(all_types)} results are ranked separately and are not comparable: the time budget "
-                    "is fixed, so a faster GPU fits more steps. Compare within one type; promote to a type to compare there."
+                    f"is fixed, so a faster GPU fits more steps. Compare within one type; {Tool.PROMOTE} to a type to compare there."
                 )
 
         table: dict[str, list[LeaderboardRow]] = {}

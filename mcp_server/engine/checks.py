@@ -23,6 +23,7 @@ from mcp_server.domain.limits import (
     MAX_QUEUED,
 )
 from mcp_server.domain.models import Experiment, Wave
+from mcp_server.domain.tool_names import Tool
 from mcp_server.scheduling.scheduler import Scheduler
 from mcp_server.store.ledger import Ledger
 
@@ -76,7 +77,7 @@ def check_overrides(overrides: Any) -> dict[str, Any]:
 def check_exp_id(exp_id: Any, what: str = "experiment_id") -> str:
     if not isinstance(exp_id, str) or not EXP_ID.match(exp_id):
         raise InvalidInput(f"{what} must be an experiment id like 'e0042', got {short(exp_id)}. "
-                           "Call fetch_results to list experiments.")
+                           f"Call {Tool.FETCH_RESULTS} to list experiments.")
     return exp_id
 
 
@@ -96,7 +97,7 @@ class Checks:
         if exp is None:
             last = self.ledger.max_experiment_seq()
             span = f"ids run from e0001 to {format_exp_id(last)}" if last else "no experiment has been launched yet"
-            raise NotFound(f"No experiment {exp_id} ({span}). Call fetch_results to list experiments.")
+            raise NotFound(f"No experiment {exp_id} ({span}). Call {Tool.FETCH_RESULTS} to list experiments.")
         return exp
 
     def experiment_ids(self, ids: Any, what: str = "experiment_ids", max_n: int = MAX_IDS) -> list[str]:
@@ -110,7 +111,7 @@ class Checks:
         missing = [i for i in out if i not in known]
         if missing:
             raise NotFound(f"Unknown experiment id{'s' if len(missing) > 1 else ''}: {', '.join(missing[:20])}. "
-                           "Nothing was changed. Call fetch_results to list experiments.")
+                           f"Nothing was changed. Call {Tool.FETCH_RESULTS} to list experiments.")
         return out
 
     def wave(self, wave_id: Any) -> Wave:
@@ -148,7 +149,7 @@ class Checks:
         name = known.name if known else gpu_type.strip()
         match = {t.lower(): t for t in available}.get(name.lower())
         if match is None:
-            hint = ("provision_clusters(count, gpu_type=...) to add some"
+            hint = (f"{Tool.PROVISION_CLUSTERS}(count, gpu_type=...) to add some"
                     if self.backend_name != "local" else "the local backend's slots are fixed (config slot_labels)")
             raise InvalidInput(f"No slot of GPU type {gpu_type!r}. Available: {self.describe_types()}. "
                                f"Omit gpu_type to run on any slot, or use {hint}.")
@@ -161,7 +162,7 @@ class Checks:
         if live + n > MAX_QUEUED:
             raise LimitExceeded(
                 f"{live} experiments are queued or running and this launch adds {n}; the server allows at most "
-                f"{MAX_QUEUED} live at once. Wait for some (wait_for_experiments) or cancel_experiments, then launch again.")
+                f"{MAX_QUEUED} live at once. Wait for some ({Tool.WAIT_FOR_EXPERIMENTS}) or {Tool.CANCEL_EXPERIMENTS}, then launch again.")
         budget = self.config.gpu_hour_budget
         if budget is not None:
             usage = self.ledger.usage()
@@ -170,4 +171,4 @@ class Checks:
                 raise LimitExceeded(
                     f"GPU-hour budget spent: {spent:.3f} of {budget:.3f} GPU-hours used (limit gpu_hour_budget). "
                     f"No new launches; this launch asked for {n} experiment{'s' if n != 1 else ''}. "
-                    "Call budget_status for details; raise the limit in the server config to continue.")
+                    f"Call {Tool.BUDGET_STATUS} for details; raise the limit in the server config to continue.")

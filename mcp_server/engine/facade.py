@@ -57,6 +57,7 @@ from mcp_server.domain.limits import (
 )
 from mcp_server.domain.models import LIVE, TERMINAL, Cluster, Decision, Experiment, Status, Wave
 from mcp_server.domain.profiles import budgets_from_harness
+from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import reports
 from mcp_server.engine.checks import Checks, check_bool, check_int, short
 from mcp_server.engine.data_prep import DataPreparation
@@ -345,7 +346,7 @@ class Engine:
         if len(alive) + count > self.config.max_clusters:
             raise LimitExceeded(
                 f"{len(alive)} clusters are up and {count} more were asked for; the limit is max_clusters="
-                f"{self.config.max_clusters}. Tear some down (teardown_clusters) or ask for at most "
+                f"{self.config.max_clusters}. Tear some down ({Tool.TEARDOWN_CLUSTERS}) or ask for at most "
                 f"{max(0, self.config.max_clusters - len(alive))}.")
         new = self.backend.provision(count, gpu_type)
         self.ledger.upsert_clusters(new)
@@ -362,7 +363,7 @@ class Engine:
         if names is not None:
             if not isinstance(names, (list, tuple)) or not names or len(names) > 1000:
                 raise InvalidInput("names must be a non-empty list of cluster names (or omitted for all). "
-                                   "Call list_clusters to see them.")
+                                   f"Call {Tool.LIST_CLUSTERS} to see them.")
             bad = [n for n in names if not isinstance(n, str) or n not in current]
             if bad:
                 raise NotFound(f"Unknown cluster{'s' if len(bad) > 1 else ''}: {', '.join(short(b, 40) for b in bad[:10])}. "
@@ -464,7 +465,7 @@ class Engine:
         Returns the finished experiments with their verdicts and the ids still live."""
         if until not in ("all", "first"):
             raise InvalidInput(f"until must be 'all' or 'first', got {short(until)}.")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s)\
                 or not 0 <= timeout_s <= MAX_WAIT_S:
             raise InvalidInput(f"timeout_s must be a number of seconds from 0 to {MAX_WAIT_S:g}, got {short(timeout_s)}.")
         if on_progress is not None and not callable(on_progress):
@@ -555,7 +556,7 @@ class Engine:
         if exp.status != Status.done:
             why = f" ({(exp.error or '').splitlines()[0][:200]})" if exp.error else ""
             raise Conflict(f"{exp.id} is {exp.status.value}{why}: only done experiments can be kept. "
-                           "Keep a done one (see leaderboard), or fix the code and launch again.")
+                           f"Keep a done one (see {Tool.LEADERBOARD}), or fix the code and launch again.")
         with self._launch_lock:
             result = self.workspace.keep(exp.commit, force=force)
             detail = f"branch {result.get('branch')} -> {str(result.get('commit'))[:12]}"
@@ -579,8 +580,8 @@ class Engine:
                 raise Conflict(
                     f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
                     f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, keep "
-                    "another experiment: keep_experiment(experiment_id='<id>'); when that one does not descend "
-                    "from this commit, keep_experiment(experiment_id='<id>', force=true) resets the branch to it.")
+                    f"another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one does not descend "
+                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch to it.")
         self.ledger.set_decision(exp.id, Decision.discard)
         self._on_change([exp.id])
         return self.checks.experiment(exp.id)

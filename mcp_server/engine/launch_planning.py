@@ -28,6 +28,7 @@ from mcp_server.domain.limits import (
     USER_PRIORITY,
 )
 from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.checks import Checks, check_bool, check_description, check_int, check_overrides, short
 from mcp_server.store.ledger import Ledger
 from mcp_server.store.workspace import EXPERIMENT_REF_PREFIX, Workspace
@@ -193,7 +194,7 @@ class Launcher:
                 src = self.workspace.file_at(e.commit, "train.py")
                 base = Base(src, e.parent_commit or e.commit, e.id, e.id)
                 for s in seeds:
-                    planned.append(Planned(f"promote {e.id} to {gpu}: {e.description}"[:MAX_DESCRIPTION] +
+                    planned.append(Planned(f"{Tool.PROMOTE} {e.id} to {gpu}: {e.description}"[:MAX_DESCRIPTION] +
                                            (f" [seed {s}]" if n > 1 else ""), src, dict(e.overrides), s, base,
                                            e.parent_code_hash, "promotion", PROMOTION_PRIORITY, gpu,
                                            parent_id=e.id, code_hash=e.code_hash or self.workspace.blob_sha(src)))
@@ -222,7 +223,7 @@ class Launcher:
                 controls.append({"parent_code_hash": pch, "of": e.id, "runs": n - have})
             design = {"experiments": ids, "gpu_type": gpu, "replicates": n, "seeds": seeds, "controls": controls,
                       "notes": notes}
-            desc = f"promote {', '.join(ids)} to {gpu} x{n}"[:MAX_DESCRIPTION]
+            desc = f"{Tool.PROMOTE} {', '.join(ids)} to {gpu} x{n}"[:MAX_DESCRIPTION]
             _, wave = self.write(planned, {"description": desc, "kind": "promotion", "design": design})
         assert wave is not None
         return wave

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mcp_server.domain.ids import format_exp_id, format_wave_id, id_seq
+from mcp_server.domain.ids import id_seq
 from mcp_server.domain.models import TERMINAL, Cluster, Decision, Experiment, Metrics, Status, Wave
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import FleetError
+from mcp_server.domain.tool_names import Tool
 from mcp_server.surface.tools import register_all
 from mcp_server.surface.tools.common import FleetContext
 
@@ -24,14 +25,14 @@ log = logging.getLogger("autoresearch_fleet.server")
 
 SERVER_NAME = "autoresearch"
 
-INSTRUCTIONS = """\
+INSTRUCTIONS = f"""\
 Parallel ML research fleet. You edit the workspace's train.py; the server runs variants of it for a
 fixed wall-clock budget on many clusters at once and records every val_bpb (lower is better) in a
-ledger. Typical loop: get_gpu_info / list_clusters (provision_clusters if none) -> baseline with
-launch_experiment(replicates=3) -> launch_wave (factorial: 2-3 knobs x 2-4 levels) ->
-wait_for_experiments (blocks, returns verdicts vs the noise floor) -> keep_experiment the real
-improvement, discard_experiment the rest -> promote the top 2-3 to the fast GPU tier with replicates.
-Results are comparable only within one GPU type. teardown_clusters when done."""
+ledger. Typical loop: {Tool.GET_GPU_INFO} / {Tool.LIST_CLUSTERS} ({Tool.PROVISION_CLUSTERS} if none) -> baseline with
+{Tool.LAUNCH_EXPERIMENT}(replicates=3) -> {Tool.LAUNCH_WAVE} (factorial: 2-3 knobs x 2-4 levels) ->
+{Tool.WAIT_FOR_EXPERIMENTS} (blocks, returns verdicts vs the noise floor) -> {Tool.KEEP_EXPERIMENT} the real
+improvement, {Tool.DISCARD_EXPERIMENT} the rest -> {Tool.PROMOTE} the top 2-3 to the fast GPU tier with replicates.
+Results are comparable only within one GPU type. {Tool.TEARDOWN_CLUSTERS} when done."""
 
 
 def _describe_validation(tool: str, exc: ValidationError, schema: dict[str, Any] | None) -> str:

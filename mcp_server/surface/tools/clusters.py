@@ -57,10 +57,10 @@ def list_clusters(ctx: Context) -> ClusterList:
     busy = sum(1 for c in clusters if c.running)
     ahead = sum(len(c.queued_ahead) for c in clusters)
     if not clusters:
-        hint = "No clusters: call provision_clusters(count=N, gpu_type=...) before launching experiments."
+        hint = f"No clusters: call {Tool.PROVISION_CLUSTERS}(count=N, gpu_type=...) before launching experiments."
     else:
         hint = (f"{busy} of {len(clusters)} busy" + (f", {ahead} more queued ahead behind them" if ahead else "")
-                + ". Launch with launch_wave / launch_experiment; queued experiments start as clusters free up.")
+                + f". Launch with {Tool.LAUNCH_WAVE} / {Tool.LAUNCH_EXPERIMENT}; queued experiments start as clusters free up.")
     return ClusterList(clusters=clusters, total=len(clusters), next_step=hint)
 
 
@@ -86,14 +86,14 @@ def provision_clusters(
     total = len(eng.list_clusters())
     return ProvisionResult(
         provisioned=new, clusters_total=total,
-        next_step="Launch a baseline with replicates: launch_experiment(description='baseline', replicates=3).",
+        next_step=f"Launch a baseline with replicates: {Tool.LAUNCH_EXPERIMENT}(description='baseline', replicates=3).",
     )
 
 
 @tool_errors
 def teardown_clusters(
     ctx: Context,
-    names: Annotated[list[ClusterName] | None, Field(max_length=limits.MAX_TEARDOWN_NAMES, description="Clusters to remove (list_clusters shows names).")] = None,
+    names: Annotated[list[ClusterName] | None, Field(max_length=limits.MAX_TEARDOWN_NAMES, description=f"Clusters to remove ({Tool.LIST_CLUSTERS} shows names).")] = None,
     all_clusters: Annotated[bool, Field(description="Set true (and leave names out) to remove every cluster of this session.")] = False,
 ) -> TeardownResult:
     """Stop and delete clusters. Experiments running on them are cancelled (they end as 'cancelled',
@@ -101,7 +101,7 @@ def teardown_clusters(
     name the clusters, or pass all_clusters=true to remove them all."""
     if bool(names) == bool(all_clusters):
         raise ToolError(
-            "teardown_clusters needs exactly one of: names=['<cluster>', ...] (see list_clusters) or "
+            f"{Tool.TEARDOWN_CLUSTERS} needs exactly one of: names=['<cluster>', ...] (see {Tool.LIST_CLUSTERS}) or "
             "all_clusters=true. Nothing was removed."
         )
     eng = engine(ctx)
@@ -109,8 +109,8 @@ def teardown_clusters(
     left = len(eng.list_clusters())
     return TeardownResult(
         removed=removed, clusters_left=left,
-        next_step=("All clusters are gone; provision_clusters brings new ones up." if left == 0
-                   else f"{left} clusters remain (list_clusters)."),
+        next_step=(f"All clusters are gone; {Tool.PROVISION_CLUSTERS} brings new ones up." if left == 0
+                   else f"{left} clusters remain ({Tool.LIST_CLUSTERS})."),
     )
 
 

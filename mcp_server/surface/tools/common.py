@@ -47,10 +47,10 @@ def engine(ctx: Context) -> "Engine":
 # (error kind, word in the text, the hint): the first match is appended when the engine's text
 # names no tool call yet (its texts usually do).
 _HINTS: list[tuple[type[FleetError], str, str]] = [
-    (NotFound, "cluster", "Call list_clusters to see the cluster names."),
-    (NotFound, "wave", "Call fetch_results to see the experiments and their wave ids."),
-    (NotFound, "experiment", "Call fetch_results to see the experiment ids."),
-    (LimitExceeded, "", "Call budget_status to see the limits and what is in use."),
+    (NotFound, "cluster", f"Call {Tool.LIST_CLUSTERS} to see the cluster names."),
+    (NotFound, "wave", f"Call {Tool.FETCH_RESULTS} to see the experiments and their wave ids."),
+    (NotFound, "experiment", f"Call {Tool.FETCH_RESULTS} to see the experiment ids."),
+    (LimitExceeded, "", f"Call {Tool.BUDGET_STATUS} to see the limits and what is in use."),
     (FleetError, "no file", "Write the file into the workspace first (path relative to it), or omit source "
      "to run train.py."),
 ]
@@ -73,7 +73,7 @@ def _unexpected(tool: str, exc: Exception) -> ToolError:
     detail = f"{type(exc).__name__}: {exc}"[:300]
     return ToolError(
         f"{tool} failed inside the server ({detail}). Nothing was decided on your behalf; "
-        "the traceback is in the server's stderr log. Call list_clusters or fetch_results to check "
+        f"the traceback is in the server's stderr log. Call {Tool.LIST_CLUSTERS} or {Tool.FETCH_RESULTS} to check "
         "the state, then retry once."
     )
 
@@ -131,7 +131,7 @@ OverrideValue = (Scalar | Annotated[list[Any], Field(max_length=limits.MAX_VALUE
                  | Annotated[dict[str, Any], Field(max_length=limits.MAX_VALUE_ITEMS)])
 
 GPU_DESC = ("GPU type / tier, e.g. 'H100', 'H200', 'A10G', or 'CPU' for local CPU slots; "
-            "get_gpu_info lists the types in the fleet.")
+            f"{Tool.GET_GPU_INFO} lists the types in the fleet.")
 ExperimentId = Annotated[ExperimentIdStr, Field(description="Experiment id, e.g. 'e0042'.")]
 ExperimentIds = list[ExperimentIdStr]
 WaveId = Annotated[WaveIdStr, Field(description="Wave id, e.g. 'w0003'.")]
@@ -174,7 +174,7 @@ class ExperimentBrief(BaseModel):
     num_steps: int | None = None
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; {} = unchanged (a control/baseline).")
-    error: str | None = Field(None, description="Short failure reason; get_experiment shows the log.")
+    error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
 
     @classmethod
     def of(cls, e: Experiment) -> "ExperimentBrief":

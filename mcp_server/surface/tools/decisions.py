@@ -43,7 +43,7 @@ def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionRes
     """Record that a finished experiment is not adopted (the branch and train.py do not move; the
     result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
     exp = engine(ctx).discard(experiment_id)
-    return DecisionResult(experiment=ExperimentBrief.of(exp), next_step="Recorded. launch_wave tries the next idea.")
+    return DecisionResult(experiment=ExperimentBrief.of(exp), next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
 
 
 def register(server: MCPServer) -> None:

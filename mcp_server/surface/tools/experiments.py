@@ -74,7 +74,7 @@ class WaitResult(BaseModel):
         description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor."
     )
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
-    omitted: int = Field(0, description="Finished but not listed here (leaderboard / fetch_results show them).")
+    omitted: int = Field(0, description=f"Finished but not listed here ({Tool.LEADERBOARD} / {Tool.FETCH_RESULTS} show them).")
     still_running: list[str]
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
@@ -94,7 +94,7 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
     listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
     hint = _wait_hint(wave_id=wave.id)
     if len(wave.experiment_ids) > MAX_LISTED:
-        hint += f" fetch_results(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
+        hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
                       experiments=[ExperimentBrief.of(e) for e in listed],
                       experiment_count=len(wave.experiment_ids), next_step=hint)
@@ -114,8 +114,8 @@ def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
 
 def _wait_hint(ids: list[str] | None = None, wave_id: str | None = None) -> str:
     if wave_id:
-        return f"Call wait_for_experiments(wave_id='{wave_id}') to block until they finish (progress is reported)."
-    return f"Call wait_for_experiments(experiment_ids={ids_text(ids or [])}) to block until they finish."
+        return f"Call {Tool.WAIT_FOR_EXPERIMENTS}(wave_id='{wave_id}') to block until they finish (progress is reported)."
+    return f"Call {Tool.WAIT_FOR_EXPERIMENTS}(experiment_ids={ids_text(ids or [])}) to block until they finish."
 
 
 # -- tools -------------------------------------------------------------------------------------
@@ -225,21 +225,21 @@ async def wait_for_experiments(
     omitted = len(res.finished) - len(rows)
     if getattr(res, "interrupted", False):
         hint = ("The server is shutting down; experiments keep running and are picked up when it restarts. "
-                "Call wait_for_experiments again then.")
+                f"Call {Tool.WAIT_FOR_EXPERIMENTS} again then.")
     elif not res.finished and not res.still_running:
-        hint = "Nothing to wait for: no experiment is queued or running. launch_experiment / launch_wave start some."
+        hint = f"Nothing to wait for: no experiment is queued or running. {Tool.LAUNCH_EXPERIMENT} / {Tool.LAUNCH_WAVE} start some."
     elif res.still_running:
         again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
                  f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
                  "no arguments (= every live experiment)")
-        hint = f"{len(res.still_running)} still running: call wait_for_experiments again with {again}."
+        hint = f"{len(res.still_running)} still running: call {Tool.WAIT_FOR_EXPERIMENTS} again with {again}."
     else:
-        hint = ("All finished. Read the verdicts; keep_experiment the best improvement (beyond the noise), "
-                "discard_experiment the rest, or launch the next wave. leaderboard ranks everything per GPU type.")
+        hint = (f"All finished. Read the verdicts; {Tool.KEEP_EXPERIMENT} the best improvement (beyond the noise), "
+                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. {Tool.LEADERBOARD} ranks everything per GPU type.")
     if omitted:
         where = f"wave_id='{wave_id}', " if wave_id else ""
-        hint += (f" {omitted} more finished are not listed (every failure and the best are): leaderboard ranks "
-                 f"them all; fetch_results({where}status='done') pages through them.")
+        hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
+                 f"them all; {Tool.FETCH_RESULTS}({where}status='done') pages through them.")
     return WaitResult(finished=[ExperimentBrief.of(e) for e in rows],
                       verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
                       finished_count=len(res.finished), omitted=omitted,
@@ -262,22 +262,22 @@ def cancel_experiments(
     training is lost. Finished experiments are not touched."""
     eng = engine(ctx)
     if bool(experiment_ids) == bool(wave_id):
-        raise ToolError("cancel_experiments needs exactly one of experiment_ids=['e0001', ...] or "
+        raise ToolError(f"{Tool.CANCEL_EXPERIMENTS} needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
     if wave_id:
         exps, total = eng.experiments(wave_id=wave_id, offset=0, limit=500)
         if total == 0:
-            raise ToolError(f"Wave {wave_id!r} has no experiments. Call fetch_results to see the waves. "
+            raise ToolError(f"Wave {wave_id!r} has no experiments. Call {Tool.FETCH_RESULTS} to see the waves. "
                             "Nothing was cancelled.")
         ids = [e.id for e in exps if e.status in LIVE]
         if not ids:
             raise ToolError(f"Every experiment of wave {wave_id} has already finished; nothing to cancel. "
-                            f"Call fetch_results(wave_id='{wave_id}') to read them.")
+                            f"Call {Tool.FETCH_RESULTS}(wave_id='{wave_id}') to read them.")
     else:
         ids = list(experiment_ids or [])
     done = eng.cancel(ids)
     return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
-                        next_step="Their clusters are free for the next launch; fetch_results(status='cancelled') "
+                        next_step=f"Their clusters are free for the next launch; {Tool.FETCH_RESULTS}(status='cancelled') "
                         "lists them.")
 
 

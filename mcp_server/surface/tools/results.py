@@ -74,14 +74,14 @@ def get_experiment(
     else:
         text, start, nxt = read_log_page(eng, experiment_id, log_offset, log_limit)
     if nxt is not None:
-        hint = f"More log: call get_experiment(experiment_id='{experiment_id}', log_offset={nxt})."
+        hint = f"More log: call {Tool.GET_EXPERIMENT}(experiment_id='{experiment_id}', log_offset={nxt})."
     elif exp.waiting_for_slot:
         hint = (f"Waiting for its slot: queued ahead on {exp.cluster} behind the job running there, it starts when "
-                f"that one ends. Call wait_for_experiments(experiment_ids=['{experiment_id}']).")
+                f"that one ends. Call {Tool.WAIT_FOR_EXPERIMENTS}(experiment_ids=['{experiment_id}']).")
     elif exp.status in (Status.queued, Status.running):
-        hint = f"Still {exp.status.value}: call wait_for_experiments(experiment_ids=['{experiment_id}'])."
+        hint = f"Still {exp.status.value}: call {Tool.WAIT_FOR_EXPERIMENTS}(experiment_ids=['{experiment_id}'])."
     else:
-        hint = "End of log. keep_experiment or discard_experiment records your decision."
+        hint = f"End of log. {Tool.KEEP_EXPERIMENT} or {Tool.DISCARD_EXPERIMENT} records your decision."
     return ExperimentDetail(experiment=exp, verdict=verdicts[0] if verdicts else None, log=text,
                             log_offset=start, next_log_offset=nxt, next_step=hint)
 
@@ -111,9 +111,9 @@ def fetch_results(
     nxt = offset + len(exps) if offset + len(exps) < total else None
     if nxt is not None:
         args = "".join(f", {k}='{v}'" for k, v in (("status", status), ("wave_id", wave_id)) if v)
-        hint = f"{total - nxt} more: call fetch_results(offset={nxt}{args}, limit={limit})."
+        hint = f"{total - nxt} more: call {Tool.FETCH_RESULTS}(offset={nxt}{args}, limit={limit})."
     else:
-        hint = "End of results." if total else "No experiments match. launch_experiment starts one."
+        hint = "End of results." if total else f"No experiments match. {Tool.LAUNCH_EXPERIMENT} starts one."
     return ResultsPage(experiments=[ExperimentBrief.of(e) for e in exps], total=total, offset=offset,
                        next_offset=nxt, next_step=hint)
 
@@ -129,10 +129,10 @@ def leaderboard(
     keep/discard decision. Use it after a wave to pick what to keep or promote."""
     board = compact(engine(ctx).leaderboard(gpu_type=gpu_type, limit=limit))
     if not any(board.by_gpu_type.values()):
-        hint = "No finished experiments yet: wait_for_experiments first."
+        hint = f"No finished experiments yet: {Tool.WAIT_FOR_EXPERIMENTS} first."
     else:
-        hint = ("Keep the best 'improvement' (keep_experiment), or promote the top 2-3 to the fast tier "
-                "(promote). 'within_noise' is not a win: replicate it or move on.")
+        hint = (f"Keep the best 'improvement' ({Tool.KEEP_EXPERIMENT}), or {Tool.PROMOTE} the top 2-3 to the fast tier "
+                f"({Tool.PROMOTE}). 'within_noise' is not a win: replicate it or move on.")
     return LeaderboardResult(leaderboard=board, next_step=hint)
 
 

@@ -141,9 +141,10 @@ def _fleet_error(exc: BaseException, depth: int = 0) -> FleetError | None:
 
 
 def _open_ledger(workspace: Path):
+    from mcp_server.domain import paths
     from mcp_server.store.ledger import Ledger
 
-    path = workspace / ".autoresearch" / "ledger.db"
+    path = paths.ledger_path(workspace)
     if not path.exists():
         print(f"No research session in {workspace} (no {path}). Start one with `autoresearch-fleet serve "
               f"--workspace {workspace}` or `autoresearch-fleet demo`.", file=sys.stderr)
@@ -179,31 +180,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_leaderboard(board, out=sys.stdout) -> None:
-    for gpu, rows in board.by_gpu_type.items():
-        noise = board.noise_floor.get(gpu)
-        print(f"\n== {gpu}  (noise floor {'n/a' if noise is None else f'{noise:.5f}'}) ==", file=out)
-        print(f"{'rank':>4}  {'id':<6} {'val_bpb':>9} {'delta':>9} {'seeds':>5}  {'verdict':<13} {'decision':<8} description", file=out)
-        for r in rows:
-            delta = "" if r.delta is None else f"{r.delta:+.5f}"
-            print(f"{r.rank:>4}  {r.experiment_id:<6} {r.val_bpb:>9.5f} {delta:>9} {r.seeds:>5}  {r.verdict:<13} "
-                  f"{(r.decision or ''):<8} {r.description[:60]}", file=out)
-    for note in board.notes:
-        print(f"note: {note}", file=out)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from mcp_server.domain import analysis, plot
+    from mcp_server.domain import analysis, paths, plot
 
     ledger = _open_ledger(args.workspace)
     if ledger is None:
         return 1
     try:
-        tsv = ledger.export_tsv(args.workspace / "results.tsv")
+        tsv = ledger.export_tsv(paths.report_tsv(args.workspace))
         exps = ledger.all_experiments()
-        _, summary = plot.render_progress(exps, args.workspace / "progress.png")
-        print_leaderboard(analysis.leaderboard(exps, limit=20))
-        print(f"\n{summary}\nwrote {tsv} and {args.workspace / 'progress.png'}")
+        png = paths.report_png(args.workspace)
+        _, summary = plot.render_progress(exps, png)
+        print(analysis.leaderboard_text(analysis.leaderboard(exps, limit=20)))
+        print(f"\n{summary}\nwrote {tsv} and {png}")
     finally:
         ledger.close()
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from mcp_server.domain import paths
 from mcp_server.domain.tool_names import Tool
 
 # Two knobs of train_template/train.py (module-level constants) and two levels each.
@@ -146,8 +147,7 @@ async def _amain(workspace: Path, time_budget: float, slots: int) -> int:
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    from mcp_server.cli import print_leaderboard
-    from mcp_server.domain.analysis import Leaderboard
+    from mcp_server.domain.analysis import Leaderboard, leaderboard_text
 
     workspace = workspace.resolve()
     workspace.parent.mkdir(parents=True, exist_ok=True)
@@ -164,10 +164,10 @@ async def _amain(workspace: Path, time_budget: float, slots: int) -> int:
             tools = await client.list_tools()
             _say(f"[{time.monotonic() - t0:6.1f}s] connected over stdio: {len(tools.tools)} tools")
             result = await run_session(Session(client, t0), slots)
-    print_leaderboard(Leaderboard.model_validate(result["board"]))
+    print(leaderboard_text(Leaderboard.model_validate(result["board"])))
     _say(f"\n{result['plot']}")
     tsv = _export_tsv(workspace)
-    _say(f"wrote {workspace / 'progress.png'} and {tsv}")
+    _say(f"wrote {paths.report_png(workspace)} and {tsv}")
     _say(f"kept: {result['kept'] or 'nothing'}")
     _say(f"total wall time {time.monotonic() - t0:.1f}s")
     return 0
@@ -176,9 +176,9 @@ async def _amain(workspace: Path, time_budget: float, slots: int) -> int:
 def _export_tsv(workspace: Path) -> Path:
     from mcp_server.store.ledger import Ledger
 
-    ledger = Ledger(workspace / ".autoresearch" / "ledger.db")
+    ledger = Ledger(paths.ledger_path(workspace))
     try:
-        return ledger.export_tsv(workspace / "results.tsv")
+        return ledger.export_tsv(paths.report_tsv(workspace))
     finally:
         ledger.close()
 

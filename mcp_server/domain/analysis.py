@@ -512,3 +512,19 @@ def leaderboard(experiments: Iterable[Experiment], gpu_type: str | None = None, 
     """Groups of identical code ranked by mean val_bpb, separately per GPU type (see module doc)."""
     check_leaderboard_args(gpu_type, limit)
     return Index(experiments).leaderboard(gpu_type, limit)
+
+
+def leaderboard_text(board: Leaderboard) -> str:
+    """The leaderboard as a terminal table, one block per GPU type (cli report, the demo)."""
+    lines: list[str] = []
+    for gpu, rows in board.by_gpu_type.items():
+        noise = board.noise_floor.get(gpu)
+        lines.append(f"\n== {gpu}  (noise floor {'n/a' if noise is None else f'{noise:.5f}'}) ==")
+        lines.append(f"{'rank':>4}  {'id':<6} {'val_bpb':>9} {'delta':>9} {'seeds':>5}  {'verdict':<13} "
+                     f"{'decision':<8} description")
+        for r in rows:
+            delta = "" if r.delta is None else f"{r.delta:+.5f}"
+            lines.append(f"{r.rank:>4}  {r.experiment_id:<6} {r.val_bpb:>9.5f} {delta:>9} {r.seeds:>5}  "
+                         f"{r.verdict:<13} {(r.decision or ''):<8} {r.description[:60]}")
+    lines += [f"note: {note}" for note in board.notes]
+    return "\n".join(lines)

@@ -8,6 +8,7 @@
         prepare.log                data preparation before the first local run
         runs/<exp>-a<n>/           one run directory per attempt (runtime/runner.py's files)
         skypilot/                  the SkyPilot backend's own state
+      results.tsv, progress.png    the person's copies, written by `autoresearch-fleet report` / the demo
 """
 
 from __future__ import annotations
@@ -45,3 +46,12 @@ def prepare_log(workspace: Path) -> Path:
 
 def skypilot_dir(workspace: Path) -> Path:
     return state_dir(workspace) / SKYPILOT_DIR
+
+
+def report_tsv(workspace: Path) -> Path:
+    """The person's copy of results.tsv, at the workspace root (`autoresearch-fleet report`)."""
+    return Path(workspace) / RESULTS_TSV
+
+
+def report_png(workspace: Path) -> Path:
+    return Path(workspace) / PROGRESS_PNG

@@ -28,6 +28,3 @@ class Tool(StrEnum):
     KEEP_EXPERIMENT = "keep_experiment"
     DISCARD_EXPERIMENT = "discard_experiment"
 
-
-READ_ONLY_TOOLS = frozenset({Tool.GET_GPU_INFO, Tool.LIST_CLUSTERS, Tool.GET_EXPERIMENT, Tool.FETCH_RESULTS,
-                             Tool.LEADERBOARD, Tool.BUDGET_STATUS, Tool.PLOT_PROGRESS})

@@ -20,6 +20,7 @@ from mcp_server.backends.skypilot.staging import stage_prepare
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import FleetError, InvalidInput, TeardownIncomplete
 from mcp_server.domain.models import Cluster
+from mcp_server.domain.tool_names import Tool
 
 if TYPE_CHECKING:
     from mcp_server.backends.skypilot.jobs import TrackedJob
@@ -227,7 +228,7 @@ class ClustersMixin:
             f"Could not take down {len(failed)} cluster{'s' if len(failed) > 1 else ''}: {what}. "
             f"{'They are' if len(failed) > 1 else 'It is'} still there and may still cost money; "
             f"{'their' if len(failed) > 1 else 'its'} experiments were left running. Call "
-            f"teardown_clusters(names={failed}) again, or run `sky down {' '.join(failed)}` by hand. "
+            f"{Tool.TEARDOWN_CLUSTERS}(names={failed}) again, or run `sky down {' '.join(failed)}` by hand. "
             + (f"Taken down: {', '.join(removed)} (their experiments are cancelled)." if removed
                else "Nothing was taken down."),
             removed=removed)

@@ -21,6 +21,7 @@ from mcp_server.backends.skypilot.records import STARTED, TERMINAL, ClusterInfo,
 from mcp_server.backends.skypilot.staging import spec_path, write_spec
 from mcp_server.backends.skypilot.task import ID_RE
 from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
+from mcp_server.domain.tool_names import Tool
 
 log = logging.getLogger("autoresearch.skypilot")
 
@@ -95,14 +96,14 @@ class JobsMixin:
         with self._lock:
             torn_down, tearing_down = cluster in self._torn_down, cluster in self._tearing_down
         if torn_down:
-            raise NotFound(f"cluster {cluster} was torn down. Call list_clusters for the clusters there are.")
+            raise NotFound(f"cluster {cluster} was torn down. Call {Tool.LIST_CLUSTERS} for the clusters there are.")
         if tearing_down:
-            raise Conflict(f"cluster {cluster} is being torn down; submit to another cluster (list_clusters).")
+            raise Conflict(f"cluster {cluster} is being torn down; submit to another cluster ({Tool.LIST_CLUSTERS}).")
         info = self._refresh_clusters(max_age_s=2.0).get(cluster)
         with self._lock:
             gone = cluster in self._gone
         if info is None or gone:
-            raise NotFound(f"cluster {cluster} does not exist (any more). Call list_clusters.")
+            raise NotFound(f"cluster {cluster} does not exist (any more). Call {Tool.LIST_CLUSTERS}.")
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"

@@ -29,7 +29,13 @@ class Status(str, Enum):
 
 LIVE = frozenset({Status.queued, Status.running})
 TERMINAL = frozenset(set(Status) - LIVE)
+#: the failure-status sets (the one home: the scheduler and the plot import them):
+#: the run itself failed (never retried: only a vanished slot is)
 CODE_FAILURES = frozenset({Status.crash, Status.nan, Status.oom, Status.timeout, Status.rejected})
+#: every failed ending: a code failure, or the slot vanished more often than the retries allow
+FAILED = CODE_FAILURES | {Status.lost}
+#: the statuses a runner's result may report (the scheduler records any other as a crash)
+RUNNER_STATUSES = CODE_FAILURES | {Status.done, Status.cancelled}
 
 
 class Decision(str, Enum):

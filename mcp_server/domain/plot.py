@@ -15,10 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mcp_server.domain.models import Decision, Experiment, Status
+from mcp_server.domain.models import FAILED, Decision, Experiment, Status
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-FAILED = {Status.crash, Status.nan, Status.oom, Status.timeout, Status.rejected, Status.lost}
 
 
 def _gpu(e: Experiment) -> str:

@@ -26,84 +26,46 @@ job ahead of it was seen to end -- and the engine records it with `Ledger.mark_s
 It sleeps between ticks on an Event that launches and cancels set, so new work is dispatched at
 once; while a job is expected to end soon (learned from earlier runs, counted from when each job
 started) it polls faster, so a result is seen within ~20-50 ms rather than a full poll interval.
+
+This module holds the Scheduler's state, its thread and loop, its life cycle and its public
+methods (and cancellation). The concerns live beside it in this package:
+
+- `flights`: the `Flight` record, the head of each slot, adaptive polling (pure);
+- `tracking`: each tick's poll + record of outcomes, learned starts, the watchdog;
+- `outcomes`: what a runner's result means -- status, metrics, error (pure);
+- `dispatch`: placing queued experiments on free slots;
+- `recovery`: adopting the attempts an earlier process left open;
+- `staging`: the second thread, exporting run directories ahead.
+
+Rules: the state (`_flights`, `_slots`, ...) belongs to the Scheduler; the modules above read
+and change it through the scheduler they are given, flights only under `_lock` (an RLock: it also
+serialises the submit and the cancel of one experiment). Two threads: this one's loop and the
+stager's (`staging.Stager`), both started and stopped here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import statistics
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
-from pydantic import ValidationError
-
-from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
-from mcp_server.domain.models import Cluster, Experiment, Metrics, Status
+from mcp_server.backends.base import Backend, JobHandle, JobSpec
+from mcp_server.domain.models import Cluster, Experiment, Status
+from mcp_server.runtime.runner import LOG_FILE
+from mcp_server.scheduling import dispatch, flights, recovery, tracking
+from mcp_server.scheduling.flights import Flight
+from mcp_server.scheduling.staging import Stager, drop_staged
 from mcp_server.store.ledger import Ledger
 
 log = logging.getLogger("autoresearch.scheduler")
 
-RESULT_STATUSES = {s.value: s for s in (Status.done, Status.crash, Status.nan, Status.oom, Status.timeout,
-                                        Status.rejected, Status.cancelled)}
-LOG_TAIL_CHARS = 2000
-
-
-@dataclass
-class Flight:
-    """An attempt the scheduler is tracking (submitted, or being submitted when handle is None)."""
-
-    exp_id: str
-    attempt: int
-    cluster: str
-    gpu_type: str | None
-    run_dir: str
-    handle: JobHandle | None = None
-    deadline: float = float("inf")
-    submitted_at: float = field(default_factory=time.time)
-    cancel_requested: bool = False
-    # when it started running: reported by the backend (`started_at`), else estimated (a job
-    # that is alone on its slot at submission starts then; one queued ahead when the job before
-    # it ends); None while it waits behind another job on its slot
-    run_from: float | None = None
-    started_at: float | None = None     # reported by the backend: the real start
-
-
-def _to_epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
-def parse_metrics(raw: Any) -> Metrics:
-    """The runner's metrics dict as Metrics; unknown keys and badly typed values are dropped."""
-    if not isinstance(raw, dict):
-        return Metrics()
-    clean: dict[str, Any] = {}
-    for key in Metrics.model_fields:
-        value = raw.get(key)
-        if value is None:
-            continue
-        try:
-            clean[key] = getattr(Metrics.model_validate({key: value}), key)
-        except ValidationError:
-            continue
-    return Metrics(**clean)
-
 
 class Scheduler:
+    """Moves queued experiments onto free slots and records how each attempt ends (see the module)."""
+
     def __init__(
         self,
         ledger: Ledger,
@@ -153,13 +115,6 @@ class Scheduler:
         self._slot_backoff: dict[str, float] = {}
         self._durations: deque[float] = deque(maxlen=50)   # submit -> outcome seen, recent runs
         self._last_full_poll = 0.0
-        # staging: run directories of the next queued experiments are exported ahead of time by a
-        # second thread, so a freed slot is refilled with a rename instead of a git export.
-        self._stage_cond = threading.Condition()
-        self._staging_now: str | None = None
-        self._dispatching: set[str] = set()
-        self._stage_wake = threading.Event()
-        self._stager: threading.Thread | None = None
         # a backend that reports real starts gets a job queued ahead only behind one that has
         # started: the first round's runners start up without the queued ones competing for CPU,
         # and two runners of one slot are never both starting up
@@ -168,6 +123,10 @@ class Scheduler:
         self.last_error: str | None = None
         self.stats = {"dispatched": 0, "outcomes": 0, "lost": 0, "watchdog": 0, "tick_seconds": 0.0,
                       "staged": 0, "staged_used": 0, "polls": 0}
+        # staging: run directories of the next queued experiments are exported ahead of time by a
+        # second thread, so a freed slot is refilled with a rename instead of a git export.
+        self._stager = (Stager(ledger, stage, self.runs_dir, self._stop, lambda: dispatch.open_positions(self),
+                               self.stats) if stage is not None else None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,20 +135,19 @@ class Scheduler:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="autoresearch-scheduler", daemon=True)
         self._thread.start()
-        if self.stage is not None:
-            self._stager = threading.Thread(target=self._stage_loop, name="autoresearch-stager", daemon=True)
-            self._stager.start()
-            self._stage_wake.set()   # stage the first run dirs while data preparation / the first dispatch run
+        if self._stager is not None:
+            self._stager.start()   # stages the first run dirs while data preparation / the first dispatch run
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._stage_wake.set()
+        if self._stager is not None:
+            self._stager.wake()
         if self._thread:
             self._thread.join(timeout)
-        if self._stager:
+        if self._stager is not None:
             self._stager.join(timeout)
-        self._thread = self._stager = None
+        self._thread = None
 
     @property
     def running(self) -> bool:
@@ -211,34 +169,32 @@ class Scheduler:
             self._wake.wait(self._next_delay())
             self._wake.clear()
 
-    def _typical(self) -> float | None:
-        return statistics.median(self._durations) if self._durations else None
-
-    def _due(self, f: Flight, now: float, typical: float | None) -> bool:
-        """Is this job expected to end about now (so worth polling at the fast rate)?"""
-        return typical is not None and f.run_from is not None and now >= f.run_from + typical - 0.3
-
     def _next_delay(self) -> float:
         with self._lock:
-            flights = list(self._flights.values())
-            starting = self._reports_starts and any(
-                f.started_at is None and f.run_from is not None and time.time() - f.run_from < 2.0
-                for f in self._heads().values())
-        if not flights or self.fast_poll_s >= self.poll_interval_s:
-            return self.poll_interval_s
-        if starting:   # a job is starting: see it start soon, then queue the next one behind it
-            return self.fast_poll_s
-        typical = self._typical()
-        if typical is None:
-            return self.poll_interval_s
-        now = time.time()
-        starts = [f.run_from for f in flights if f.run_from is not None]
-        if not starts:
-            return self.poll_interval_s
-        nearest = min(starts) + typical - 0.3 - now
-        if nearest <= 0:
-            return self.fast_poll_s
-        return max(self.fast_poll_s, min(self.poll_interval_s, nearest))
+            in_flight = list(self._flights.values())
+            starting = self._reports_starts and flights.starting(flights.heads(self._flights.values()).values(),
+                                                                 time.time())
+        return flights.next_delay(in_flight, starting, flights.typical(self._durations), time.time(),
+                                  self.poll_interval_s, self.fast_poll_s)
+
+    # -- one round -----------------------------------------------------------------------------
+    def tick(self, full: bool = True) -> list[str]:
+        """One round: poll (all handles, or with full=False only those due to end about now),
+        watchdog, dispatch."""
+        self.ticks += 1
+        if full:
+            self._last_full_poll = time.monotonic()
+        changed = tracking.poll(self, due_only=not full)
+        tracking.update_starts(self)
+        changed += tracking.watchdog(self)
+        changed += dispatch.dispatch(self)
+        if changed:
+            self.on_change(changed)
+        return changed
+
+    def recover(self) -> dict[str, int]:
+        """Adopt the attempts an earlier process left open, then poll them once (`recovery`)."""
+        return recovery.recover(self)
 
     # -- slots ---------------------------------------------------------------------------------
     def refresh_clusters(self, clusters: list[Cluster] | None = None) -> list[Cluster]:
@@ -264,375 +220,9 @@ class Scheduler:
         """Ids of the dispatched experiments that wait behind another job on their slot (not
         started yet, as far as the scheduler knows)."""
         with self._lock:
-            heads = self._heads()
-            return {eid for eid, f in self._flights.items() if heads.get(f.cluster) is not f and f.started_at is None}
+            return flights.waiting(self._flights)
 
-    def _heads(self) -> dict[str, Flight]:
-        """The first-submitted flight of each slot: the one that runs (caller holds _lock)."""
-        heads: dict[str, Flight] = {}
-        for f in self._flights.values():
-            h = heads.get(f.cluster)
-            if h is None or f.submitted_at < h.submitted_at:
-                heads[f.cluster] = f
-        return heads
-
-    def _update_starts(self) -> None:
-        """Learn when the job at the head of each slot started: from the backend where it can
-        tell, else estimated as now (the job ahead of it has just been seen to end). Once a real
-        start is known the watchdog counts from it."""
-        now = time.time()
-        with self._lock:
-            pending = [f for f in self._heads().values() if f.started_at is None and f.handle is not None]
-        for f in pending:
-            try:
-                t = self.backend.started_at(f.handle)
-            except Exception:  # noqa: BLE001 - an optional hint
-                t = None
-            with self._lock:
-                if self._flights.get(f.exp_id) is not f:
-                    continue
-                if t is None:
-                    if f.run_from is not None:
-                        continue
-                    f.run_from = now
-                    if self._reports_starts:
-                        continue   # the backend will tell
-                    t = now        # it cannot tell: the job ahead has just ended, so this one starts now
-                else:
-                    f.started_at = f.run_from = t
-                    f.deadline = min(f.deadline, t + self.hard_timeout_s + self.watchdog_margin_s)
-            if self.on_started is not None:
-                try:
-                    self.on_started(f.exp_id, f.attempt, t)
-                except Exception:  # noqa: BLE001
-                    log.exception("on_started of %s failed", f.exp_id)
-
-    # -- recovery ------------------------------------------------------------------------------
-    def recover(self) -> dict[str, int]:
-        """Adopt the attempts an earlier process left open, then poll them once.
-
-        With a handle: tracked again (the next poll decides: result -> recorded; lost -> requeued
-        or lost; alive -> kept). Without one (the process died between marking the attempt and
-        submitting it): processes still working in its run directory are stopped (orphan_cleanup),
-        then a result file there is recorded, otherwise the attempt is lost and the experiment
-        requeued."""
-        adopted = requeued = recorded = 0
-        changed: list[str] = []
-        for row in self.ledger.open_attempts():
-            eid, attempt = row["experiment_id"], row["attempt"]
-            if row["handle"]:
-                handle = JobHandle.from_json(row["handle"])
-                depth = max(1, self._depth(row["cluster"]))
-                with self._lock:
-                    self._flights[eid] = Flight(
-                        eid, attempt, row["cluster"], row["gpu_type"], row["run_dir"], handle,
-                        deadline=(handle.submitted_at or row["submitted_at"]) + depth * self.hard_timeout_s
-                        + self.watchdog_margin_s,
-                        submitted_at=handle.submitted_at or row["submitted_at"])
-                adopted += 1
-                continue
-            result_file = Path(row["run_dir"]) / "result.json"
-            result = None
-            stopped = 0
-            if not result_file.is_file() and self.orphan_cleanup is not None:
-                # the job may have been started without its handle being saved: stop whatever
-                # runs in its run directory before the experiment is requeued
-                stopped = self.orphan_cleanup(Path(row["run_dir"]))
-            if result_file.is_file():
-                try:
-                    result = json.loads(result_file.read_text())
-                except (OSError, ValueError):
-                    result = None
-            fake = JobHandle(eid, attempt, row["cluster"], row["run_dir"], {}, row["submitted_at"])
-            flight = Flight(eid, attempt, row["cluster"], row["gpu_type"], row["run_dir"], fake)
-            if isinstance(result, dict):
-                if self._record(flight, JobOutcome(fake, result=result, log_path=str(Path(row["run_dir"]) / "run.log"))):
-                    recorded += 1
-                    changed.append(eid)
-            else:
-                why = ("the engine stopped before it saved the handle of the job it had started; that job was "
-                       "stopped" if stopped else "the engine stopped before the job was submitted")
-                if self.ledger.lose_attempt(eid, attempt, self.max_attempts, why) is not None:
-                    requeued += 1
-                    changed.append(eid)
-        if adopted:
-            changed += self._poll()
-            self._update_starts()
-        if changed:
-            self.on_change(changed)
-        self.ledger.add_event(None, "recovered", f"adopted {adopted}, recorded {recorded}, requeued {requeued}")
-        return {"adopted": adopted, "recorded": recorded, "requeued": requeued}
-
-    # -- one round -----------------------------------------------------------------------------
-    def tick(self, full: bool = True) -> list[str]:
-        """One round: poll (all handles, or with full=False only those due to end about now),
-        watchdog, dispatch."""
-        self.ticks += 1
-        if full:
-            self._last_full_poll = time.monotonic()
-        changed = self._poll(due_only=not full)
-        self._update_starts()
-        changed += self._watchdog()
-        changed += self._dispatch()
-        if changed:
-            self.on_change(changed)
-        return changed
-
-    def _poll(self, due_only: bool = False) -> list[str]:
-        """Poll in-flight handles (all, or only those expected to end about now) and record outcomes."""
-        now, typical = time.time(), self._typical()
-        with self._lock:
-            handles = [f.handle for f in self._flights.values()
-                       if f.handle is not None and (not due_only or self._due(f, now, typical))]
-        if not handles:
-            return []
-        self.stats["polls"] += 1
-        outcomes = self.backend.poll(handles)
-        changed = []
-        for outcome in outcomes:
-            h = outcome.handle
-            with self._lock:
-                flight = self._flights.get(h.experiment_id)
-                if flight is None or flight.attempt != h.attempt:
-                    continue
-                if flight.run_from is not None:
-                    self._durations.append(max(0.0, time.time() - flight.run_from))
-                if self._record(flight, outcome):
-                    changed.append(h.experiment_id)
-                self._flights.pop(h.experiment_id, None)
-        return changed
-
-    def _record(self, flight: Flight, outcome: JobOutcome) -> bool:
-        """Record one outcome in the ledger (idempotent). True if something changed."""
-        run_log = str(Path(flight.run_dir) / "run.log")
-        log_path = outcome.log_path or run_log
-        self.stats["outcomes"] += 1
-        if outcome.lost or outcome.result is None:
-            self.stats["lost"] += 1   # (the backend cleans up what a vanished job left: Backend.poll)
-            self._slots_at = 0.0      # its slot may have vanished too: re-read the slots before the
-            #                           requeued attempt is dispatched (not to the dead cluster again)
-            return self.ledger.lose_attempt(flight.exp_id, flight.attempt, self.max_attempts,
-                                            outcome.reason or "the job vanished without a result",
-                                            log_path=log_path) is not None
-        res = outcome.result
-        raw_status = str(res.get("status", ""))
-        status = RESULT_STATUSES.get(raw_status, Status.crash)
-        metrics = parse_metrics(res.get("metrics"))
-        error = res.get("error")
-        if raw_status not in RESULT_STATUSES:
-            error = f"runner reported unknown status {raw_status!r}" + (f": {error}" if error else "")
-        if status == Status.done and metrics.val_bpb is None:
-            status, error = Status.crash, "run finished but reported no val_bpb"
-        if status == Status.rejected:
-            metrics = Metrics()   # a rejected run has no result
-        tail = res.get("log_tail")
-        if status not in (Status.done, Status.cancelled) and tail:
-            error = ((error or status.value) + "\n--- log tail ---\n" + str(tail)[-LOG_TAIL_CHARS:])
-        started, ended = _to_epoch(res.get("started_at")), _to_epoch(res.get("ended_at"))
-        busy = (ended - started) if started is not None and ended is not None and ended >= started else None
-        return self.ledger.finish_attempt(flight.exp_id, flight.attempt, status, metrics=metrics,
-                                          error=str(error)[:20000] if error else None, log_path=log_path,
-                                          busy_seconds=busy, detail=(error or "").splitlines()[0][:200] if error else "",
-                                          started_at=started)
-
-    def _watchdog(self) -> list[str]:
-        now = time.time()
-        with self._lock:
-            late = [f for f in self._flights.values() if f.handle is not None and now > f.deadline]
-        changed = []
-        for f in late:
-            with self._lock:
-                if self._flights.get(f.exp_id) is not f:
-                    continue
-                self.stats["watchdog"] += 1
-                try:
-                    self.backend.cancel(f.handle)
-                except Exception:  # noqa: BLE001
-                    log.exception("watchdog cancel of %s failed", f.exp_id)
-                waited = now - f.submitted_at
-                if self.ledger.finish_attempt(
-                        f.exp_id, f.attempt, Status.timeout, log_path=str(Path(f.run_dir) / "run.log"),
-                        error=f"watchdog: no result {waited:.0f} s after submission (hard timeout "
-                              f"{self.hard_timeout_s:.0f} s + margin); the runner was unresponsive and the job "
-                              f"was cancelled", detail="watchdog"):
-                    changed.append(f.exp_id)
-                self._flights.pop(f.exp_id, None)
-        return changed
-
-    def _depth(self, cluster: str) -> int:
-        try:
-            return max(1, int(self.backend.queue_depth(cluster)))
-        except Exception:  # noqa: BLE001
-            return 1
-
-    def _dispatch(self) -> list[str]:
-        now = time.monotonic()
-        slots = [s for s in self.slots() if s.state == "up" and self._slot_backoff.get(s.name, 0) <= now]
-        if not slots:
-            return []
-        outstanding = self.outstanding()
-        depth = {s.name: self._depth(s.name) for s in slots}
-        if self._reports_starts:   # queue ahead only behind a job that has started
-            with self._lock:
-                unstarted = {c for c, f in self._heads().items() if f.started_at is None}
-            depth = {name: 1 if name in unstarted else d for name, d in depth.items()}
-        in_use = sum(1 for n in outstanding.values() if n)
-        if not any(outstanding[s.name] < depth[s.name] and (outstanding[s.name] or in_use < self.max_concurrent)
-                   for s in slots):
-            return []   # every slot is full: no need to read the queue (most fast ticks)
-        queued = self.ledger.queued()
-        if not queued:
-            return []
-        if self.before_dispatch is not None and not self.before_dispatch():
-            return []
-        changed: list[str] = []
-        for eid, gpu_type, _prio in queued:
-            if self._stop.is_set():
-                break
-            # slots in use = experiments running (a slot trains one at a time); a job queued
-            # ahead on a slot in use does not add one
-            with self._lock:
-                in_use = len({f.cluster for f in self._flights.values()})
-            mono = time.monotonic()
-            free = [s for s in slots if outstanding[s.name] < depth[s.name]
-                    and (outstanding[s.name] > 0 or in_use < self.max_concurrent)
-                    and self._slot_backoff.get(s.name, 0) <= mono]   # a slot whose submit failed rests
-            if not free:
-                break
-            fits = [s for s in free if gpu_type is None or s.gpu_type == gpu_type]
-            if not fits:
-                continue
-            slot = min(fits, key=lambda s: (outstanding[s.name], s.name))   # idle slots first
-            if self._submit(eid, slot, outstanding[slot.name] + 1):
-                outstanding[slot.name] += 1
-                if self._reports_starts and outstanding[slot.name] == 1:
-                    depth[slot.name] = 1        # it has not started yet: nothing queued behind it
-            changed.append(eid)
-        if self.stage is not None and len(queued) > len(changed):
-            self._stage_wake.set()
-        return changed
-
-    # -- staging ---------------------------------------------------------------------------------
-    def _staged_dir(self, eid: str, attempt: int) -> Path:
-        return self.runs_dir / eid / f".staged-a{attempt}"
-
-    def _stage_loop(self) -> None:
-        while not self._stop.is_set():
-            self._stage_wake.wait(5.0)
-            self._stage_wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                self._stage_next()
-            except Exception:  # noqa: BLE001 - staging is an optimisation; dispatch exports itself
-                log.exception("staging failed")
-
-    def _open_positions(self) -> int:
-        """How many queued experiments a dispatch could place now (free queue positions; behind
-        a job that has not started, none where the backend reports starts)."""
-        outstanding = self.outstanding()
-        with self._lock:
-            heads = self._heads()
-        free = 0
-        for s in self._slots:
-            if s.state != "up":
-                continue
-            head = heads.get(s.name)
-            depth = 1 if self._reports_starts and (head is None or head.started_at is None) else self._depth(s.name)
-            free += max(0, depth - outstanding[s.name])
-        return free
-
-    def _stage_next(self) -> None:
-        """Export the run directories of the next queued experiments: as many as can be placed
-        now, at least one. (Not more: in the first round that would take CPU from the runners
-        starting up, and a job queued ahead has a whole run's time to be placed.)"""
-        ahead = max(1, self._open_positions())
-        for eid, _gpu, _prio in self.ledger.queued()[:ahead]:
-            if self._stop.is_set():
-                return
-            exp = self.ledger.get(eid)
-            if exp is None or exp.status != Status.queued or not exp.commit:
-                continue
-            attempt = exp.attempts + 1
-            dest = self._staged_dir(eid, attempt)
-            if dest.exists():
-                continue
-            with self._stage_cond:
-                if eid in self._dispatching:
-                    continue
-                self._staging_now = eid
-            try:
-                self.stage(exp, attempt, dest)
-                self.stats["staged"] += 1
-            finally:
-                with self._stage_cond:
-                    self._staging_now = None
-                    self._stage_cond.notify_all()
-
-    def _take_staged(self, eid: str, attempt: int, run_dir: Path) -> bool:
-        """Move a staged run directory into place. True if there was one."""
-        with self._stage_cond:
-            self._dispatching.add(eid)
-            while self._staging_now == eid:
-                self._stage_cond.wait(5.0)
-        staged = self._staged_dir(eid, attempt)
-        if not staged.is_dir():
-            return False
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        os.rename(staged, run_dir)
-        self.stats["staged_used"] += 1
-        return True
-
-    def _drop_staged(self, eid: str) -> None:
-        for p in (self.runs_dir / eid).glob(".staged-a*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-    def _submit(self, eid: str, slot: Cluster, position: int) -> bool:
-        """Submit one queued experiment to `slot`. True if it is now in flight."""
-        with self._lock:
-            exp = self.ledger.get(eid)
-            if exp is None or exp.status != Status.queued:
-                return False
-            attempt = exp.attempts + 1
-            run_dir = self.runs_dir / eid / f"a{attempt}"
-            alone = not any(f.cluster == slot.name for f in self._flights.values())
-            if not self.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
-                                             slot.cost_per_hour, str(run_dir), waiting=not alone):
-                return False
-            flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
-            self._flights[eid] = flight
-            try:
-                staged = self._take_staged(eid, attempt, run_dir) if self.stage is not None else False
-                spec = self.build_job(exp, attempt, slot, run_dir, staged)
-            except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
-                log.exception("could not build the run dir of %s", eid)
-                self.ledger.finish_attempt(eid, attempt, Status.crash,
-                                           error=f"could not build the run directory: {type(exc).__name__}: {exc}")
-                self._flights.pop(eid, None)
-                return False
-            finally:
-                with self._stage_cond:
-                    self._dispatching.discard(eid)
-            try:
-                handle = self.backend.submit(slot.name, spec)
-            except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
-                log.exception("submit of %s to %s failed", eid, slot.name)
-                self._slots_at = 0.0  # the slot may be gone: re-read the slots before the next dispatch
-                self._slot_backoff[slot.name] = time.monotonic() + 5.0
-                self.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(exc).__name__}: {exc}"[:500])
-                self.ledger.lose_attempt(eid, attempt, self.max_attempts, f"submit to {slot.name} failed: {exc}")
-                self._flights.pop(eid, None)
-                return False
-            submitted = handle.submitted_at or time.time()
-            self.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
-            flight.handle = handle
-            flight.submitted_at = submitted
-            flight.run_from = submitted if alone else None
-            flight.deadline = submitted + position * self.hard_timeout_s + self.watchdog_margin_s
-            self.stats["dispatched"] += 1
-            return True
-
+    # -- cancellation --------------------------------------------------------------------------
     def _flight_from_ledger(self, eid: str) -> Flight | None:
         """The open attempt of a running experiment this process is not tracking (not recovered yet)."""
         for row in self.ledger.open_attempts():
@@ -641,13 +231,12 @@ class Scheduler:
                 return Flight(eid, row["attempt"], row["cluster"], row["gpu_type"], row["run_dir"], handle)
         return None
 
-    # -- cancellation --------------------------------------------------------------------------
     def cancel(self, exp_ids: list[str], reason: str = "cancelled by the agent") -> list[str]:
         """Cancel queued (at once) and running (backend.cancel, then recorded) experiments.
         Terminal ones are left as they are. Returns the ids that changed."""
         changed = self.ledger.cancel_queued(exp_ids, reason)
         for eid in changed:
-            self._drop_staged(eid)
+            drop_staged(self.runs_dir, eid)
         for eid in exp_ids:
             if eid in changed:
                 continue
@@ -664,12 +253,12 @@ class Scheduler:
                 # known; else the ledger's default (since submission)
                 if flight.started_at is not None:
                     busy: float | None = max(0.0, time.time() - flight.started_at)
-                elif eid in self._flights and self._heads().get(flight.cluster) is not flight:
+                elif eid in self._flights and flights.heads(self._flights.values()).get(flight.cluster) is not flight:
                     busy = 0.0
                 else:
                     busy = None
                 if self.ledger.finish_attempt(eid, flight.attempt, Status.cancelled,
-                                              log_path=str(Path(flight.run_dir) / "run.log"),
+                                              log_path=str(Path(flight.run_dir) / LOG_FILE),
                                               error=reason, detail=reason, busy_seconds=busy):
                     changed.append(eid)
                 self._flights.pop(eid, None)

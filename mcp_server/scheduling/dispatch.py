@@ -1,0 +1,153 @@
+"""Dispatch: placing queued experiments on free slots of the right GPU type.
+
+While a slot has `outstanding < backend.queue_depth(slot)`, the first queued experiment that
+fits the slot (any slot, or only slots of its `gpu_type`) gets a fresh run directory (the staged
+one when there is one) and is submitted; idle slots are filled first. `max_concurrent` caps the
+experiments that RUN at once: a slot trains one job at a time, so it caps the slots in use; a
+job queued ahead on a slot already in use does not count. Where the backend reports real starts
+a job is queued ahead only behind one that has started. A slot whose submit failed rests 5 s and
+the slots are re-read before the next dispatch.
+
+Rules: functions of the scheduler's state, called on its thread (`open_positions` on the
+stager's); flights are read and changed under `sched._lock`, which `submit` holds throughout
+(a cancel of the same experiment waits for it). Nothing here raises into the loop: a run
+directory that cannot be built is a crash, a failed submit a lost attempt (retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from mcp_server.backends.base import Backend
+from mcp_server.domain.models import Cluster, Status
+from mcp_server.scheduling.flights import Flight, heads
+
+if TYPE_CHECKING:
+    from mcp_server.scheduling.scheduler import Scheduler
+
+log = logging.getLogger("autoresearch.scheduler")
+
+SUBMIT_BACKOFF_S = 5.0     # a slot whose submit failed gets no job for this long
+
+
+def queue_depth(backend: Backend, cluster: str) -> int:
+    """Jobs the backend takes on this slot at once (the running one and those queued ahead), >= 1."""
+    try:
+        return max(1, int(backend.queue_depth(cluster)))
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def dispatch(sched: Scheduler) -> list[str]:
+    """Submit queued experiments to the free slots. Returns the ids that changed."""
+    now = time.monotonic()
+    slots = [s for s in sched.slots() if s.state == "up" and sched._slot_backoff.get(s.name, 0) <= now]
+    if not slots:
+        return []
+    outstanding = sched.outstanding()
+    depth = {s.name: queue_depth(sched.backend, s.name) for s in slots}
+    if sched._reports_starts:   # queue ahead only behind a job that has started
+        with sched._lock:
+            unstarted = {c for c, f in heads(sched._flights.values()).items() if f.started_at is None}
+        depth = {name: 1 if name in unstarted else d for name, d in depth.items()}
+    in_use = sum(1 for n in outstanding.values() if n)
+    if not any(outstanding[s.name] < depth[s.name] and (outstanding[s.name] or in_use < sched.max_concurrent)
+               for s in slots):
+        return []   # every slot is full: no need to read the queue (most fast ticks)
+    queued = sched.ledger.queued()
+    if not queued:
+        return []
+    if sched.before_dispatch is not None and not sched.before_dispatch():
+        return []
+    changed: list[str] = []
+    for eid, gpu_type, _prio in queued:
+        if sched._stop.is_set():
+            break
+        # slots in use = experiments running (a slot trains one at a time); a job queued
+        # ahead on a slot in use does not add one
+        with sched._lock:
+            in_use = len({f.cluster for f in sched._flights.values()})
+        mono = time.monotonic()
+        free = [s for s in slots if outstanding[s.name] < depth[s.name]
+                and (outstanding[s.name] > 0 or in_use < sched.max_concurrent)
+                and sched._slot_backoff.get(s.name, 0) <= mono]   # a slot whose submit failed rests
+        if not free:
+            break
+        fits = [s for s in free if gpu_type is None or s.gpu_type == gpu_type]
+        if not fits:
+            continue
+        slot = min(fits, key=lambda s: (outstanding[s.name], s.name))   # idle slots first
+        if submit(sched, eid, slot, outstanding[slot.name] + 1):
+            outstanding[slot.name] += 1
+            if sched._reports_starts and outstanding[slot.name] == 1:
+                depth[slot.name] = 1        # it has not started yet: nothing queued behind it
+        changed.append(eid)
+    if sched._stager is not None and len(queued) > len(changed):
+        sched._stager.wake()
+    return changed
+
+
+def open_positions(sched: Scheduler) -> int:
+    """How many queued experiments a dispatch could place now (free queue positions; behind
+    a job that has not started, none where the backend reports starts)."""
+    outstanding = sched.outstanding()
+    with sched._lock:
+        first = heads(sched._flights.values())
+    free = 0
+    for s in sched._slots:
+        if s.state != "up":
+            continue
+        head = first.get(s.name)
+        depth = (1 if sched._reports_starts and (head is None or head.started_at is None)
+                 else queue_depth(sched.backend, s.name))
+        free += max(0, depth - outstanding[s.name])
+    return free
+
+
+def submit(sched: Scheduler, eid: str, slot: Cluster, position: int) -> bool:
+    """Submit one queued experiment to `slot` (`position`: its place in the slot's queue, 1 = it
+    runs now). True if it is now in flight."""
+    with sched._lock:
+        exp = sched.ledger.get(eid)
+        if exp is None or exp.status != Status.queued:
+            return False
+        attempt = exp.attempts + 1
+        run_dir = sched.runs_dir / eid / f"a{attempt}"
+        alone = not any(f.cluster == slot.name for f in sched._flights.values())
+        if not sched.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
+                                          slot.cost_per_hour, str(run_dir), waiting=not alone):
+            return False
+        flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
+        sched._flights[eid] = flight
+        try:
+            staged = sched._stager.take(eid, attempt, run_dir) if sched._stager is not None else False
+            spec = sched.build_job(exp, attempt, slot, run_dir, staged)
+        except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
+            log.exception("could not build the run dir of %s", eid)
+            sched.ledger.finish_attempt(eid, attempt, Status.crash,
+                                        error=f"could not build the run directory: {type(exc).__name__}: {exc}")
+            sched._flights.pop(eid, None)
+            return False
+        finally:
+            if sched._stager is not None:
+                sched._stager.release(eid)
+        try:
+            handle = sched.backend.submit(slot.name, spec)
+        except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
+            log.exception("submit of %s to %s failed", eid, slot.name)
+            sched._slots_at = 0.0  # the slot may be gone: re-read the slots before the next dispatch
+            sched._slot_backoff[slot.name] = time.monotonic() + SUBMIT_BACKOFF_S
+            sched.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(exc).__name__}: {exc}"[:500])
+            sched.ledger.lose_attempt(eid, attempt, sched.max_attempts, f"submit to {slot.name} failed: {exc}")
+            sched._flights.pop(eid, None)
+            return False
+        submitted = handle.submitted_at or time.time()
+        sched.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
+        flight.handle = handle
+        flight.submitted_at = submitted
+        flight.run_from = submitted if alone else None
+        flight.deadline = submitted + position * sched.hard_timeout_s + sched.watchdog_margin_s
+        sched.stats["dispatched"] += 1
+        return True

@@ -3,6 +3,8 @@
 prepared_cache: a directory usable as AUTORESEARCH_CACHE in which `python prepare.py` has
     prepared the cpu profile's offline demo corpus (tokenizer + token shards), once per session.
     Treat it as read-only: every test of the session shares it.
+cache: the same directory, under the name the engine and MCP tests use.
+engines: builds engines for a test and closes them (and their runs) after it (engine_helpers.EngineBox).
 anyio_backend: async tests run on asyncio.
 """
 
@@ -34,6 +36,20 @@ def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"prepare.py failed:\n{proc.stdout}\n{proc.stderr}"
     return cache
+
+
+@pytest.fixture
+def cache(prepared_cache: Path) -> Path:
+    return prepared_cache
+
+
+@pytest.fixture
+def engines():
+    from engine_helpers import EngineBox
+
+    box = EngineBox()
+    yield box
+    box.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.models import LIVE
@@ -23,24 +19,6 @@ from mcp_server.runtime import runner
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "train_template"
-_OWN_CACHE: dict[str, Path] = {}
-
-
-@pytest.fixture
-def cache(request, tmp_path_factory) -> Path:
-    """AUTORESEARCH_CACHE with the cpu-profile demo data prepared: the project's `prepared_cache`
-    fixture when there is one, else prepared here once per session."""
-    try:
-        return request.getfixturevalue("prepared_cache")
-    except pytest.FixtureLookupError:
-        pass
-    if "cache" not in _OWN_CACHE:
-        path = tmp_path_factory.mktemp("engine-cache")
-        env = dict(os.environ, AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(path))
-        subprocess.run([sys.executable, str(TEMPLATE / "prepare.py")], env=env, check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=600)
-        _OWN_CACHE["cache"] = path
-    return _OWN_CACHE["cache"]
 
 
 def make_config(workspace: Path, cache_dir: Path, **kw: Any) -> FleetConfig:
@@ -81,13 +59,6 @@ class EngineBox:
                 eng.workspace.close()
             except Exception:  # noqa: BLE001
                 pass
-
-
-@pytest.fixture
-def engines():
-    box = EngineBox()
-    yield box
-    box.cleanup()
 
 
 def progress_log() -> tuple[list[tuple[int, int, str]], Any]:

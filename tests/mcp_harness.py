@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import anyio
-import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -27,24 +26,6 @@ from mcp_server.domain.models import Experiment, Metrics, Status, Wave
 from mcp_server.engine.facade import Engine
 
 REPO = Path(__file__).resolve().parent.parent
-_OWN_CACHE: dict[str, Path] = {}
-
-
-@pytest.fixture
-def cache(request, tmp_path_factory) -> Path:
-    """AUTORESEARCH_CACHE with the cpu-profile demo data prepared: the project's `prepared_cache`
-    fixture (tests/conftest.py) when there is one, else prepared here once per session."""
-    try:
-        return Path(request.getfixturevalue("prepared_cache"))
-    except pytest.FixtureLookupError:
-        pass
-    if "cache" not in _OWN_CACHE:
-        path = tmp_path_factory.mktemp("mcp-cache")
-        env = dict(os.environ, AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(path))
-        subprocess.run([sys.executable, str(REPO / "train_template" / "prepare.py")], env=env, check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=600)
-        _OWN_CACHE["cache"] = path
-    return _OWN_CACHE["cache"]
 
 
 def serve_args(workspace: Path, cache: str | Path, *, tag: str = "t", slots: int = 2, budget: float = 2.0,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from mcp_harness import REPO, cache  # noqa: F401 (fixture)
+from mcp_harness import REPO
 
 from mcp_server.store.ledger import Ledger
 

@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import (  # noqa: F401
+from engine_helpers import (
     assert_no_strays,
     assert_one_terminal_each,
     blocked_on_a_lock,
-    cache,
-    engines,
     git,
     git_state,
     ledger_state,

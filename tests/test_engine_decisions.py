@@ -7,7 +7,7 @@ prints a result in the contract's format at once, or waits for a GO file."""
 from __future__ import annotations
 
 import pytest
-from engine_helpers import WAITING_TRAIN, cache, engines, git, git_state, ledger_state, make_config, until  # noqa: F401
+from engine_helpers import WAITING_TRAIN, git, git_state, ledger_state, make_config, until
 
 from mcp_server.backends.local.backend import LocalBackend
 from mcp_server.domain.errors import Conflict, TeardownIncomplete

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp_harness import REPO, cache, free_port, http_server, ok, serve_args  # noqa: F401 (fixture)
+from mcp_harness import REPO, free_port, http_server, ok, serve_args
 
 from mcp_server.surface.http import InsecureBind, check_bind, is_loopback
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_harness import cache, err, git_state, ledger_dump, ok, serve_args, stdio_session  # noqa: F401 (fixture)
+from mcp_harness import err, git_state, ledger_dump, ok, serve_args, stdio_session
 
 pytestmark = pytest.mark.anyio
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_harness import (  # noqa: F401 (cache is a fixture)
+from mcp_harness import (
     REPO,
-    cache,
     free_port,
     git,
     http_server,

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 import pytest
-from engine_helpers import WAITING_TRAIN, cache, engines, make_config, until  # noqa: F401
+from engine_helpers import WAITING_TRAIN, make_config, until
 
 from mcp_server.domain.ids import format_exp_id
 from mcp_server.domain.models import Experiment, Metrics, Status

@@ -16,16 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from engine_helpers import (  # noqa: F401
-    assert_no_strays,
-    assert_one_terminal_each,
-    blocked_on_a_lock,
-    cache,
-    engines,
-    git,
-    job_pids,
-    make_config,
-)
+from engine_helpers import assert_no_strays, assert_one_terminal_each, blocked_on_a_lock, git, job_pids, make_config
 
 from mcp_server.domain.models import Status
 from mcp_server.runtime import runner

@@ -20,11 +20,9 @@ The workflow, step by step as the skills say it:
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import cache  # noqa: F401 - fixture: cpu-profile data prepared once
 from mcp_harness import git, ledger_experiments, ok, serve_args, stdio_session
 
 from mcp_server.domain.models import Decision, Status

@@ -120,8 +120,8 @@ def test_killed_runner_is_lost_requeued_then_done(tmp_path, cache, engines):
 
 ENGINE_SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from mcp_server.config import FleetConfig
-    from mcp_server.engine import Engine
+    from mcp_server.domain.config import FleetConfig
+    from mcp_server.engine.facade import Engine
     cfg = FleetConfig(**json.loads(sys.argv[1]))
     eng = Engine(cfg)
     eng.start()

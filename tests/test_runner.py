@@ -22,7 +22,7 @@ from mcp_server.backends.local.backend import LocalBackend
 from mcp_server.runtime import runner
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / "mcp_server" / "runner.py"
+RUNNER = ROOT / "mcp_server" / "runtime" / "runner.py"
 PREPARE = "# stand-in harness\nHARNESS = 1\n"
 
 SUCCESS = textwrap.dedent("""\

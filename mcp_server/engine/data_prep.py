@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mcp_server.runtime.runner import ENV_CACHE
 from mcp_server.store.ledger import Ledger
 
 RETRY_AFTER_S = 60.0
@@ -55,7 +56,7 @@ class DataPreparation:
         env = dict(os.environ)
         env["AUTORESEARCH_PROFILE"] = self.profile
         if self.cache_dir is not None:
-            env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
+            env[ENV_CACHE] = str(self.cache_dir)
         env["PYTHONUNBUFFERED"] = "1"
         t0 = time.time()
         try:

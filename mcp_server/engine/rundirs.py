@@ -12,6 +12,7 @@ from pathlib import Path
 from mcp_server.backends.base import JobSpec
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.models import Cluster, Experiment
+from mcp_server.runtime.runner import ENV_CACHE
 from mcp_server.store.workspace import Workspace
 
 
@@ -42,6 +43,6 @@ class RunDirs:
         if self.config.time_budget_s is not None:
             env["AUTORESEARCH_TIME_BUDGET"] = repr(float(self.config.time_budget_s))
         if self.config.cache_dir is not None:
-            env["AUTORESEARCH_CACHE"] = str(self.config.cache_dir)
+            env[ENV_CACHE] = str(self.config.cache_dir)
         return JobSpec(experiment_id=exp.id, attempt=attempt, run_dir=run_dir, profile=self.profile,
                        timeout_s=self.hard_timeout_s, harness_hash=self.harness_hash, seed=exp.seed, env=env)

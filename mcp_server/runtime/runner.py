@@ -40,6 +40,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:   # (annotations only: importing typing costs every runner start ~3 ms)
     from typing import Any
 
+# The run directory's scripts: the experiment's train.py, the harness prepare.py, and the
+# backend's private copy of this file.
+TRAIN_SCRIPT = "train.py"
+HARNESS_SCRIPT = "prepare.py"
+RUNNER_SCRIPT = "runner.py"
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 # Written by the runner right after train.py starts: lets a backend kill train.py's group
@@ -51,6 +56,9 @@ TRAIN_PID_FILE = "train.pid"
 # they are all released: by the runner when it is done, or by the kernel when it and its
 # train.py are dead.
 LOCK_FILE = "runner.lock"
+# The runner's own stdout/stderr, opened by whoever starts it (the local backend, the warm
+# launcher); its last line is the result line (RESULT_PREFIX).
+RUNNER_OUT = "runner.out"
 RESULT_PREFIX = "AUTORESEARCH_RESULT: "
 RESULT_JSON_PREFIX = "RESULT_JSON:"
 LOG_TAIL_LINES = 40
@@ -59,6 +67,14 @@ LOG_TAIL_LINES = 40
 LOG_READ_BYTES = 1 << 20
 DEFAULT_KILL_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.1
+
+# Environment variables the engine and the backends set for a run: the contract between them and
+# the run (train.py, prepare.py). The runner passes its environment on to train.py unchanged.
+ENV_CACHE = "AUTORESEARCH_CACHE"            # where data, tokenizer and token shards live
+ENV_PROFILE = "AUTORESEARCH_PROFILE"        # the harness profile (prepare.py's PROFILES)
+ENV_SEED = "AUTORESEARCH_SEED"              # the experiment's seed
+ENV_THREADS = "AUTORESEARCH_THREADS"        # CPU threads of the run's slot
+ENV_GPU_LABEL = "AUTORESEARCH_GPU_LABEL"    # a simulated slot's GPU type (informational only)
 
 # Types of the summary keys (contracts.md section 1); other keys are kept as float or str.
 _INT_KEYS = frozenset({"num_steps", "depth"})
@@ -393,8 +409,8 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
         _write_json_atomic(run_dir / RESULT_FILE, result)
         return result
 
-    prepare = run_dir / "prepare.py"
-    train = run_dir / "train.py"
+    prepare = run_dir / HARNESS_SCRIPT
+    train = run_dir / TRAIN_SCRIPT
     try:
         actual = harness_hash(prepare)
     except OSError as e:
@@ -437,7 +453,7 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
     with open(log_path, "w", buffering=1, encoding="utf-8") as log:
         try:
             proc = subprocess.Popen(
-                [python, "train.py"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+                [python, TRAIN_SCRIPT], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 # train.py holds the slot lock too: if this runner is SIGKILLed, the next job
                 # still waits until train.py's group is gone (the backend kills it)

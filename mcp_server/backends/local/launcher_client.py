@@ -1,4 +1,4 @@
-"""The local backend's side of the runner launcher (see mcp_server/launcher.py).
+"""The local backend's side of the runner launcher (see mcp_server/runtime/warm_launcher.py).
 
 One launcher process per interpreter and engine process, started on first use and kept warm:
 `launch` asks it to fork a runner and returns the runner's pid and start time. Any trouble

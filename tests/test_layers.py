@@ -33,13 +33,26 @@ def _module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
-    """(line, absolute module) of every import in the file, relative ones resolved."""
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _imports(path: Path, root: Path = PACKAGE, runtime_only: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in the file, relative ones resolved; with
+    `runtime_only`, without those under `if TYPE_CHECKING:` (annotations only: no cycle)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_lines(tree) if runtime_only else set()
     me = _module_name(path, root).split(".")
     package = me if path.name == "__init__.py" else me[:-1]
     out = []
     for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -92,7 +105,7 @@ def import_cycles(root: Path = PACKAGE) -> list[list[str]]:
     for path in root.rglob("*.py"):
         me = _module_name(path, root)
         # a package's __init__ importing its own submodules is not a cycle worth reporting
-        graph[me] = {t for _, t in _imports(path, root) if t in modules and t != me and not t.startswith(me + ".")}
+        graph[me] = {t for _, t in _imports(path, root, runtime_only=True) if t in modules and t != me and not t.startswith(me + ".")}
     cycles, state = [], {}
 
     def visit(node: str, stack: list[str]) -> None:

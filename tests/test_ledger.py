@@ -185,7 +185,7 @@ def test_queries_fast_at_10k(ledger, tmp_path):
         c.execute("UPDATE experiments SET status='done', val_bpb=1.0 + (seq % 97) / 1000.0, ran_on_gpu='CPU' "
                   "WHERE seq % 10 != 0")
     t0 = time.perf_counter()
-    page, total = ledger.list(status="done", offset=5000, limit=50)
+    page, total = ledger.list_experiments(status="done", offset=5000, limit=50)
     t_list = time.perf_counter() - t0
     assert total == 9000 and len(page) == 50
     t0 = time.perf_counter()
@@ -233,3 +233,97 @@ def test_usage_splits_closed_and_open_attempts_per_gpu_type_with_cost(ledger, tm
     assert u["cost_usd"] == pytest.approx(2 * 0.5 * 3.0 + 1.0 * 5.0)
     assert u["gpu_hours_by_type"] == pytest.approx({"H100": 1.0, "H200": 1.1})
     assert u["gpu_hours_in_flight"] >= 0 and u["cost_usd_in_flight"] == pytest.approx(u["gpu_hours_in_flight"] * 2.0)
+
+
+# -- the change hook: whoever writes, the engine's experiment cache follows ----------------------
+
+#: every write method of the Ledger, called directly (no engine), each changing something
+def _every_write(ledger: Ledger, tmp_path) -> list[tuple[str, object]]:
+    run = str(tmp_path / "runs")
+    wave = Wave(id="w0001", description="grid", kind="factorial", design={"axes": {"DEPTH": [1, 2]}})
+    return [
+        ("set_meta", lambda: ledger.set_meta("note", "x")),
+        ("init_session", lambda: ledger.init_session(harness_hash="h" * 64, profile="cpu", tag="t")),
+        ("upsert_clusters", lambda: ledger.upsert_clusters([Cluster(name="c", backend="local", gpu_type="CPU",
+                                                                    state="up")])),
+        ("set_cluster_state", lambda: ledger.set_cluster_state(["c"], "gone")),
+        ("insert_launch", lambda: ledger.insert_launch([_exp(i, wave_id="w0001") for i in (1, 2, 3, 4, 5)],
+                                                       {"e0001": "control"}, wave)),
+        ("begin_attempt", lambda: ledger.begin_attempt("e0001", 1, "c", "CPU", 1, None, run)),
+        ("set_handle", lambda: ledger.set_handle("e0001", 1, '{"x": 1}', time.time())),
+        ("finish_attempt", lambda: ledger.finish_attempt("e0001", 1, Status.done, started_at=time.time() - 2,
+                                                         metrics=Metrics(val_bpb=1.0, num_steps=10))),
+        ("set_decision", lambda: ledger.set_decision("e0001", Decision.keep)),
+        ("begin_attempt (queued ahead)", lambda: ledger.begin_attempt("e0002", 1, "c", "CPU", 1, None, run,
+                                                                      waiting=True)),
+        ("mark_started", lambda: ledger.mark_started("e0002", 1, time.time())),
+        ("lose_attempt (requeued)", lambda: ledger.lose_attempt("e0002", 1, 2, "vanished")),
+        ("begin_attempt (again)", lambda: ledger.begin_attempt("e0002", 2, "c", "CPU", 1, None, run)),
+        ("lose_attempt (lost)", lambda: ledger.lose_attempt("e0002", 2, 2, "vanished")),
+        ("cancel_queued", lambda: ledger.cancel_queued(["e0003"], "no longer wanted")),
+        ("add_event", lambda: ledger.add_event("e0004", "note", "hello")),
+        ("begin_attempt (crash)", lambda: ledger.begin_attempt("e0005", 1, "c", "H100", 1, 2.0, run)),
+        ("finish_attempt (crash)", lambda: ledger.finish_attempt("e0005", 1, Status.crash, error="boom")),
+    ]
+
+
+def test_every_ledger_write_updates_the_experiment_cache(ledger, tmp_path):
+    """Each write method of the ledger, called directly (not through the engine): afterwards the
+    experiment cache (loaded before) and its analysis index equal a fresh load from the ledger.
+    Fails if a write path does not reach the change hook. Also fails when a new write method is
+    added to the Ledger without being exercised here."""
+    import inspect
+
+    from mcp_server.domain import analysis
+    from mcp_server.engine.experiment_cache import ExperimentCache
+
+    cache = ExperimentCache(ledger)
+    assert cache.all() == []                               # loaded (empty): from now on it only follows
+    heard: list[list[str]] = []
+    ledger.subscribe(heard.append)
+    writes = _every_write(ledger, tmp_path)
+    writers = {name for name, fn in inspect.getmembers(Ledger, inspect.isfunction)
+               if not name.startswith("_") and "self.tx()" in inspect.getsource(fn)}
+    assert writers <= {what.split(" (")[0] for what, _ in writes}, "a write method is not exercised here"
+    for what, write in writes:
+        before = len(heard)
+        write()
+        fresh = ledger.all_experiments()
+        assert [e.model_dump() for e in cache.all()] == [e.model_dump() for e in fresh], what
+        with cache.indexed() as idx:
+            assert idx.leaderboard().model_dump() == analysis.leaderboard(fresh).model_dump(), what
+            assert ([v.model_dump() for v in idx.verdicts(fresh)]
+                    == [v.model_dump() for v in analysis.verdicts(fresh, fresh)]), what
+        touches_experiments = what.split(" (")[0] not in {"set_meta", "init_session", "upsert_clusters",
+                                                          "set_cluster_state", "add_event"}
+        assert (len(heard) > before) == touches_experiments, what
+    assert {e.status for e in cache.all()} == {Status.done, Status.lost, Status.cancelled, Status.queued,
+                                                Status.crash}
+
+
+def test_change_hook_announces_committed_writes_only(ledger, tmp_path):
+    heard: list[list[str]] = []
+    unsubscribe = ledger.subscribe(heard.append)
+    ledger.insert_launch([_exp(1), _exp(2)])
+    assert heard == [["e0001", "e0002"]]
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.insert_launch([_exp(3), _exp(1)])           # rolled back: nothing to announce
+    assert not ledger.begin_attempt("e0001", 2, "c", "CPU", 1, None, str(tmp_path))   # changed nothing
+    with ledger.tx() as c:                                 # any write in a transaction, not only the methods
+        c.execute("UPDATE experiments SET priority=3 WHERE id='e0002'")
+    assert heard == [["e0001", "e0002"], ["e0002"]]
+
+    def broken(ids: list[str]) -> None:
+        raise RuntimeError("listener bug")
+    ledger.subscribe(broken)                               # a failing listener does not fail the write
+    assert ledger.cancel_queued(["e0001"]) == ["e0001"]
+    assert heard[-1] == ["e0001"]
+    unsubscribe()
+    ledger.cancel_queued(["e0002"])
+    assert heard[-1] == ["e0001"]
+    # a connection opened later (another thread) announces its writes too
+    t = threading.Thread(target=lambda: ledger.insert_launch([_exp(4)]))
+    ledger.subscribe(heard.append)
+    t.start()
+    t.join()
+    assert heard[-1] == ["e0004"]

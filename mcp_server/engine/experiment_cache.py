@@ -1,6 +1,8 @@
 """The engine's in-memory view of every experiment: the experiments by id and the analysis index
 over them (groups, noise floors, verdicts), loaded from the ledger once and then kept current by
-every write path of the engine (`remember` / `refresh`), and the answers cached on top of them.
+the ledger itself: the cache subscribes to the ledger's change hook (`Ledger.subscribe`), so every
+committed write that changes experiments, whoever makes it, refreshes them here before the write
+returns (so a reader woken by the news sees the new state). Nobody calls the cache to update it.
 
 Answers derived from the index (leaderboards, throughput) are cached per (index object, index
 version): a change that matters moves the version, a rebuilt index is a new object."""
@@ -28,19 +30,21 @@ class ExperimentCache:
         self._index: analysis.Index | None = None
         self._boards: dict[tuple[Any, ...], tuple[analysis.Index, int, Leaderboard]] = {}
         self._throughput: tuple[analysis.Index, int, dict[str, dict[str, Any]]] | None = None
+        self.unsubscribe = ledger.subscribe(self.refresh)
 
     def refresh(self, ids: list[str]) -> None:
-        """These experiments changed in the ledger: read them again (if the cache is loaded)."""
+        """These experiments changed in the ledger (the ledger's change hook calls this after the
+        commit): read them again (if the cache is loaded). If they cannot be read, the cache is
+        dropped and loaded afresh on next use (never stale)."""
         with self.lock:
             if self._by_id is not None and ids:
-                self._put(self.ledger.get_many(list(dict.fromkeys(ids))))
-
-    def remember(self, exps: list[Experiment]) -> None:
-        """Put the current version of these experiments into the cache and the analysis index.
-        Call after the ledger write and before waiters are woken (so a reader that sees the
-        news sees the new state)."""
-        with self.lock:
-            self._put(exps)
+                try:
+                    exps = self.ledger.get_many(list(dict.fromkeys(ids)))
+                except Exception:  # noqa: BLE001 - the write is committed; reload rather than serve stale data
+                    log.exception("reading changed experiments failed; the cache is reloaded from the ledger")
+                    self._by_id = self._index = None
+                    return
+                self._put(exps)
 
     def _put(self, exps: list[Experiment]) -> None:
         if self._by_id is None or self._index is None:
@@ -63,7 +67,8 @@ class ExperimentCache:
     @contextmanager
     def indexed(self) -> Iterator[analysis.Index]:
         """The analysis index, current with every change recorded, held under the lock for the
-        duration of the block (keep the block short: writers wait)."""
+        duration of the block (keep the block short: writers wait; and write nothing to the ledger
+        inside it: its change hook would wait for this lock)."""
         with self.lock:
             self._load()
             assert self._index is not None

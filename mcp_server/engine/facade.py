@@ -128,8 +128,8 @@ class Engine:
         self._launch_lock = threading.RLock()
         self._lock_file: Any = None
         self._started = False
-        # Every experiment and the analysis index over them: loaded once, then kept current by
-        # every write path of this engine (`_on_change`, `_launched`)
+        # Every experiment and the analysis index over them: loaded once, then kept current by the
+        # ledger's change hook (every committed write that changes experiments, whoever writes)
         self.cache = ExperimentCache(self.ledger)
         self._tsv_pending = True
         self._tsv_at = 0.0
@@ -264,7 +264,8 @@ class Engine:
 
     # internal: change notification, cache, export ------------------------------------------
     def _on_change(self, ids: list[str]) -> None:
-        self.cache.refresh(ids)
+        """Experiments changed (the cache already follows the ledger): mark results.tsv for
+        export and wake the waiters."""
         self._tsv_pending = True
         self._export_wake.set()
         with self._cond:
@@ -316,8 +317,8 @@ class Engine:
             self._on_change([exp_id])
 
     def _launched(self, exps: list[Experiment]) -> None:
-        """A launch is in the ledger (called under the launch lock): cache it, wake the scheduler."""
-        self.cache.remember(exps)
+        """A launch is in the ledger (called under the launch lock; the cache has it already): wake
+        the waiters and the scheduler."""
         self._on_change([])
         self.scheduler.wake()
 
@@ -476,7 +477,7 @@ class Engine:
         if wave_id is not None:
             targets += self.checks.wave(wave_id).experiment_ids
         if experiment_ids is None and wave_id is None:
-            live, _ = self.ledger.list(statuses=[s.value for s in LIVE], limit=MAX_QUEUED)
+            live, _ = self.ledger.list_experiments(statuses=[s.value for s in LIVE], limit=MAX_QUEUED)
             targets = [e.id for e in live]
         targets = list(dict.fromkeys(targets))
         if not self._started and any(s in LIVE for s in self.ledger.statuses(targets).values()):
@@ -627,7 +628,7 @@ class Engine:
             self.checks.wave(wave_id)
         offset = check_int("offset", offset, 0, 10**9)
         limit = check_int("limit", limit, 1, MAX_LIST_LIMIT)
-        return self.ledger.list(status=status, wave_id=wave_id, offset=offset, limit=limit)
+        return self.ledger.list_experiments(status=status, wave_id=wave_id, offset=offset, limit=limit)
 
     def get_wave(self, wave_id: str) -> Wave:
         """One wave with its design and experiment ids."""

@@ -63,7 +63,7 @@ class EngineBox:
 
 def progress_log() -> tuple[list[tuple[int, int, str]], Any]:
     seen: list[tuple[int, int, str]] = []
-    return seen, lambda done, total, msg: seen.append((done, total, msg))
+    return seen, lambda p: seen.append((p.done, p.total, p.message))
 
 
 def git(ws: Path, *args: str) -> str:

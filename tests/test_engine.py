@@ -99,11 +99,11 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
     # keep the best: the branch moves to its snapshot, the working tree follows; discard another
     best = min((e for e in exps.values() if e.overrides), key=lambda e: e.metrics.val_bpb)
     kept = eng.keep(best.id)
-    assert kept.decision == Decision.keep
+    assert kept.experiment.decision == Decision.keep
     assert git(ws, "rev-parse", "HEAD").strip() == best.commit
     assert (ws / "train.py").read_text() == git(ws, "show", f"{best.commit}:train.py")
     other = next(e for e in exps.values() if e.id not in (best.id, control.id))
-    assert eng.discard(other.id).decision == Decision.discard
+    assert eng.discard(other.id).experiment.decision == Decision.discard
     eng.export_results()
     rows = {r[5]: dict(zip(TSV_COLUMNS, r)) for r in
             csv.reader((ws / ".autoresearch" / "results.tsv").open(), delimiter="\t")}
@@ -149,7 +149,7 @@ def test_promotion_to_another_tier_with_control(tmp_path, cache, engines):
     assert set(board.by_gpu_type) == {"H100", "H200"}
     assert any("not comparable" in n for n in board.notes)
     info = eng.gpu_info()
-    assert any("SIMULATION" in n for n in info["notes"])
+    assert any("SIMULATION" in n for n in info.notes)
     assert_one_terminal_each(eng, [base.id, variant.id, *wave.experiment_ids])
     assert_no_strays(eng)
 
@@ -275,7 +275,7 @@ def test_live_limit_and_gpu_hour_budget(tmp_path, cache, engines):
     with pytest.raises(LimitExceeded, match=r"GPU-hour budget spent: .* of 0\.000 GPU-hours"):
         eng.launch_experiment("one more")
     assert ledger_state(eng) == before
-    assert eng.budget_status()["gpu_hours_left"] == 0.0
+    assert eng.budget_status().gpu_hours_left == 0.0
 
 
 def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, engines):
@@ -290,7 +290,7 @@ def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, e
     assert any("data preparation" in n and "prepare.log" in n for n in res.notes), res.notes
     assert eng.get_experiment(e.id).status == Status.queued and eng.get_experiment(e.id).attempts == 0
     assert "no network here" in eng.prepare_log.read_text()
-    assert any("data preparation" in n for n in eng.budget_status()["notes"])
+    assert any("data preparation" in n for n in eng.budget_status().notes)
     assert eng.cancel([e.id])[0].status == Status.cancelled
 
 
@@ -321,9 +321,9 @@ def test_cached_answers_follow_every_ledger_change(tmp_path, cache, engines):
         eng._on_change([eid])
 
     def answers():
-        measured = {t["gpu_type"]: t["measured"] for t in eng.gpu_info()["gpu_types"] if t["measured"]}
+        measured = {t.gpu_type: t.measured for t in eng.gpu_info().gpu_types if t.measured}
         return (eng.leaderboard().model_dump(), [v.model_dump() for v in eng.verdicts(ids)],
-                {k: (m["runs"], m["best_val_bpb"], m["mean_steps"]) for k, m in measured.items()})
+                {k: (m.runs, m.best_val_bpb, m.mean_steps) for k, m in measured.items()})
 
     def fresh():
         everything = eng.ledger.all_experiments()

@@ -30,7 +30,7 @@ def test_discard_of_a_kept_experiment_is_refused_while_the_branch_holds_its_code
     res = eng.wait([a.id, b.id], timeout_s=300)
     assert {e.id: e.status for e in res.finished} == {a.id: Status.done, b.id: Status.done}
     kept = eng.keep(a.id)
-    assert kept.decision == Decision.keep and git(ws, "rev-parse", "HEAD").strip() == a.commit
+    assert kept.experiment.decision == Decision.keep and git(ws, "rev-parse", "HEAD").strip() == a.commit
 
     before_git, before_ledger = git_state(ws), ledger_state(eng)
     with pytest.raises(Conflict) as refused:
@@ -43,7 +43,7 @@ def test_discard_of_a_kept_experiment_is_refused_while_the_branch_holds_its_code
     # once another keep has moved the branch off its code, the discard agrees with git
     eng.keep(b.id, force=True)                     # b does not descend from a: a reset
     assert git(ws, "rev-parse", "HEAD").strip() == b.commit
-    assert eng.discard(a.id).decision == Decision.discard
+    assert eng.discard(a.id).experiment.decision == Decision.discard
 
 
 class FakeTearableBackend(LocalBackend):

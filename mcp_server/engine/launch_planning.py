@@ -64,7 +64,7 @@ class Planned:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Launcher:
+class LaunchPlanner:
     """Turns launch calls into queued experiments. `lock` serialises launches with each other and
     with keeps (the engine's launch lock); `all_experiments()` is the engine's cached list;
     `written(exps)` is called after a launch is in the ledger (the engine updates its cache and

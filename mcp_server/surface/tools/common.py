@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.domain import ids, limits
 from mcp_server.domain.errors import FleetError, LimitExceeded, NotFound
-from mcp_server.domain.models import Experiment
+from mcp_server.domain.models import Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,10 +181,10 @@ class ExperimentBrief(BaseModel):
         return cls(
             id=e.id,
             description=clip(e.description, 160),
-            status=e.status.value if hasattr(e.status, "value") else str(e.status),
+            status=Status(e.status).value,
             waiting_for_slot=e.waiting_for_slot,
             wave_id=e.wave_id,
-            decision=e.decision.value if e.decision is not None and hasattr(e.decision, "value") else e.decision,
+            decision=None if e.decision is None else Decision(e.decision).value,
             gpu_type=e.ran_on_gpu or e.gpu_type,
             val_bpb=e.metrics.val_bpb,
             num_steps=e.metrics.num_steps,

@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.domain.tool_names import Tool
-from mcp_server.surface.tools.common import ExperimentBrief, ExperimentId, engine, fleet, tool_errors
+from mcp_server.surface.tools.common import ExperimentBrief, ExperimentId, engine, tool_errors
 
 
 class DecisionResult(BaseModel):
@@ -29,10 +29,9 @@ def keep_experiment(
     """Adopt a finished experiment's code: the session branch moves to its snapshot and the
     workspace's train.py becomes that code, so the next experiments build on it. Use it for a
     verdict of 'improvement' (beyond the noise floor) on the GPU type you care about."""
-    exp = engine(ctx).keep(experiment_id, force=force)
-    branch = f"autoresearch/{fleet(ctx).config.tag}"
+    kept = engine(ctx).keep(experiment_id, force=force)
     return DecisionResult(
-        experiment=ExperimentBrief.of(exp), branch=branch, commit=exp.commit,
+        experiment=ExperimentBrief.of(kept.experiment), branch=kept.branch, commit=kept.commit,
         next_step="train.py now holds the kept code. Re-measure the baseline noise if the model changed a lot, "
         "then launch the next wave from it.",
     )
@@ -42,8 +41,8 @@ def keep_experiment(
 def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionResult:
     """Record that a finished experiment is not adopted (the branch and train.py do not move; the
     result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
-    exp = engine(ctx).discard(experiment_id)
-    return DecisionResult(experiment=ExperimentBrief.of(exp), next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
+    discarded = engine(ctx).discard(experiment_id)
+    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment), next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
 
 
 def register(server: MCPServer) -> None:

@@ -17,9 +17,10 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.domain import limits
-from mcp_server.domain.models import LIVE, Experiment, Status, Wave
+from mcp_server.domain.analysis import Verdict
+from mcp_server.domain.models import Experiment, Status, Wave
 from mcp_server.domain.tool_names import Tool
-from mcp_server.engine.facade import Verdict
+from mcp_server.engine import Progress
 from mcp_server.surface.tools.common import (
     Description,
     ExperimentBrief,
@@ -209,9 +210,9 @@ async def wait_for_experiments(
     eng = engine(ctx)
     token = anyio.lowlevel.current_token()
 
-    def on_progress(done: int, total: int, message: str) -> None:
+    def on_progress(p: Progress) -> None:
         try:
-            anyio.from_thread.run(functools.partial(ctx.report_progress, done, total, message), token=token)
+            anyio.from_thread.run(functools.partial(ctx.report_progress, p.done, p.total, p.message), token=token)
         except Exception:  # noqa: BLE001 - a vanished client must not break the wait
             log.debug("progress notification dropped", exc_info=True)
 
@@ -223,7 +224,7 @@ async def wait_for_experiments(
     rows = _pick_rows(res.finished)
     shown = {e.id for e in rows}
     omitted = len(res.finished) - len(rows)
-    if getattr(res, "interrupted", False):
+    if res.interrupted:
         hint = ("The server is shutting down; experiments keep running and are picked up when it restarts. "
                 f"Call {Tool.WAIT_FOR_EXPERIMENTS} again then.")
     elif not res.finished and not res.still_running:
@@ -244,7 +245,7 @@ async def wait_for_experiments(
                       verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
                       finished_count=len(res.finished), omitted=omitted,
                       still_running=res.still_running, timed_out=res.timed_out,
-                      interrupted=getattr(res, "interrupted", False), next_step=hint)
+                      interrupted=res.interrupted, next_step=hint)
 
 
 def _clip_note(v: Verdict) -> Verdict:
@@ -264,18 +265,7 @@ def cancel_experiments(
     if bool(experiment_ids) == bool(wave_id):
         raise ToolError(f"{Tool.CANCEL_EXPERIMENTS} needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
-    if wave_id:
-        exps, total = eng.experiments(wave_id=wave_id, offset=0, limit=500)
-        if total == 0:
-            raise ToolError(f"Wave {wave_id!r} has no experiments. Call {Tool.FETCH_RESULTS} to see the waves. "
-                            "Nothing was cancelled.")
-        ids = [e.id for e in exps if e.status in LIVE]
-        if not ids:
-            raise ToolError(f"Every experiment of wave {wave_id} has already finished; nothing to cancel. "
-                            f"Call {Tool.FETCH_RESULTS}(wave_id='{wave_id}') to read them.")
-    else:
-        ids = list(experiment_ids or [])
-    done = eng.cancel(ids)
+    done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
     return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
                         next_step=f"Their clusters are free for the next launch; {Tool.FETCH_RESULTS}(status='cancelled') "
                         "lists them.")

@@ -9,9 +9,9 @@ from mcp.types import TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.domain import limits, plot
+from mcp_server.domain.analysis import Leaderboard, Verdict
 from mcp_server.domain.models import Experiment, Status
 from mcp_server.domain.tool_names import Tool
-from mcp_server.engine.facade import Leaderboard, Verdict
 from mcp_server.surface.tools.common import (
     ExperimentBrief,
     ExperimentId,

@@ -52,7 +52,7 @@ class JobHandle:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "JobHandle":
+    def from_json(cls, text: str) -> JobHandle:
         return cls(**json.loads(text))
 
 
@@ -112,5 +112,5 @@ class Backend(ABC):
         """On engine start: adopt this workspace's existing slots. Default: `clusters()`."""
         return self.clusters()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         """Release resources held by this process (not the slots themselves)."""

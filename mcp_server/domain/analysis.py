@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 

@@ -57,7 +57,7 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
         for t in types:
             pts = done_by_type.get(t, [])
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*pts, strict=True)
                 ax.scatter(xs, ys, s=18, color=colour[t], alpha=0.75, label=f"{t} ({len(pts)} done)", zorder=2)
                 run_x, run_y, cur = [], [], math.inf
                 for x, y in pts:
@@ -73,7 +73,7 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
                 ax.scatter(xs, [top] * len(xs), marker="x", color=colour[t], s=22, alpha=0.6, zorder=2)
             ax.scatter([], [], marker="x", color="grey", label="failed (drawn at top)")
         if kept:
-            kx, ky = zip(*kept)
+            kx, ky = zip(*kept, strict=True)
             ax.scatter(kx, ky, s=140, marker="*", facecolor="gold", edgecolor="black", linewidth=0.8,
                        label=f"kept ({len(kept)})", zorder=4)
         if not all_bpb:

@@ -154,12 +154,9 @@ def _module_scope_bindings(tree: ast.Module) -> dict[str, list[int]]:
                 name = (alias.asname or alias.name).split(".")[0]
                 if in_module_scope or name in globals_here:
                     add(name, node.lineno)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            if in_module_scope or node.name in globals_here:
-                add(node.name, node.lineno)
-        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            if in_module_scope or node.name in globals_here:
-                add(node.name, node.lineno)
+        elif (isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name
+              and (in_module_scope or node.name in globals_here)):
+            add(node.name, node.lineno)
         for child in ast.iter_child_nodes(node):
             visit(child, in_module_scope, globals_here)
 
@@ -240,7 +237,7 @@ def _strict_equal(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_strict_equal(a[k], b[k]) for k in a)
     return a == b
@@ -469,7 +466,7 @@ def factorial(axes: dict[str, list[Any]], max_cells: int = 64) -> list[dict[str,
             "Drop levels or axes (screen the most promising ones first), or split it into several waves."
         )
     names = list(axes)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[n] for n in names))]
 
 
 def describe(overrides: dict[str, Any]) -> str:

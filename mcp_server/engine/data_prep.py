@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mcp_server.runtime.runner import ENV_CACHE
 from mcp_server.store.ledger import Ledger

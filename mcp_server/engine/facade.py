@@ -174,7 +174,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             return
         self._closed.clear()
         lock_path = self.state_dir / "engine.lock"
-        f = open(lock_path, "a+")
+        f = open(lock_path, "a+")  # noqa: SIM115 - held open for the engine's life: it is the workspace lock
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -238,7 +238,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
                 self._lock_file.close()
                 self._lock_file = None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         self.start()
         return self
 

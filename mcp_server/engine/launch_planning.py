@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mcp_server.domain import variants
 from mcp_server.domain.errors import Conflict, InvalidInput
@@ -244,7 +245,7 @@ class LaunchPlanner:
             exps: list[Experiment] = []
             created: list[str] = []
             try:
-                for eid, p in zip(ids, planned):
+                for eid, p in zip(ids, planned, strict=True):
                     msg = f"{eid}: {p.description}"
                     if p.overrides:
                         msg += "\n\noverrides: " + variants.describe(p.overrides)
@@ -257,7 +258,7 @@ class LaunchPlanner:
                         parent_code_hash=p.parent_code_hash, harness_hash=self.harness_hash,
                         overrides=p.overrides, seed=p.seed, gpu_type=p.gpu_type, priority=p.priority,
                         status=Status.queued, created_at=now))
-                self.ledger.insert_launch(exps, {e.id: p.kind for e, p in zip(exps, planned)}, wave_obj)
+                self.ledger.insert_launch(exps, {e.id: p.kind for e, p in zip(exps, planned, strict=True)}, wave_obj)
             except BaseException:
                 for eid in created:
                     try:

@@ -210,16 +210,16 @@ def _crash_error(lines: list[str]) -> str | None:
     For a Python traceback that is its last line ('ValueError: boom') plus the innermost
     'File ..., line N' frame; otherwise the last non-empty line of the log.
     """
-    meaningful = [l.rstrip() for l in lines if l.strip()]
+    meaningful = [ln.rstrip() for ln in lines if ln.strip()]
     if not meaningful:
         return None
-    tb_start = max((i for i, l in enumerate(meaningful) if l.startswith("Traceback (most recent call last)")), default=None)
+    tb_start = max((i for i, ln in enumerate(meaningful) if ln.startswith("Traceback (most recent call last)")), default=None)
     if tb_start is not None:
         tb = meaningful[tb_start + 1:]
-        exc = next((l.strip() for l in reversed(tb) if not l.startswith(" ") and _EXCEPTION_LINE.match(l.strip())), None)
+        exc = next((ln.strip() for ln in reversed(tb) if not ln.startswith(" ") and _EXCEPTION_LINE.match(ln.strip())), None)
         if exc is None:
-            exc = next((l.strip() for l in reversed(tb) if not l.startswith(" ")), tb[-1].strip() if tb else None)
-        frame = next((l.strip() for l in reversed(tb) if l.strip().startswith('File "')), None)
+            exc = next((ln.strip() for ln in reversed(tb) if not ln.startswith(" ")), tb[-1].strip() if tb else None)
+        frame = next((ln.strip() for ln in reversed(tb) if ln.strip().startswith('File "')), None)
         if exc and frame:
             return f"{exc} ({frame})"
         if exc:
@@ -242,7 +242,7 @@ def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled
     if fail is not None:
         return "nan", fail
     if any(marker in line for line in lines[-200:] for marker in _OOM_MARKERS):
-        oom = next((l.strip() for l in reversed(lines) if any(m in l for m in _OOM_MARKERS)), "out of memory")
+        oom = next((ln.strip() for ln in reversed(lines) if any(m in ln for m in _OOM_MARKERS)), "out of memory")
         return "oom", f"out of memory: {oom}"
     if exit_code == 0:
         return "crash", "train.py exited 0 but printed no RESULT_JSON line; it must end with the summary block and RESULT_JSON"
@@ -535,7 +535,7 @@ def _parse_fast(argv: list[str]) -> dict[str, Any] | None:
     out: dict[str, Any] = {"python": sys.executable, "kill_grace": DEFAULT_KILL_GRACE_S, "lock_fd": None, "after": []}
     if len(argv) % 2:
         return None
-    for flag, raw in zip(argv[::2], argv[1::2]):
+    for flag, raw in zip(argv[::2], argv[1::2]):  # noqa: B905 - even length checked; no strict= for slot Pythons < 3.10
         kind = _VALUE_FLAGS.get(flag)
         if kind is None or raw.startswith("--"):
             return None

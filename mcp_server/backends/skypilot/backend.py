@@ -54,8 +54,8 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         if sdk is None:
             import sky as sdk  # noqa: PLC0415 - heavy (~4 s): only when this backend is used
         self.sky = sdk
-        self._exc_gone = getattr(sdk.exceptions, "ClusterDoesNotExist")
-        self._exc_not_up = getattr(sdk.exceptions, "ClusterNotUpError")
+        self._exc_gone = sdk.exceptions.ClusterDoesNotExist
+        self._exc_not_up = sdk.exceptions.ClusterNotUpError
         self._lock = threading.RLock()
         self._provision_lock = threading.Lock()
         self._jobs: dict[tuple[str, int], TrackedJob] = {}
@@ -77,7 +77,7 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
                                                  ("launch_s", "exec_submit_s", "queue_s", "logs_s")}
 
     @classmethod
-    def from_config(cls, config: FleetConfig) -> "SkyPilotBackend":
+    def from_config(cls, config: FleetConfig) -> SkyPilotBackend:
         return cls(config)
 
     @staticmethod

@@ -7,8 +7,9 @@ import functools
 import inspect
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -30,15 +31,15 @@ log = logging.getLogger("autoresearch_fleet.tools")
 class FleetContext:
     """What the server's lifespan yields: the one engine every tool calls."""
 
-    engine: "Engine"
-    config: "FleetConfig"
+    engine: Engine
+    config: FleetConfig
 
 
 def fleet(ctx: Context) -> FleetContext:
     return ctx.request_context.lifespan_context
 
 
-def engine(ctx: Context) -> "Engine":
+def engine(ctx: Context) -> Engine:
     return fleet(ctx).engine
 
 
@@ -177,7 +178,7 @@ class ExperimentBrief(BaseModel):
     error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
 
     @classmethod
-    def of(cls, e: Experiment) -> "ExperimentBrief":
+    def of(cls, e: Experiment) -> ExperimentBrief:
         return cls(
             id=e.id,
             description=clip(e.description, 160),

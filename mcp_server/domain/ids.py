@@ -43,10 +43,3 @@ def id_seq(some_id: str) -> int:
     """The sequence number of an experiment or wave id ('e0042' -> 42)."""
     return int(some_id[1:])
 
-
-def is_experiment_id(value: object) -> bool:
-    return isinstance(value, str) and EXPERIMENT_ID_RE.match(value) is not None
-
-
-def is_wave_id(value: object) -> bool:
-    return isinstance(value, str) and WAVE_ID_RE.match(value) is not None

@@ -19,6 +19,7 @@ from mcp_server.backends.skypilot.jobs import JobsMixin, TrackedJob
 from mcp_server.backends.skypilot.records import ClusterInfo
 from mcp_server.backends.skypilot.refresher import ClusterWatch, RefresherMixin
 from mcp_server.backends.skypilot.staging import stage_run
+from mcp_server.domain import paths
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import InvalidInput
 
@@ -47,7 +48,7 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
             raise InvalidInput(f"workspace tag must be lowercase letters, digits and '-' (<= 24), got {self.workspace_tag!r}.")
         self.cluster_prefix = f"{prefix}-{self.workspace_tag}-"
         self._name_re = re.compile("^" + re.escape(self.cluster_prefix) + r"(\d{2,4})$")
-        self.state_dir = self.workspace / ".autoresearch" / "skypilot"
+        self.state_dir = paths.skypilot_dir(self.workspace)
         self.refresh_interval_s = refresh_interval_s
         self.unreachable_lost_s = unreachable_lost_s
         self.request_grace_s = request_grace_s
@@ -70,7 +71,6 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_provision_errors: dict[str, str] = {}
         self._done: deque[tuple[str, int]] = deque(maxlen=4096)   # outcome handed out, or cancelled: poll/cancel no-ops
         self.exec_log: deque[tuple[str, str, float, float]] = deque(maxlen=1000)   # name, cluster, submit, exec
         self.timings: dict[str, deque[float]] = {k: deque(maxlen=1000) for k in

@@ -54,7 +54,6 @@ class ClustersMixin:
     _gone: dict[str, float]       # vanished under us (their jobs are lost); name -> when marked
     _torn_down: dict[str, float]  # removed by teardown (their jobs are cancelled); name -> when marked
     _tearing_down: set[str]       # `sky.down` in progress
-    last_provision_errors: dict[str, str]
     timings: dict[str, deque[float]]
 
     if TYPE_CHECKING:   # provided by SkyPilotBackend
@@ -161,7 +160,6 @@ class ClustersMixin:
                         self.sky.get(self.sky.down(name))
                     except Exception:  # noqa: BLE001
                         log.warning("down of failed cluster %s failed", name, exc_info=True)
-                self.last_provision_errors = errors
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
         infos = self._refresh_clusters()
@@ -244,15 +242,3 @@ class ClustersMixin:
                     log.warning("could not set autostop on %s", info.name, exc_info=True)
         return [self._cluster_model(i) for i in sorted(infos.values(), key=lambda i: i.name)]
 
-    def live_jobs(self) -> dict[str, list[str]]:
-        """Per cluster, the fleet's job names SkyPilot reports as not finished (for diagnostics/adoption)."""
-        out: dict[str, list[str]] = {}
-        for name, info in self._refresh_clusters().items():
-            if info.state != "up":
-                continue
-            try:
-                recs = self.sky.get(self.sky.queue(name, skip_finished=True))
-            except Exception:  # noqa: BLE001
-                continue
-            out[name] = [str(r.job_name) for r in recs if str(getattr(r, "job_name", "")).startswith("arf-")]
-        return out

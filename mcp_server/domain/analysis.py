@@ -225,7 +225,11 @@ def noise_floor(experiments: Iterable[Experiment], gpu_type: str) -> float | Non
     return Index(experiments).noise(gpu_type)
 
 
-def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[str, float | None]:
+#: what a delta means against its reference (the comparing subset of Verdict.verdict)
+Comparison = Literal["improvement", "within_noise", "worse"]
+
+
+def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[Comparison, float | None]:
     if noise is None:
         return ("improvement" if delta < 0 else "worse" if delta > 0 else "within_noise"), None
     threshold = SIGMAS * noise * math.sqrt(1.0 / n_t + 1.0 / n_r)

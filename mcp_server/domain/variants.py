@@ -94,7 +94,7 @@ class _NotConstant(Exception):
 def _eval_number_expr(node: ast.expr) -> int | float:
     """Evaluate arithmetic on number literals (e.g. 2**19, 3e-4 * 2) without executing code.
     Anything else (names, calls, attributes) is not a constant."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and (type(node.value) is int or type(node.value) is float):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         v = _eval_number_expr(node.operand)
@@ -141,8 +141,8 @@ def _module_scope_bindings(tree: ast.Module) -> dict[str, list[int]]:
             declared = frozenset(
                 n for stmt in ast.walk(node) if isinstance(stmt, ast.Global) for n in stmt.names
             )
-            for child in node.body:
-                visit(child, False, declared)
+            for body_stmt in node.body:
+                visit(body_stmt, False, declared)
             return
         if isinstance(node, ast.Lambda):
             return  # own scope, cannot bind module names (walrus is illegal there)
@@ -214,6 +214,8 @@ def _scan(source: str) -> tuple[dict[str, _Binding], dict[str, str]]:
         except _NotConstant:
             excluded[name] = f"its value on line {stmt.lineno} is an expression, not a literal"
             continue
+        # ast.parse sets end positions on every expression node (only hand-built nodes lack them)
+        assert value.end_lineno is not None and value.end_col_offset is not None
         start = _char_offset(source, starts, value.lineno, value.col_offset)
         end = _char_offset(source, starts, value.end_lineno, value.end_col_offset)
         constants[name] = _Binding(name, val, stmt.lineno, start, end)

@@ -305,7 +305,7 @@ def _wait_for_slot(lock_paths: list[str], stop: _Stop) -> None:
 def _pidfd(pid: int) -> int | None:
     """A pidfd for `pid` (readable once it exits), or None where the OS has none."""
     try:
-        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
 

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from io import BytesIO
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import git
 from gitdb.base import IStream
@@ -92,6 +92,12 @@ def _git_error(e: git.GitCommandError) -> str:
     text = (e.stderr or e.stdout or str(e)).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
     return " ".join(text.split())  # one line: the message is read by a model
+
+
+def is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
+    """`git merge-base --is-ancestor ancestor rev`. GitPython's stubs ask for Commit objects, but
+    `Repo.is_ancestor` hands both straight to git, so a sha or ref string works (and needs no lookup)."""
+    return repo.is_ancestor(cast(git.Commit, ancestor), cast(git.Commit, rev))
 
 
 class Workspace:
@@ -276,7 +282,9 @@ class Workspace:
             shown = rev[:60] + "..." if isinstance(rev, str) and len(rev) > 60 else rev
             raise InvalidInput(f"Invalid revision {shown!r}: not a sha or ref name. {hint}")
         with self._lock:
-            name, suffix = re.fullmatch(r"(.*?)((?:[~^][0-9]*)*)", rev).groups()  # e0003~1 works too
+            parts = re.fullmatch(r"(.*?)((?:[~^][0-9]*)*)", rev)
+            assert parts is not None  # matches any newline-free string, and REV_PATTERN allows no newline
+            name, suffix = parts.groups()  # e0003~1 works too
             if EXPERIMENT_ID_PATTERN.fullmatch(name) and self._rev_parse(EXPERIMENT_REF_PREFIX + name):
                 sha = self._rev_parse(EXPERIMENT_REF_PREFIX + rev)
                 if sha:
@@ -439,10 +447,12 @@ class Workspace:
             raise Conflict(f"Run directory {dest} already exists and is not empty; export needs a fresh directory.")
         with self._lock:
             c = self._commit(commit)
-            entries = [(item.path, item.mode, item.data_stream.read())
-                       for item in c.tree.traverse() if item.type == "blob" and item.mode in (0o100644, 0o100755)]
+            # (traverse() yields objects, not tuples, without as_edge; type "blob" is exactly git.Blob)
+            entries = [(str(item.path), item.mode, item.data_stream.read())
+                       for item in c.tree.traverse()
+                       if isinstance(item, git.Blob) and item.mode in (0o100644, 0o100755)]
         dest.mkdir(parents=True, exist_ok=True)
-        written = []
+        written: list[str] = []
         for rel, mode, data in entries:
             parts = PurePosixPath(rel).parts
             if ".." in parts or rel.startswith("/"):
@@ -478,7 +488,7 @@ class Workspace:
             result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True, "updated_files": []}
             if target == head:
                 return result
-            fast_forward = repo.is_ancestor(head, target)
+            fast_forward = is_ancestor(repo, head, target)
             if not fast_forward and not force:
                 raise Conflict(
                     f"Commit {target[:12]} does not descend from the head of {self.branch} ({head[:12]}): the branch "

@@ -110,7 +110,8 @@ class ClustersMixin:
             m = self._name_re.match(str(rec.name))
             if m:
                 used.add(int(m.group(1)))
-        names, i = [], 1
+        names: list[str] = []
+        i = 1
         while len(names) < count:
             if i not in used:
                 names.append(f"{self.cluster_prefix}{i:02d}")
@@ -217,8 +218,8 @@ class ClustersMixin:
             infos = {}
         if not errors:
             return removed
-        for n, e in errors.items():
-            log.warning("sky down %s failed: %s", n, e)
+        for n, err in errors.items():
+            log.warning("sky down %s failed: %s", n, err)
         failed = sorted(errors)
         what = "; ".join(
             f"{n}: {errors[n]} (SkyPilot lists it as {infos[n].state})" if n in infos

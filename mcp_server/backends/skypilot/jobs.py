@@ -107,7 +107,7 @@ class JobsMixin:
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"
-        spec = {"cluster": cluster, "name": f"arf-{key}", "key": key, "run_dir": str(Path(job.run_dir).resolve()),
+        spec: dict[str, Any] = {"cluster": cluster, "name": f"arf-{key}", "key": key, "run_dir": str(Path(job.run_dir).resolve()),
                 "run": self.run_command(key, job.harness_hash, job.timeout_s),
                 "envs": self._job_envs(job), "resources": self.job_resources(info), "request_id": None}
         stage = self._stage_run(job, key)

@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, overload
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -36,7 +36,9 @@ class FleetContext:
 
 
 def fleet(ctx: Context) -> FleetContext:
-    return ctx.request_context.lifespan_context
+    # The tools take a bare `Context` (the SDK finds the context parameter by that class), whose
+    # lifespan type defaults to dict; FleetServer is MCPServer[FleetContext], so this is the FleetContext.
+    return cast(FleetContext, ctx.request_context.lifespan_context)
 
 
 def engine(ctx: Context) -> Engine:
@@ -193,6 +195,14 @@ class ExperimentBrief(BaseModel):
             overrides=e.overrides,
             error=clip(e.error, 300),
         )
+
+
+@overload
+def clip(text: str, n: int) -> str: ...
+
+
+@overload
+def clip(text: None, n: int) -> None: ...
 
 
 def clip(text: str | None, n: int) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import anyio
 import anyio.from_thread
@@ -101,6 +101,11 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
                       experiment_count=len(wave.experiment_ids), next_step=hint)
 
 
+def _val_bpb(e: Experiment) -> float:
+    assert e.metrics.val_bpb is not None  # a sort key only for experiments filtered on having one
+    return e.metrics.val_bpb
+
+
 def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
     """All of them when few; else every failure (up to a third) and the best by val_bpb."""
     if len(finished) <= MAX_WAIT_ROWS:
@@ -108,7 +113,7 @@ def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
     failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
     failed_ids = {e.id for e in failed}
     done = sorted((e for e in finished if e.id not in failed_ids and e.metrics.val_bpb is not None),
-                  key=lambda e: e.metrics.val_bpb)
+                  key=_val_bpb)
     keep = failed_ids | {e.id for e in done[: MAX_WAIT_ROWS - len(failed)]}
     return [e for e in finished if e.id in keep]
 
@@ -271,7 +276,12 @@ def cancel_experiments(
                         "lists them.")
 
 
-ACT = dict(read_only_hint=False, open_world_hint=False)
+class _ActHints(TypedDict):
+    read_only_hint: bool
+    open_world_hint: bool
+
+
+ACT = _ActHints(read_only_hint=False, open_world_hint=False)
 
 
 def register(server: MCPServer) -> None:

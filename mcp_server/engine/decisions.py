@@ -79,6 +79,7 @@ class DecisionsMixin(EngineParts):
                     f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
                     f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, keep "
                     f"another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one does not descend "
-                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch to it.")
+                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch "
+                    "to it.")
         self.ledger.set_decision(exp.id, Decision.discard)
         return DecisionOutcome(experiment=self.checks.experiment(exp.id))

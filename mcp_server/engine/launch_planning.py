@@ -148,7 +148,8 @@ class LaunchPlanner:
         total = (len(cells) + (1 if control else 0)) * n
         if total > MAX_WAVE_EXPERIMENTS:
             raise InvalidInput(
-                f"This wave would launch ({len(cells)} cells{' + control' if control else ''}) x {n} replicates = {total} "
+                f"This wave would launch ({len(cells)} cells{' + control' if control else ''}) x {n} replicates "
+                f"= {total} "
                 f"experiments; at most {MAX_WAVE_EXPERIMENTS} per wave. Use fewer levels or replicates, or split it.")
         with self.lock:
             b = self.resolve_base(commit=base, what="base")

@@ -85,7 +85,8 @@ def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InvalidInput(f"{what} is not valid Unicode text ({e.reason} at position {e.start}); send plain UTF-8 text.") from None
+        raise InvalidInput(f"{what} is not valid Unicode text ({e.reason} at position {e.start}); "
+                           "send plain UTF-8 text.") from None
 
 
 def _git_error(e: git.GitCommandError) -> str:
@@ -227,9 +228,11 @@ class Workspace:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput(f"{what} must be a non-empty file name. {hint}")
         if len(name) > 255 or any(ord(c) < 32 for c in name) or "\\" in name:
-            raise InvalidInput(f"{what} {name[:80]!r} is not a usable file name (too long, control characters or backslashes). {hint}")
+            raise InvalidInput(f"{what} {name[:80]!r} is not a usable file name "
+                               f"(too long, control characters or backslashes). {hint}")
         if name.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", name):
-            raise InvalidInput(f"{what} {name!r} is an absolute path; files must be inside the workspace {self.path}. {hint}")
+            raise InvalidInput(f"{what} {name!r} is an absolute path; "
+                               f"files must be inside the workspace {self.path}. {hint}")
         rel = PurePosixPath(name)
         if ".." in rel.parts:
             raise InvalidInput(f"{what} {name!r} leaves the workspace ('..' is not allowed). {hint}")
@@ -248,13 +251,15 @@ class Workspace:
             source = TRAIN
         rel = self._relative_path(source)
         if rel.suffix != ".py":
-            raise InvalidInput(f"source {source!r} is not a .py file; give a Python file in the workspace, e.g. 'train.py'.")
+            raise InvalidInput(f"source {source!r} is not a .py file; "
+                               "give a Python file in the workspace, e.g. 'train.py'.")
         full = self.path / rel
         try:
             resolved = full.resolve(strict=True)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(
-                f"No file {source!r} in the workspace {self.path}. Python files at its root: {self._workspace_py_files()}."
+                f"No file {source!r} in the workspace {self.path}. "
+                f"Python files at its root: {self._workspace_py_files()}."
             ) from None
         except (OSError, RuntimeError) as e:  # symlink loops
             raise InvalidInput(f"source {source!r} cannot be resolved ({e}); give a regular file.") from None
@@ -278,7 +283,8 @@ class Workspace:
         experiment id (its snapshot ref wins over a short sha that reads the same)."""
         hint = "Give a commit sha (full or at least 4 hex digits), a branch such as " \
                f"{self.branch}, HEAD, or an experiment id with a snapshot."
-        if not isinstance(rev, str) or not REV_PATTERN.fullmatch(rev) or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev)):
+        if (not isinstance(rev, str) or not REV_PATTERN.fullmatch(rev)
+                or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev))):
             shown = rev[:60] + "..." if isinstance(rev, str) and len(rev) > 60 else rev
             raise InvalidInput(f"Invalid revision {shown!r}: not a sha or ref name. {hint}")
         with self._lock:
@@ -395,7 +401,8 @@ class Workspace:
         if len(train_bytes) > MAX_SOURCE_BYTES:
             raise InvalidInput(f"train.py would be {len(train_bytes)} bytes; the limit is {MAX_SOURCE_BYTES} (1 MB).")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS or "\0" in message:
-            raise InvalidInput(f"The commit message must be text of at most {MAX_MESSAGE_CHARS} characters without NUL bytes.")
+            raise InvalidInput(f"The commit message must be text of at most {MAX_MESSAGE_CHARS} characters "
+                               "without NUL bytes.")
         # The trailer names the experiment in the commit itself (and keeps two snapshots of the
         # same code made in the same second from collapsing into one commit).
         message = f"{message.strip() or 'experiment'}\n\nAutoresearch-Experiment: {exp_id}\n"
@@ -485,7 +492,8 @@ class Workspace:
                     f"check it out (git -C {self.path} checkout {self.branch}) and keep again."
                 )
             head = repo.heads[self.branch].commit.hexsha
-            result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True, "updated_files": []}
+            result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True,
+                      "updated_files": []}
             if target == head:
                 return result
             fast_forward = is_ancestor(repo, head, target)
@@ -546,15 +554,15 @@ class Workspace:
                 now = None
             if now not in allowed:
                 raise Conflict(
-                    f"The working {path} has edits that are in neither the branch head nor {target[:12]}; keeping would "
-                    f"overwrite them. If they are already launched as an experiment they are safe in its snapshot: "
-                    f"restore the file (git -C {self.path} checkout -- {path}) and keep again; otherwise launch or save "
-                    "them first."
+                    f"The working {path} has edits that are in neither the branch head nor {target[:12]}; "
+                    "keeping would overwrite them. If they are already launched as an experiment they are safe in "
+                    f"its snapshot: restore the file (git -C {self.path} checkout -- {path}) and keep again; "
+                    "otherwise launch or save them first."
                 )
             if staged.get(path) not in allowed:
                 raise Conflict(
-                    f"{path} has staged changes in the workspace index that keeping {target[:12]} would lose; commit or "
-                    f"unstage them (git -C {self.path} restore --staged {path}) and keep again."
+                    f"{path} has staged changes in the workspace index that keeping {target[:12]} would lose; "
+                    f"commit or unstage them (git -C {self.path} restore --staged {path}) and keep again."
                 )
 
     def _write_working_file(self, path: str, sha: str | None, mode: int | None) -> None:

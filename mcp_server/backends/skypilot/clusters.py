@@ -184,7 +184,8 @@ class ClustersMixin:
         else:
             bad = [n for n in names if not isinstance(n, str) or not self.is_ours(n)]
             if bad:
-                raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): {bad[:10]}")
+                raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): "
+                                   f"{bad[:10]}")
             targets = list(dict.fromkeys(names))
         with self._lock:
             self._tearing_down.update(targets)   # no new jobs; the refresher draws no conclusions meanwhile

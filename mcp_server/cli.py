@@ -167,7 +167,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"workspace {args.workspace}  branch autoresearch/{tag}")
         print(f"experiments {sum(counts.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         print(f"clusters {len(clusters)}: " + ", ".join(f"{c.name} ({c.gpu_type}, {c.state})" for c in clusters))
-        print(f"GPU-hours {usage['gpu_hours'] + usage['gpu_hours_in_flight']:.3f}, est. cost ${usage['cost_usd'] + usage['cost_usd_in_flight']:.2f}")
+        print(f"GPU-hours {usage['gpu_hours'] + usage['gpu_hours_in_flight']:.3f}, "
+              f"est. cost ${usage['cost_usd'] + usage['cost_usd_in_flight']:.2f}")
         board = analysis.leaderboard(exps, limit=1)
         for gpu, rows in board.by_gpu_type.items():
             if rows:

@@ -53,7 +53,8 @@ class Verdict(BaseModel):
     gpu_type: str | None
     val_bpb: float | None = Field(None, description="This experiment's own val_bpb.")
     reference_id: str | None = Field(None, description="Same-GPU-type baseline/control it is compared with.")
-    delta: float | None = Field(None, description="mean val_bpb of its group - mean of the reference group (negative = better).")
+    delta: float | None = Field(
+        None, description="mean val_bpb of its group - mean of the reference group (negative = better).")
     noise: float | None = Field(None, description="Noise floor (pooled std of replicated groups) on this GPU type.")
     verdict: Literal["improvement", "within_noise", "worse", "no_reference", "failed", "pending"]
     note: str = ""
@@ -85,7 +86,8 @@ class Leaderboard(BaseModel):
     by_gpu_type: dict[str, list[LeaderboardRow]]
     noise_floor: dict[str, float | None]
     notes: list[str] = Field(default_factory=list)
-    reference: dict[str, str] = Field(default_factory=dict, description="GPU type -> experiment id the deltas are measured against.")
+    reference: dict[str, str] = Field(default_factory=dict,
+                                      description="GPU type -> experiment id the deltas are measured against.")
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,7 +227,11 @@ def noise_floor(experiments: Iterable[Experiment], gpu_type: str) -> float | Non
     return Index(experiments).noise(gpu_type)
 
 
-def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[str, float | None]:
+#: what a delta means against its reference (the comparing subset of Verdict.verdict)
+Comparison = Literal["improvement", "within_noise", "worse"]
+
+
+def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[Comparison, float | None]:
     if noise is None:
         return ("improvement" if delta < 0 else "worse" if delta > 0 else "within_noise"), None
     threshold = SIGMAS * noise * math.sqrt(1.0 / n_t + 1.0 / n_r)
@@ -385,7 +391,8 @@ class Index:
 
         if t.parent_code_hash is None:
             return Verdict(**base, verdict="no_reference",
-                           note="It has no parent code to compare with (a baseline). Launch variants of it, or replicates to measure noise.")
+                           note="It has no parent code to compare with (a baseline). Launch variants of it, "
+                                "or replicates to measure noise.")
         ref = groups.get((gpu, t.parent_code_hash))
         if ref is None:
             elsewhere = sorted(g for g in self._by_gpu if (g, t.parent_code_hash) in groups)
@@ -411,7 +418,8 @@ class Index:
         elif base["noise"] is None:
             notes.append(_no_noise_note(gpu))
         elif base["noise"] == 0.0:
-            notes.append(f"Replicates on {gpu} were identical (noise 0): the seed may not change anything on this GPU type.")
+            notes.append(f"Replicates on {gpu} were identical (noise 0): "
+                         "the seed may not change anything on this GPU type.")
         if label == "improvement" and n_t == 1 and t.code_hash != t.parent_code_hash:
             notes.append(f"Single seed: confirm with replicates (or {Tool.PROMOTE}) before keeping.")
         assert ref.first is not None
@@ -440,7 +448,8 @@ class Index:
             wanted = {t.lower(): t for t in all_types}.get(gpu_type.lower())
             if wanted is None:
                 notes.append(
-                    f"No finished experiments on {gpu_type}. GPU types with results: {', '.join(all_types) or 'none yet'}."
+                    f"No finished experiments on {gpu_type}. "
+                    f"GPU types with results: {', '.join(all_types) or 'none yet'}."
                 )
                 return Leaderboard(by_gpu_type={}, noise_floor={}, notes=notes)
             types = [wanted]
@@ -449,7 +458,8 @@ class Index:
             if len(all_types) > 1:
                 notes.append(
                     f"{' and '.join(all_types)} results are ranked separately and are not comparable: the time budget "
-                    f"is fixed, so a faster GPU fits more steps. Compare within one type; {Tool.PROMOTE} to a type to compare there."
+                    f"is fixed, so a faster GPU fits more steps. Compare within one type; {Tool.PROMOTE} to a type to "
+                    "compare there."
                 )
 
         table: dict[str, list[LeaderboardRow]] = {}
@@ -462,7 +472,8 @@ class Index:
             ref, why = self._reference_group(gs)
             assert ref.first is not None
             reference_ids[gpu] = ref.first.id
-            notes.append(f"{gpu}: deltas are vs {ref.first.id} ({why}, mean of {ref.n} seed{'s' if ref.n != 1 else ''}).")
+            notes.append(f"{gpu}: deltas are vs {ref.first.id} "
+                         f"({why}, mean of {ref.n} seed{'s' if ref.n != 1 else ''}).")
             if noise is None:
                 notes.append(f"{gpu}: no noise estimate (no code has >= 2 finished seeds); verdicts go by sign only. "
                              "Launch replicates of the baseline to measure it.")

@@ -19,24 +19,28 @@ TEMPLATE_DIR = _template_dir()
 
 
 class FleetConfig(BaseModel):
-    workspace: Path = Field(Path("research"), description="The research git repo (created from the template if missing).")
+    workspace: Path = Field(Path("research"),
+                            description="The research git repo (created from the template if missing).")
     tag: str = Field("default", description="Session tag: the branch is autoresearch/<tag>.")
     backend: str = Field("local", description="local | skypilot")
     profile: str | None = Field(None, description="cpu | gpu; None = gpu if CUDA is available, else cpu.")
     time_budget_s: float | None = Field(None, description="Override of the profile's training budget (tests, demo).")
     timeout_grace_s: float = Field(120.0, description="Hard timeout = budget x 2 + this.")
-    max_attempts: int = Field(3, description="Attempts per experiment when its slot vanishes (infrastructure failures).")
+    max_attempts: int = Field(3,
+                              description="Attempts per experiment when its slot vanishes (infrastructure failures).")
     # local backend
     cpu_slots: int = Field(2, description="CPU slots when no GPU is present.")
     slot_labels: list[str] | None = Field(
-        None, description="SIMULATION: label local slots as GPU types (e.g. ['H100','H200']) to exercise tiering on CPU."
+        None,
+        description="SIMULATION: label local slots as GPU types (e.g. ['H100','H200']) to exercise tiering on CPU.",
     )
     # limits enforced by the server
     max_clusters: int = 16
     max_concurrent: int = 64
     gpu_hour_budget: float | None = Field(None, description="Refuse launches once this many GPU-hours are spent.")
     # skypilot backend
-    sky_task: Path | None = Field(None, description="Task YAML for SkyPilot clusters (default: the workspace's sky_task.yaml).")
+    sky_task: Path | None = Field(
+        None, description="Task YAML for SkyPilot clusters (default: the workspace's sky_task.yaml).")
     sky_infra: str | None = None
     sky_autostop_minutes: int = 30
     cache_dir: Path | None = Field(None, description="AUTORESEARCH_CACHE for local runs.")

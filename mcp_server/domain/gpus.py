@@ -32,8 +32,10 @@ GPU_TYPES: tuple[GpuType, ...] = (
     GpuType("B200", 180, 2250.0, 8.0, 6.00, ("nvidia b200", "b200-sxm", "hgx b200")),
     GpuType("H200", 141, 989.0, 4.8, 3.80, ("nvidia h200", "h200-sxm", "h200 sxm", "h200-141gb")),
     GpuType("H100", 80, 989.0, 3.35, 2.90, ("nvidia h100", "h100-sxm", "h100 sxm", "h100-80gb", "h100 80gb hbm3")),
-    GpuType("A100-80GB", 80, 312.0, 2.04, 1.80, ("a100 80gb", "a100-sxm4-80gb", "a100 80gb sxm", "a100-80g", "a100_80gb")),
-    GpuType("A100", 40, 312.0, 1.56, 1.30, ("a100-40gb", "a100 40gb", "a100-sxm4-40gb", "a100-pcie-40gb", "nvidia a100")),
+    GpuType("A100-80GB", 80, 312.0, 2.04, 1.80,
+            ("a100 80gb", "a100-sxm4-80gb", "a100 80gb sxm", "a100-80g", "a100_80gb")),
+    GpuType("A100", 40, 312.0, 1.56, 1.30,
+            ("a100-40gb", "a100 40gb", "a100-sxm4-40gb", "a100-pcie-40gb", "nvidia a100")),
     GpuType("L40S", 48, 362.0, 0.864, 1.00, ("nvidia l40s", "l40-s", "l40 s")),
     GpuType("L4", 24, 121.0, 0.30, 0.75, ("nvidia l4",)),
     # The A10G (AWS's variant) has half the A10's tensor rate: ~70 dense bf16 TFLOP/s (Baseten's

@@ -67,8 +67,10 @@ class Experiment(BaseModel):
     parent_id: str | None = Field(None, description="Experiment whose code this one was derived from.")
     parent_commit: str | None = Field(None, description="Commit the snapshot was built on.")
     commit: str | None = Field(None, description="Commit of the code snapshot (hidden ref).")
-    code_hash: str | None = Field(None, description="Git blob sha of the snapshot's train.py: equal code => equal hash (replicates, controls, promotions).")
-    parent_code_hash: str | None = Field(None, description="Blob sha of train.py at parent_commit: the reference this experiment is compared with.")
+    code_hash: str | None = Field(None, description="Git blob sha of the snapshot's train.py: equal code => equal hash "
+                                  "(replicates, controls, promotions).")
+    parent_code_hash: str | None = Field(None, description="Blob sha of train.py at parent_commit: the reference this "
+                                         "experiment is compared with.")
     harness_hash: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
@@ -83,7 +85,8 @@ class Experiment(BaseModel):
     error: str | None = None
     log_path: str | None = None
     created_at: float = 0.0
-    started_at: float | None = Field(None, description="When it started training; null while queued or waiting for its slot.")
+    started_at: float | None = Field(
+        None, description="When it started training; null while queued or waiting for its slot.")
     ended_at: float | None = None
     waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
                                    "it starts (and costs GPU time) when that one ends.")

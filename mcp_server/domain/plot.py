@@ -69,8 +69,8 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
                 ax.step(run_x, run_y, where="post", color=colour[t], linewidth=1.6, label=f"{t} running best", zorder=3)
         if failed_x and all_bpb:
             top = max(all_bpb)
-            for t, xs in failed_x.items():
-                ax.scatter(xs, [top] * len(xs), marker="x", color=colour[t], s=22, alpha=0.6, zorder=2)
+            for t, fxs in failed_x.items():
+                ax.scatter(fxs, [top] * len(fxs), marker="x", color=colour[t], s=22, alpha=0.6, zorder=2)
             ax.scatter([], [], marker="x", color="grey", label="failed (drawn at top)")
         if kept:
             kx, ky = zip(*kept, strict=True)

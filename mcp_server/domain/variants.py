@@ -94,7 +94,7 @@ class _NotConstant(Exception):
 def _eval_number_expr(node: ast.expr) -> int | float:
     """Evaluate arithmetic on number literals (e.g. 2**19, 3e-4 * 2) without executing code.
     Anything else (names, calls, attributes) is not a constant."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and (type(node.value) is int or type(node.value) is float):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         v = _eval_number_expr(node.operand)
@@ -141,8 +141,8 @@ def _module_scope_bindings(tree: ast.Module) -> dict[str, list[int]]:
             declared = frozenset(
                 n for stmt in ast.walk(node) if isinstance(stmt, ast.Global) for n in stmt.names
             )
-            for child in node.body:
-                visit(child, False, declared)
+            for body_stmt in node.body:
+                visit(body_stmt, False, declared)
             return
         if isinstance(node, ast.Lambda):
             return  # own scope, cannot bind module names (walrus is illegal there)
@@ -214,6 +214,8 @@ def _scan(source: str) -> tuple[dict[str, _Binding], dict[str, str]]:
         except _NotConstant:
             excluded[name] = f"its value on line {stmt.lineno} is an expression, not a literal"
             continue
+        # ast.parse sets end positions on every expression node (only hand-built nodes lack them)
+        assert value.end_lineno is not None and value.end_col_offset is not None
         start = _char_offset(source, starts, value.lineno, value.col_offset)
         end = _char_offset(source, starts, value.end_lineno, value.end_col_offset)
         constants[name] = _Binding(name, val, stmt.lineno, start, end)
@@ -255,7 +257,8 @@ def _check_value(name: str, value: Any, depth: int = 0) -> None:
         return
     if isinstance(value, int):  # bool included
         if value.bit_length() > 3000:
-            raise InvalidInput(f"{name}: integer is far too large; the written value is limited to {MAX_VALUE_REPR} characters.")
+            raise InvalidInput(f"{name}: integer is far too large; "
+                               f"the written value is limited to {MAX_VALUE_REPR} characters.")
         return
     if isinstance(value, str):
         if len(value) > MAX_VALUE_REPR:
@@ -375,12 +378,14 @@ def apply_overrides(source: str, overrides: dict[str, Any]) -> str:
     changes nothing yields byte-identical code (and the same code_hash as the control)."""
     if not isinstance(overrides, dict):
         raise InvalidInput(
-            f"overrides must be an object mapping constant names to values, e.g. {{\"DEPTH\": 4}}; got {type(overrides).__name__}."
+            f"overrides must be an object mapping constant names to values, e.g. {{\"DEPTH\": 4}}; "
+            f"got {type(overrides).__name__}."
         )
     constants, excluded = _scan(source)
     if len(overrides) > MAX_OVERRIDES:
         raise InvalidInput(
-            f"{len(overrides)} overrides given; at most {MAX_OVERRIDES} per experiment. Split the change, or edit train.py directly."
+            f"{len(overrides)} overrides given; at most {MAX_OVERRIDES} per experiment. "
+            "Split the change, or edit train.py directly."
         )
     edits: list[tuple[_Binding, Any, str]] = []
     for name, value in overrides.items():
@@ -401,12 +406,14 @@ def apply_overrides(source: str, overrides: dict[str, Any]) -> str:
     try:
         check, _ = _scan(result)
     except InvalidInput as e:  # pragma: no cover - repr() of a checked value is always a literal
-        raise InvalidInput(f"Internal error: the rewritten train.py does not parse ({e}); nothing was changed.") from None
+        raise InvalidInput(
+            f"Internal error: the rewritten train.py does not parse ({e}); nothing was changed.") from None
     for binding, new_value, _ in edits:
         got = check.get(binding.name)
         if got is None or not _strict_equal(got.value, new_value):  # pragma: no cover - defensive
             raise InvalidInput(
-                f"Internal error: {binding.name} could not be rewritten to {_short_repr(new_value)}; nothing was changed."
+                f"Internal error: {binding.name} could not be rewritten to {_short_repr(new_value)}; "
+                "nothing was changed."
             )
     return result
 
@@ -446,7 +453,8 @@ def factorial(axes: dict[str, list[Any]], max_cells: int = 64) -> list[dict[str,
     for name, levels in axes.items():
         if not isinstance(name, str) or not CONSTANT_NAME.fullmatch(name):
             raise InvalidInput(
-                f"Axis name {_short_repr(name)} is not a constant name: axes are module-level UPPER_CASE constants of train.py (e.g. DEPTH)."
+                f"Axis name {_short_repr(name)} is not a constant name: "
+                "axes are module-level UPPER_CASE constants of train.py (e.g. DEPTH)."
             )
         if not isinstance(levels, (list, tuple)) or not (1 <= len(levels) <= MAX_LEVELS):
             n = len(levels) if isinstance(levels, (list, tuple)) else type(levels).__name__
@@ -456,7 +464,8 @@ def factorial(axes: dict[str, list[Any]], max_cells: int = 64) -> list[dict[str,
             _check_value(name, level)
             key = _level_key(level)
             if key in seen:
-                raise InvalidInput(f"Axis {name}: level {_short_repr(level)} is listed twice; each level once (use replicates for repeats).")
+                raise InvalidInput(f"Axis {name}: level {_short_repr(level)} is listed twice; "
+                                   "each level once (use replicates for repeats).")
             seen.add(key)
         total *= len(levels)
     if total > max_cells:

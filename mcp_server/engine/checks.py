@@ -120,7 +120,8 @@ class Checks:
         wave = self.ledger.get_wave(wave_id)
         if wave is None:
             last = self.ledger.max_wave_seq()
-            raise NotFound(f"No wave {wave_id} ({f'waves run from w0001 to {format_wave_id(last)}' if last else 'no wave yet'}).")
+            raise NotFound(f"No wave {wave_id} "
+                           f"({f'waves run from w0001 to {format_wave_id(last)}' if last else 'no wave yet'}).")
         return wave
 
     def gpu_types_available(self) -> dict[str, int]:
@@ -133,7 +134,8 @@ class Checks:
 
     def describe_types(self) -> str:
         types = self.gpu_types_available()
-        return ", ".join(f"{t} ({n} slot{'s' if n != 1 else ''})" for t, n in sorted(types.items())) or "none (no slots up)"
+        return (", ".join(f"{t} ({n} slot{'s' if n != 1 else ''})" for t, n in sorted(types.items()))
+                or "none (no slots up)")
 
     def gpu_type(self, gpu_type: Any, required: bool = False) -> str | None:
         """The name of a GPU type some slot has (as the slots spell it), or None for any slot."""
@@ -162,7 +164,8 @@ class Checks:
         if live + n > MAX_QUEUED:
             raise LimitExceeded(
                 f"{live} experiments are queued or running and this launch adds {n}; the server allows at most "
-                f"{MAX_QUEUED} live at once. Wait for some ({Tool.WAIT_FOR_EXPERIMENTS}) or {Tool.CANCEL_EXPERIMENTS}, then launch again.")
+                f"{MAX_QUEUED} live at once. Wait for some ({Tool.WAIT_FOR_EXPERIMENTS}) or {Tool.CANCEL_EXPERIMENTS}, "
+                "then launch again.")
         budget = self.config.gpu_hour_budget
         if budget is not None:
             usage = self.ledger.usage()

@@ -60,7 +60,8 @@ class ClustersMixin(EngineParts):
                                    f"Call {Tool.LIST_CLUSTERS} to see them.")
             bad = [n for n in names if not isinstance(n, str) or n not in current]
             if bad:
-                raise NotFound(f"Unknown cluster{'s' if len(bad) > 1 else ''}: {', '.join(short(b, 40) for b in bad[:10])}. "
+                raise NotFound(f"Unknown cluster{'s' if len(bad) > 1 else ''}: "
+                               f"{', '.join(short(b, 40) for b in bad[:10])}. "
                                f"Clusters: {', '.join(current) or 'none'}. Nothing was torn down.")
             names = list(dict.fromkeys(names))
         try:

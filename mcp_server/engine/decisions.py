@@ -10,6 +10,7 @@ from mcp_server.domain.models import LIVE, Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.checks import check_bool
 from mcp_server.engine.parts import EngineParts
+from mcp_server.store.workspace import is_ancestor
 
 
 class DecisionOutcome(BaseModel):
@@ -52,6 +53,8 @@ class DecisionsMixin(EngineParts):
             why = f" ({(exp.error or '').splitlines()[0][:200]})" if exp.error else ""
             raise Conflict(f"{exp.id} is {exp.status.value}{why}: only done experiments can be kept. "
                            f"Keep a done one (see {Tool.LEADERBOARD}), or fix the code and launch again.")
+        # every experiment is inserted with its snapshot's commit (launch), and the ledger never clears it
+        assert exp.commit is not None
         with self._launch_lock:
             result = self.workspace.keep(exp.commit, force=force)
             detail = f"branch {result.get('branch')} -> {str(result.get('commit'))[:12]}"
@@ -70,12 +73,13 @@ class DecisionsMixin(EngineParts):
                            "(failed ones are already out of the running).")
         if exp.decision == Decision.keep and exp.commit:
             head = self.workspace.head_commit()
-            if head == exp.commit or self.workspace.repo.is_ancestor(exp.commit, head):
+            if head == exp.commit or is_ancestor(self.workspace.repo, exp.commit, head):
                 where = "is at" if head == exp.commit else "has moved on from (and still contains)"
                 raise Conflict(
                     f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
                     f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, keep "
                     f"another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one does not descend "
-                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch to it.")
+                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch "
+                    "to it.")
         self.ledger.set_decision(exp.id, Decision.discard)
         return DecisionOutcome(experiment=self.checks.experiment(exp.id))

@@ -330,7 +330,8 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         axes: dict[str, list[Any]],
         replicates: int = 1,
         include_control: bool = True,
-        base: str | None = None,          # experiment id or commit the wave derives from (default: branch head + working train.py)
+        base: str | None = None,          # experiment id or commit the wave derives from
+        #                                   (default: branch head + working train.py)
         gpu_type: str | None = None,
     ) -> Wave:
         """A full factorial over `axes` (constant -> levels), each cell `replicates` times with

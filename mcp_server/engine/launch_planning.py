@@ -148,7 +148,8 @@ class LaunchPlanner:
         total = (len(cells) + (1 if control else 0)) * n
         if total > MAX_WAVE_EXPERIMENTS:
             raise InvalidInput(
-                f"This wave would launch ({len(cells)} cells{' + control' if control else ''}) x {n} replicates = {total} "
+                f"This wave would launch ({len(cells)} cells{' + control' if control else ''}) x {n} replicates "
+                f"= {total} "
                 f"experiments; at most {MAX_WAVE_EXPERIMENTS} per wave. Use fewer levels or replicates, or split it.")
         with self.lock:
             b = self.resolve_base(commit=base, what="base")
@@ -192,6 +193,7 @@ class LaunchPlanner:
             parents_done: set[str] = set()
             everything = self.all_experiments()
             for e in exps:
+                assert e.commit is not None  # every experiment is inserted with its snapshot's commit (launch)
                 src = self.workspace.file_at(e.commit, "train.py")
                 base = Base(src, e.parent_commit or e.commit, e.id, e.id)
                 for s in seeds:
@@ -210,7 +212,9 @@ class LaunchPlanner:
                     continue
                 ref = next((x for x in everything if x.code_hash == pch and x.commit), None)
                 if ref is not None:
-                    psrc, pcommit, pid = self.workspace.file_at(ref.commit, "train.py"), ref.parent_commit or ref.commit, ref.id
+                    assert ref.commit is not None  # picked above for having one
+                    psrc = self.workspace.file_at(ref.commit, "train.py")
+                    pcommit, pid = ref.parent_commit or ref.commit, ref.id
                 elif e.parent_commit and self.workspace.code_hash_at(e.parent_commit) == pch:
                     psrc, pcommit, pid = self.workspace.file_at(e.parent_commit, "train.py"), e.parent_commit, None
                 else:

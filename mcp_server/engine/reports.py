@@ -81,14 +81,13 @@ def gpu_info(slots: list[Cluster], measured: dict[str, dict[str, Any]], time_bud
     out: list[GpuTypeInfo] = []
     for name, t in sorted(by_type.items()):
         entry = gpus.find(name)
-        table = gpus.as_dict(entry) if entry else {}
         m = measured.get(name)
         out.append(GpuTypeInfo(
             gpu_type=name, clusters=t["clusters"], gpus=t["gpus"], simulated=t["simulated"],
             cluster_names=t["cluster_names"][:64],
-            memory_gb=table.get("memory_gib"), bf16_tflops=table.get("peak_bf16_tflops"),
-            mem_bandwidth_tbs=table.get("bandwidth_tbs"),
-            cost_per_hour=t.get("price_per_hour_usd", table.get("price_per_hour_usd")),
+            memory_gb=entry.memory_gib if entry else None, bf16_tflops=entry.peak_bf16_tflops if entry else None,
+            mem_bandwidth_tbs=entry.bandwidth_tbs if entry else None,
+            cost_per_hour=t.get("price_per_hour_usd", entry.price_per_hour if entry else None),
             measured=None if not m else MeasuredThroughput(
                 runs=m["runs"], mean_steps=m["mean_num_steps"], mean_tokens_per_s=m["mean_tokens_per_s"],
                 mean_training_seconds=m["mean_training_seconds"], mean_peak_vram_mb=m["mean_peak_vram_mb"],

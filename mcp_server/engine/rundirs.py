@@ -30,6 +30,7 @@ class RunDirs:
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
+        assert exp.commit is not None  # every experiment is inserted with its snapshot's commit (launch)
         self.workspace.export(exp.commit, tmp)
         os.rename(tmp, dest)
 
@@ -38,6 +39,7 @@ class RunDirs:
         if not staged:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
+            assert exp.commit is not None  # every experiment is inserted with its snapshot's commit (launch)
             self.workspace.export(exp.commit, run_dir)
         env: dict[str, str] = {}
         if self.config.time_budget_s is not None:

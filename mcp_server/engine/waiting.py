@@ -60,7 +60,8 @@ class WaitingMixin(EngineParts):
             raise InvalidInput(f"until must be 'all' or 'first', got {short(until)}.")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s)\
                 or not 0 <= timeout_s <= MAX_WAIT_S:
-            raise InvalidInput(f"timeout_s must be a number of seconds from 0 to {MAX_WAIT_S:g}, got {short(timeout_s)}.")
+            raise InvalidInput(f"timeout_s must be a number of seconds from 0 to {MAX_WAIT_S:g}, "
+                               f"got {short(timeout_s)}.")
         if on_progress is not None and not callable(on_progress):
             raise InvalidInput("on_progress must be callable.")
         targets: list[str] = []

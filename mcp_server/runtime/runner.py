@@ -213,10 +213,12 @@ def _crash_error(lines: list[str]) -> str | None:
     meaningful = [ln.rstrip() for ln in lines if ln.strip()]
     if not meaningful:
         return None
-    tb_start = max((i for i, ln in enumerate(meaningful) if ln.startswith("Traceback (most recent call last)")), default=None)
+    tb_start = max((i for i, ln in enumerate(meaningful) if ln.startswith("Traceback (most recent call last)")),
+                   default=None)
     if tb_start is not None:
         tb = meaningful[tb_start + 1:]
-        exc = next((ln.strip() for ln in reversed(tb) if not ln.startswith(" ") and _EXCEPTION_LINE.match(ln.strip())), None)
+        exc = next((ln.strip() for ln in reversed(tb)
+                    if not ln.startswith(" ") and _EXCEPTION_LINE.match(ln.strip())), None)
         if exc is None:
             exc = next((ln.strip() for ln in reversed(tb) if not ln.startswith(" ")), tb[-1].strip() if tb else None)
         frame = next((ln.strip() for ln in reversed(tb) if ln.strip().startswith('File "')), None)
@@ -245,7 +247,8 @@ def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled
         oom = next((ln.strip() for ln in reversed(lines) if any(m in ln for m in _OOM_MARKERS)), "out of memory")
         return "oom", f"out of memory: {oom}"
     if exit_code == 0:
-        return "crash", "train.py exited 0 but printed no RESULT_JSON line; it must end with the summary block and RESULT_JSON"
+        return "crash", ("train.py exited 0 but printed no RESULT_JSON line; "
+                         "it must end with the summary block and RESULT_JSON")
     detail = _crash_error(lines)
     if exit_code is not None and exit_code < 0:
         sig = -exit_code
@@ -305,7 +308,7 @@ def _wait_for_slot(lock_paths: list[str], stop: _Stop) -> None:
 def _pidfd(pid: int) -> int | None:
     """A pidfd for `pid` (readable once it exits), or None where the OS has none."""
     try:
-        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
 
@@ -424,7 +427,8 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
         log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
         return finish("rejected", msg)
     if not train.is_file():
-        msg = "train.py is missing from the run directory; the backend must export the snapshot before starting the runner"
+        msg = ("train.py is missing from the run directory; "
+               "the backend must export the snapshot before starting the runner")
         log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
         return finish("crash", msg)
     if after:

@@ -82,11 +82,12 @@ def update_starts(sched: Scheduler) -> None:
     start is known the watchdog counts from it."""
     now = time.time()
     with sched._lock:
-        pending = [f for f in heads(sched._flights.values()).values()
+        # (a flight's handle is set once, at submission, and never cleared)
+        pending = [(f, f.handle) for f in heads(sched._flights.values()).values()
                    if f.started_at is None and f.handle is not None]
-    for f in pending:
+    for f, handle in pending:
         try:
-            t = sched.backend.started_at(f.handle)
+            t = sched.backend.started_at(handle)
         except Exception:  # noqa: BLE001 - an optional hint
             t = None
         with sched._lock:
@@ -113,15 +114,15 @@ def watchdog(sched: Scheduler) -> list[str]:
     """Cancel and record as `timeout` the jobs past their deadline. Returns the ids that changed."""
     now = time.time()
     with sched._lock:
-        late = [f for f in sched._flights.values() if f.handle is not None and now > f.deadline]
+        late = [(f, f.handle) for f in sched._flights.values() if f.handle is not None and now > f.deadline]
     changed = []
-    for f in late:
+    for f, handle in late:
         with sched._lock:
             if sched._flights.get(f.exp_id) is not f:
                 continue
             sched.stats["watchdog"] += 1
             try:
-                sched.backend.cancel(f.handle)
+                sched.backend.cancel(handle)
             except Exception:  # noqa: BLE001
                 log.exception("watchdog cancel of %s failed", f.exp_id)
             waited = now - f.submitted_at

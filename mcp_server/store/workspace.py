@@ -22,7 +22,7 @@ import tempfile
 import threading
 from io import BytesIO
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import git
 from gitdb.base import IStream
@@ -85,13 +85,20 @@ def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InvalidInput(f"{what} is not valid Unicode text ({e.reason} at position {e.start}); send plain UTF-8 text.") from None
+        raise InvalidInput(f"{what} is not valid Unicode text ({e.reason} at position {e.start}); "
+                           "send plain UTF-8 text.") from None
 
 
 def _git_error(e: git.GitCommandError) -> str:
     text = (e.stderr or e.stdout or str(e)).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
     return " ".join(text.split())  # one line: the message is read by a model
+
+
+def is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
+    """`git merge-base --is-ancestor ancestor rev`. GitPython's stubs ask for Commit objects, but
+    `Repo.is_ancestor` hands both straight to git, so a sha or ref string works (and needs no lookup)."""
+    return repo.is_ancestor(cast(git.Commit, ancestor), cast(git.Commit, rev))
 
 
 class Workspace:
@@ -221,9 +228,11 @@ class Workspace:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput(f"{what} must be a non-empty file name. {hint}")
         if len(name) > 255 or any(ord(c) < 32 for c in name) or "\\" in name:
-            raise InvalidInput(f"{what} {name[:80]!r} is not a usable file name (too long, control characters or backslashes). {hint}")
+            raise InvalidInput(f"{what} {name[:80]!r} is not a usable file name "
+                               f"(too long, control characters or backslashes). {hint}")
         if name.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", name):
-            raise InvalidInput(f"{what} {name!r} is an absolute path; files must be inside the workspace {self.path}. {hint}")
+            raise InvalidInput(f"{what} {name!r} is an absolute path; "
+                               f"files must be inside the workspace {self.path}. {hint}")
         rel = PurePosixPath(name)
         if ".." in rel.parts:
             raise InvalidInput(f"{what} {name!r} leaves the workspace ('..' is not allowed). {hint}")
@@ -242,13 +251,15 @@ class Workspace:
             source = TRAIN
         rel = self._relative_path(source)
         if rel.suffix != ".py":
-            raise InvalidInput(f"source {source!r} is not a .py file; give a Python file in the workspace, e.g. 'train.py'.")
+            raise InvalidInput(f"source {source!r} is not a .py file; "
+                               "give a Python file in the workspace, e.g. 'train.py'.")
         full = self.path / rel
         try:
             resolved = full.resolve(strict=True)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(
-                f"No file {source!r} in the workspace {self.path}. Python files at its root: {self._workspace_py_files()}."
+                f"No file {source!r} in the workspace {self.path}. "
+                f"Python files at its root: {self._workspace_py_files()}."
             ) from None
         except (OSError, RuntimeError) as e:  # symlink loops
             raise InvalidInput(f"source {source!r} cannot be resolved ({e}); give a regular file.") from None
@@ -272,11 +283,14 @@ class Workspace:
         experiment id (its snapshot ref wins over a short sha that reads the same)."""
         hint = "Give a commit sha (full or at least 4 hex digits), a branch such as " \
                f"{self.branch}, HEAD, or an experiment id with a snapshot."
-        if not isinstance(rev, str) or not REV_PATTERN.fullmatch(rev) or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev)):
+        if (not isinstance(rev, str) or not REV_PATTERN.fullmatch(rev)
+                or not _ref_name_ok(re.sub(r"[~^][0-9]*", "", rev))):
             shown = rev[:60] + "..." if isinstance(rev, str) and len(rev) > 60 else rev
             raise InvalidInput(f"Invalid revision {shown!r}: not a sha or ref name. {hint}")
         with self._lock:
-            name, suffix = re.fullmatch(r"(.*?)((?:[~^][0-9]*)*)", rev).groups()  # e0003~1 works too
+            parts = re.fullmatch(r"(.*?)((?:[~^][0-9]*)*)", rev)
+            assert parts is not None  # matches any newline-free string, and REV_PATTERN allows no newline
+            name, suffix = parts.groups()  # e0003~1 works too
             if EXPERIMENT_ID_PATTERN.fullmatch(name) and self._rev_parse(EXPERIMENT_REF_PREFIX + name):
                 sha = self._rev_parse(EXPERIMENT_REF_PREFIX + rev)
                 if sha:
@@ -387,7 +401,8 @@ class Workspace:
         if len(train_bytes) > MAX_SOURCE_BYTES:
             raise InvalidInput(f"train.py would be {len(train_bytes)} bytes; the limit is {MAX_SOURCE_BYTES} (1 MB).")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS or "\0" in message:
-            raise InvalidInput(f"The commit message must be text of at most {MAX_MESSAGE_CHARS} characters without NUL bytes.")
+            raise InvalidInput(f"The commit message must be text of at most {MAX_MESSAGE_CHARS} characters "
+                               "without NUL bytes.")
         # The trailer names the experiment in the commit itself (and keeps two snapshots of the
         # same code made in the same second from collapsing into one commit).
         message = f"{message.strip() or 'experiment'}\n\nAutoresearch-Experiment: {exp_id}\n"
@@ -439,10 +454,12 @@ class Workspace:
             raise Conflict(f"Run directory {dest} already exists and is not empty; export needs a fresh directory.")
         with self._lock:
             c = self._commit(commit)
-            entries = [(item.path, item.mode, item.data_stream.read())
-                       for item in c.tree.traverse() if item.type == "blob" and item.mode in (0o100644, 0o100755)]
+            # (traverse() yields objects, not tuples, without as_edge; type "blob" is exactly git.Blob)
+            entries = [(str(item.path), item.mode, item.data_stream.read())
+                       for item in c.tree.traverse()
+                       if isinstance(item, git.Blob) and item.mode in (0o100644, 0o100755)]
         dest.mkdir(parents=True, exist_ok=True)
-        written = []
+        written: list[str] = []
         for rel, mode, data in entries:
             parts = PurePosixPath(rel).parts
             if ".." in parts or rel.startswith("/"):
@@ -475,10 +492,11 @@ class Workspace:
                     f"check it out (git -C {self.path} checkout {self.branch}) and keep again."
                 )
             head = repo.heads[self.branch].commit.hexsha
-            result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True, "updated_files": []}
+            result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True,
+                      "updated_files": []}
             if target == head:
                 return result
-            fast_forward = repo.is_ancestor(head, target)
+            fast_forward = is_ancestor(repo, head, target)
             if not fast_forward and not force:
                 raise Conflict(
                     f"Commit {target[:12]} does not descend from the head of {self.branch} ({head[:12]}): the branch "
@@ -536,15 +554,15 @@ class Workspace:
                 now = None
             if now not in allowed:
                 raise Conflict(
-                    f"The working {path} has edits that are in neither the branch head nor {target[:12]}; keeping would "
-                    f"overwrite them. If they are already launched as an experiment they are safe in its snapshot: "
-                    f"restore the file (git -C {self.path} checkout -- {path}) and keep again; otherwise launch or save "
-                    "them first."
+                    f"The working {path} has edits that are in neither the branch head nor {target[:12]}; "
+                    "keeping would overwrite them. If they are already launched as an experiment they are safe in "
+                    f"its snapshot: restore the file (git -C {self.path} checkout -- {path}) and keep again; "
+                    "otherwise launch or save them first."
                 )
             if staged.get(path) not in allowed:
                 raise Conflict(
-                    f"{path} has staged changes in the workspace index that keeping {target[:12]} would lose; commit or "
-                    f"unstage them (git -C {self.path} restore --staged {path}) and keep again."
+                    f"{path} has staged changes in the workspace index that keeping {target[:12]} would lose; "
+                    f"commit or unstage them (git -C {self.path} restore --staged {path}) and keep again."
                 )
 
     def _write_working_file(self, path: str, sha: str | None, mode: int | None) -> None:

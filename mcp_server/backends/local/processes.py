@@ -78,7 +78,7 @@ class ChildRegistry:
         if proc is None:
             ref = handle.backend_ref or {}
             with self._lock:
-                self._launched.discard((ref.get("pid"), ref.get("start_time")))  # type: ignore[arg-type]
+                self._launched.discard((ref.get("pid"), ref.get("start_time")))
             return
         with self._lock:
             if proc.poll() is not None:

@@ -39,13 +39,15 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
                  unreachable_lost_s: float = 300.0, request_grace_s: float = 180.0,
                  max_workers: int = 8) -> None:
         if not _PREFIX_RE.match(prefix or ""):
-            raise InvalidInput(f"cluster name prefix must be 1-10 lowercase letters/digits starting with a letter, got {prefix!r}.")
+            raise InvalidInput("cluster name prefix must be 1-10 lowercase letters/digits starting with a letter, "
+                               f"got {prefix!r}.")
         self.config = config
         self.prefix = prefix
         self.workspace = Path(config.workspace).resolve()
         self.workspace_tag = workspace_tag if workspace_tag is not None else self.default_workspace_tag(config)
         if not _TAG_RE.match(self.workspace_tag):
-            raise InvalidInput(f"workspace tag must be lowercase letters, digits and '-' (<= 24), got {self.workspace_tag!r}.")
+            raise InvalidInput("workspace tag must be lowercase letters, digits and '-' (<= 24), "
+                               f"got {self.workspace_tag!r}.")
         self.cluster_prefix = f"{prefix}-{self.workspace_tag}-"
         self._name_re = re.compile("^" + re.escape(self.cluster_prefix) + r"(\d{2,4})$")
         self.state_dir = paths.skypilot_dir(self.workspace)

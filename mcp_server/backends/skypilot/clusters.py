@@ -109,7 +109,8 @@ class ClustersMixin:
             m = self._name_re.match(str(rec.name))
             if m:
                 used.add(int(m.group(1)))
-        names, i = [], 1
+        names: list[str] = []
+        i = 1
         while len(names) < count:
             if i not in used:
                 names.append(f"{self.cluster_prefix}{i:02d}")
@@ -181,7 +182,8 @@ class ClustersMixin:
         else:
             bad = [n for n in names if not isinstance(n, str) or not self.is_ours(n)]
             if bad:
-                raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): {bad[:10]}")
+                raise InvalidInput(f"not clusters of this workspace (names start with {self.cluster_prefix!r}): "
+                                   f"{bad[:10]}")
             targets = list(dict.fromkeys(names))
         with self._lock:
             self._tearing_down.update(targets)   # no new jobs; the refresher draws no conclusions meanwhile
@@ -215,8 +217,8 @@ class ClustersMixin:
             infos = {}
         if not errors:
             return removed
-        for n, e in errors.items():
-            log.warning("sky down %s failed: %s", n, e)
+        for n, err in errors.items():
+            log.warning("sky down %s failed: %s", n, err)
         failed = sorted(errors)
         what = "; ".join(
             f"{n}: {errors[n]} (SkyPilot lists it as {infos[n].state})" if n in infos

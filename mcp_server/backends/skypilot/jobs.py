@@ -107,9 +107,10 @@ class JobsMixin:
         if info.state != "up":
             raise Conflict(f"cluster {cluster} is {info.state}, not up; experiments run on up clusters only.")
         key = f"{job.experiment_id}-a{job.attempt}-{uuid.uuid4().hex[:6]}"
-        spec = {"cluster": cluster, "name": f"arf-{key}", "key": key, "run_dir": str(Path(job.run_dir).resolve()),
-                "run": self.run_command(key, job.harness_hash, job.timeout_s),
-                "envs": self._job_envs(job), "resources": self.job_resources(info), "request_id": None}
+        spec: dict[str, Any] = {
+            "cluster": cluster, "name": f"arf-{key}", "key": key, "run_dir": str(Path(job.run_dir).resolve()),
+            "run": self.run_command(key, job.harness_hash, job.timeout_s),
+            "envs": self._job_envs(job), "resources": self.job_resources(info), "request_id": None}
         stage = self._stage_run(job, key)
         spec["stage"] = str(stage)
         write_spec(self.state_dir, spec)
@@ -165,7 +166,8 @@ class JobsMixin:
             if raise_errors:
                 raise
             self._finish(nxt, JobOutcome(nxt.handle, lost=True,
-                                         reason=f"exec on {cluster} failed: {type(e).__name__}: {ANSI_RE.sub('', str(e))[:500]}"))
+                                         reason=f"exec on {cluster} failed: {type(e).__name__}: "
+                                                f"{ANSI_RE.sub('', str(e))[:500]}"))
             return
         with self._lock:
             nxt.request_id = request_id
@@ -265,7 +267,8 @@ class JobsMixin:
                     continue     # over here: never rebuilt (that would report it a second time)
             job = self._track(h)
             if job is None:
-                out.append(JobOutcome(h, lost=True, reason="the handle carries no SkyPilot job name (not a skypilot job)"))
+                out.append(JobOutcome(h, lost=True,
+                                      reason="the handle carries no SkyPilot job name (not a skypilot job)"))
                 continue
             with self._lock:
                 if job.outcome is not None:

@@ -56,7 +56,8 @@ def cluster_info(rec: Any) -> ClusterInfo:
     gpu_type, count = gpu_label(acc)
     state = {"UP": "up", "INIT": "provisioning", "STOPPED": "stopped",
              "AUTOSTOPPING": "stopped"}.get(status_value(getattr(rec, "status", "")), "gone")
-    res = getattr(getattr(rec, "handle", None), "launched_resources", None)
+    # SkyPilot's (untyped) Resources, or None: get_cost then raises AttributeError, caught below
+    res: Any = getattr(getattr(rec, "handle", None), "launched_resources", None)
     cloud = str(getattr(res, "cloud", "") or "").lower()
     cost = None
     if cloud not in ("kubernetes", "slurm", "ssh"):   # own hardware: no price to report

@@ -311,7 +311,8 @@ class RefresherMixin:
         try:
             self.sky.tail_logs(job.cluster, job.job_id, follow=False, output_stream=buf)
         except self._exc_gone:
-            self._finish(job, JobOutcome(job.handle, lost=True, reason=f"cluster {job.cluster} vanished before its log was read"))
+            self._finish(job, JobOutcome(job.handle, lost=True,
+                                         reason=f"cluster {job.cluster} vanished before its log was read"))
             return
         except Exception as e:  # noqa: BLE001
             with self._lock:

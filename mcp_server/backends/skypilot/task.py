@@ -82,12 +82,14 @@ def pin_accelerators(resources: dict[str, Any], gpu_type: str) -> dict[str, Any]
         for entry in entries:
             name, _, n = str(entry).partition(":")
             items.append((name.strip(), n.strip() or 1))
-    name, count = gpu_type, 1
+    name = gpu_type
+    raw_count: Any = 1   # the count as written in the yaml (str, int, float, ...)
+    count: int | float
     for k, v in items:
         if same(k):
-            name, count = k, v
+            name, raw_count = k, v
     try:
-        c = float(count)
+        c = float(raw_count)
         count = int(c) if c.is_integer() else c
     except (TypeError, ValueError):
         count = 1

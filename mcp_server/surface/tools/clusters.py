@@ -60,7 +60,8 @@ def list_clusters(ctx: Context) -> ClusterList:
         hint = f"No clusters: call {Tool.PROVISION_CLUSTERS}(count=N, gpu_type=...) before launching experiments."
     else:
         hint = (f"{busy} of {len(clusters)} busy" + (f", {ahead} more queued ahead behind them" if ahead else "")
-                + f". Launch with {Tool.LAUNCH_WAVE} / {Tool.LAUNCH_EXPERIMENT}; queued experiments start as clusters free up.")
+                + f". Launch with {Tool.LAUNCH_WAVE} / {Tool.LAUNCH_EXPERIMENT}; "
+                "queued experiments start as clusters free up.")
     return ClusterList(clusters=clusters, total=len(clusters), next_step=hint)
 
 
@@ -93,8 +94,11 @@ def provision_clusters(
 @tool_errors
 def teardown_clusters(
     ctx: Context,
-    names: Annotated[list[ClusterName] | None, Field(max_length=limits.MAX_TEARDOWN_NAMES, description=f"Clusters to remove ({Tool.LIST_CLUSTERS} shows names).")] = None,
-    all_clusters: Annotated[bool, Field(description="Set true (and leave names out) to remove every cluster of this session.")] = False,
+    names: Annotated[list[ClusterName] | None,
+                     Field(max_length=limits.MAX_TEARDOWN_NAMES,
+                           description=f"Clusters to remove ({Tool.LIST_CLUSTERS} shows names).")] = None,
+    all_clusters: Annotated[bool, Field(description="Set true (and leave names out) to remove every cluster "
+                                        "of this session.")] = False,
 ) -> TeardownResult:
     """Stop and delete clusters. Experiments running on them are cancelled (they end as 'cancelled',
     with their logs). Use it when the session ends, or to drop idle or broken clusters. Destructive:
@@ -118,7 +122,8 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(get_gpu_info, name=Tool.GET_GPU_INFO, title="GPU types, specs and measured throughput", annotations=READ_ONLY)
+    server.add_tool(get_gpu_info, name=Tool.GET_GPU_INFO, title="GPU types, specs and measured throughput",
+                    annotations=READ_ONLY)
     server.add_tool(list_clusters, name=Tool.LIST_CLUSTERS, title="List clusters", annotations=READ_ONLY)
     server.add_tool(budget_status, name=Tool.BUDGET_STATUS, title="Budget and limits", annotations=READ_ONLY)
     server.add_tool(

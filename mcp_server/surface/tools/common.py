@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, overload
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -36,7 +36,9 @@ class FleetContext:
 
 
 def fleet(ctx: Context) -> FleetContext:
-    return ctx.request_context.lifespan_context
+    # The tools take a bare `Context` (the SDK finds the context parameter by that class), whose
+    # lifespan type defaults to dict; FleetServer is MCPServer[FleetContext], so this is the FleetContext.
+    return cast(FleetContext, ctx.request_context.lifespan_context)
 
 
 def engine(ctx: Context) -> Engine:
@@ -125,8 +127,8 @@ GpuTypeStr = Annotated[str, Field(pattern=ids.GPU_TYPE, max_length=ids.GPU_TYPE_
 BaseRefStr = Annotated[str, Field(pattern=ids.BASE_REF, max_length=ids.BASE_REF_MAX_CHARS)]
 ClusterName = Annotated[str, Field(pattern=ids.CLUSTER_NAME, max_length=ids.CLUSTER_NAME_MAX_CHARS)]
 OverrideName = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$", max_length=64)]
-Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=limits.MAX_VALUE_REPR)]
-          | None)
+Scalar = (bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float
+          | Annotated[str, Field(max_length=limits.MAX_VALUE_REPR)] | None)
 # Lists and dicts nest (the engine checks depth and size); the schema stays readable.
 OverrideValue = (Scalar | Annotated[list[Any], Field(max_length=limits.MAX_VALUE_ITEMS)]
                  | Annotated[dict[str, Any], Field(max_length=limits.MAX_VALUE_ITEMS)])
@@ -147,7 +149,8 @@ OptBaseRef = Annotated[
 Description = Annotated[
     str,
     Field(min_length=1, max_length=limits.MAX_DESCRIPTION,
-          description="One line saying what this changes and why, e.g. 'MATRIX_LR 0.04 -> 0.06: faster early descent'."),
+          description="One line saying what this changes and why, "
+                      "e.g. 'MATRIX_LR 0.04 -> 0.06: faster early descent'."),
 ]
 OptOverrides = Annotated[
     dict[OverrideName, OverrideValue] | None,
@@ -165,7 +168,8 @@ class ExperimentBrief(BaseModel):
 
     id: str
     description: str
-    status: str = Field(description="queued | running | done | crash | nan | oom | timeout | rejected | cancelled | lost")
+    status: str = Field(
+        description="queued | running | done | crash | nan | oom | timeout | rejected | cancelled | lost")
     waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
                                    "not started yet.")
     wave_id: str | None = None
@@ -174,7 +178,8 @@ class ExperimentBrief(BaseModel):
     val_bpb: float | None = Field(None, description="Lower is better. Compare only within one GPU type.")
     num_steps: int | None = None
     seed: int = 0
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; {} = unchanged (a control/baseline).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; "
+                                      "{} = unchanged (a control/baseline).")
     error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
 
     @classmethod
@@ -193,6 +198,14 @@ class ExperimentBrief(BaseModel):
             overrides=e.overrides,
             error=clip(e.error, 300),
         )
+
+
+@overload
+def clip(text: str, n: int) -> str: ...
+
+
+@overload
+def clip(text: None, n: int) -> None: ...
 
 
 def clip(text: str | None, n: int) -> str | None:

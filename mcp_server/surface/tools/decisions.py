@@ -42,7 +42,8 @@ def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionRes
     """Record that a finished experiment is not adopted (the branch and train.py do not move; the
     result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
     discarded = engine(ctx).discard(experiment_id)
-    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment), next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
+    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment),
+                          next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
 
 
 def register(server: MCPServer) -> None:

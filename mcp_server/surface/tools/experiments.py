@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import anyio
 import anyio.from_thread
@@ -45,7 +45,8 @@ MAX_LISTED = limits.TOOL_LISTED
 MAX_WAIT_ROWS = limits.TOOL_WAIT_ROWS
 
 Replicates = Annotated[
-    int, Field(ge=1, le=limits.MAX_REPLICATES, description="Runs of the same code with different seeds; 3+ measures the noise floor.")
+    int, Field(ge=1, le=limits.MAX_REPLICATES,
+               description="Runs of the same code with different seeds; 3+ measures the noise floor.")
 ]
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -75,7 +76,8 @@ class WaitResult(BaseModel):
         description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor."
     )
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
-    omitted: int = Field(0, description=f"Finished but not listed here ({Tool.LEADERBOARD} / {Tool.FETCH_RESULTS} show them).")
+    omitted: int = Field(0, description=f"Finished but not listed here "
+                                        f"({Tool.LEADERBOARD} / {Tool.FETCH_RESULTS} show them).")
     still_running: list[str]
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
@@ -101,6 +103,11 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
                       experiment_count=len(wave.experiment_ids), next_step=hint)
 
 
+def _val_bpb(e: Experiment) -> float:
+    assert e.metrics.val_bpb is not None  # a sort key only for experiments filtered on having one
+    return e.metrics.val_bpb
+
+
 def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
     """All of them when few; else every failure (up to a third) and the best by val_bpb."""
     if len(finished) <= MAX_WAIT_ROWS:
@@ -108,14 +115,15 @@ def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
     failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
     failed_ids = {e.id for e in failed}
     done = sorted((e for e in finished if e.id not in failed_ids and e.metrics.val_bpb is not None),
-                  key=lambda e: e.metrics.val_bpb)
+                  key=_val_bpb)
     keep = failed_ids | {e.id for e in done[: MAX_WAIT_ROWS - len(failed)]}
     return [e for e in finished if e.id in keep]
 
 
 def _wait_hint(ids: list[str] | None = None, wave_id: str | None = None) -> str:
     if wave_id:
-        return f"Call {Tool.WAIT_FOR_EXPERIMENTS}(wave_id='{wave_id}') to block until they finish (progress is reported)."
+        return (f"Call {Tool.WAIT_FOR_EXPERIMENTS}(wave_id='{wave_id}') to block until they finish "
+                "(progress is reported).")
     return f"Call {Tool.WAIT_FOR_EXPERIMENTS}(experiment_ids={ids_text(ids or [])}) to block until they finish."
 
 
@@ -127,15 +135,17 @@ def launch_experiment(
     ctx: Context,
     description: Description,
     overrides: OptOverrides = None,
-    source: Annotated[str | None, Field(max_length=limits.MAX_SOURCE_PATH, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$",
+    source: Annotated[str | None, Field(max_length=limits.MAX_SOURCE_PATH,
+                                        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$",
                                         description="A .py file in the workspace to run instead of train.py "
                                         "(relative path), e.g. a variant you wrote to 'variants/rope.py'.")] = None,
     base: OptBaseRef = None,
     gpu_type: OptGpuType = None,
     replicates: Replicates = 1,
-    seed: Annotated[int | None, Field(ge=0, le=limits.MAX_FIRST_SEED, description="Seed of the first replicate; the others "
-                                      "use seed+1, seed+2, ... (default 42).")] = None,
-    priority: Annotated[int, Field(ge=limits.USER_PRIORITY[0], le=limits.USER_PRIORITY[1], description="Higher runs first among queued experiments.")] = 0,
+    seed: Annotated[int | None, Field(ge=0, le=limits.MAX_FIRST_SEED, description="Seed of the first replicate; "
+                                      "the others use seed+1, seed+2, ... (default 42).")] = None,
+    priority: Annotated[int, Field(ge=limits.USER_PRIORITY[0], le=limits.USER_PRIORITY[1],
+                                   description="Higher runs first among queued experiments.")] = 0,
 ) -> LaunchResult:
     """Snapshot the current train.py (with optional constant overrides) and queue it to run for the
     fixed time budget. Use it for a baseline (replicates=3), a single hand-written change, or a
@@ -165,7 +175,8 @@ def launch_wave(
               "\"DEPTH\": [6, 8]} runs every combination (here 4 cells). 1-4 axes, 1-8 levels each."),
     ],
     replicates: Replicates = 1,
-    include_control: Annotated[bool, Field(description="Also run the unchanged base code as the wave's control.")] = True,
+    include_control: Annotated[bool,
+                               Field(description="Also run the unchanged base code as the wave's control.")] = True,
     base: OptBaseRef = None,
     gpu_type: OptGpuType = None,
 ) -> WaveResult:
@@ -197,11 +208,14 @@ def promote(
 @tool_errors
 async def wait_for_experiments(
     ctx: Context,
-    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to wait for.")] = None,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None,
+                              Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to wait for.")] = None,
     wave_id: OptWaveId = None,
     until: Annotated[Literal["all", "first"], Field(description="'all': return when every one is finished; "
                                                     "'first': as soon as one more finishes.")] = "all",
-    timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S, description="Return after this many seconds even if some are still running.")] = 600,
+    timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S,
+                                      description="Return after this many seconds even if some are still "
+                                      "running.")] = 600,
 ) -> WaitResult:
     """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
     passes; reports progress as each finishes. Returns their results and verdicts (delta vs the
@@ -228,7 +242,8 @@ async def wait_for_experiments(
         hint = ("The server is shutting down; experiments keep running and are picked up when it restarts. "
                 f"Call {Tool.WAIT_FOR_EXPERIMENTS} again then.")
     elif not res.finished and not res.still_running:
-        hint = f"Nothing to wait for: no experiment is queued or running. {Tool.LAUNCH_EXPERIMENT} / {Tool.LAUNCH_WAVE} start some."
+        hint = (f"Nothing to wait for: no experiment is queued or running. "
+                f"{Tool.LAUNCH_EXPERIMENT} / {Tool.LAUNCH_WAVE} start some.")
     elif res.still_running:
         again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
                  f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
@@ -236,7 +251,8 @@ async def wait_for_experiments(
         hint = f"{len(res.still_running)} still running: call {Tool.WAIT_FOR_EXPERIMENTS} again with {again}."
     else:
         hint = (f"All finished. Read the verdicts; {Tool.KEEP_EXPERIMENT} the best improvement (beyond the noise), "
-                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. {Tool.LEADERBOARD} ranks everything per GPU type.")
+                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. "
+                f"{Tool.LEADERBOARD} ranks everything per GPU type.")
     if omitted:
         where = f"wave_id='{wave_id}', " if wave_id else ""
         hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
@@ -255,7 +271,8 @@ def _clip_note(v: Verdict) -> Verdict:
 @tool_errors
 def cancel_experiments(
     ctx: Context,
-    experiment_ids: Annotated[list[ExperimentIdStr] | None, Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to cancel.")] = None,
+    experiment_ids: Annotated[list[ExperimentIdStr] | None,
+                              Field(max_length=limits.MAX_WAIT_IDS, description="Experiments to cancel.")] = None,
     wave_id: Annotated[WaveIdStr | None, Field(description="Cancel every live experiment of this wave.")] = None,
 ) -> CancelResult:
     """Stop queued or running experiments (they end as 'cancelled', logs kept). Use it to free
@@ -267,11 +284,16 @@ def cancel_experiments(
                         "wave_id='w0001'. Nothing was cancelled.")
     done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
     return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
-                        next_step=f"Their clusters are free for the next launch; {Tool.FETCH_RESULTS}(status='cancelled') "
-                        "lists them.")
+                        next_step=f"Their clusters are free for the next launch; "
+                        f"{Tool.FETCH_RESULTS}(status='cancelled') lists them.")
 
 
-ACT = dict(read_only_hint=False, open_world_hint=False)
+class _ActHints(TypedDict):
+    read_only_hint: bool
+    open_world_hint: bool
+
+
+ACT = _ActHints(read_only_hint=False, open_world_hint=False)
 
 
 def register(server: MCPServer) -> None:

@@ -61,7 +61,8 @@ def get_experiment(
     experiment_id: ExperimentId,
     log_offset: Annotated[int | None, Field(ge=0, le=10**9, description="Read the log from this character "
                                           "offset (default: the last log_limit characters).")] = None,
-    log_limit: Annotated[int, Field(ge=0, le=LOG_PAGE_MAX, description="Characters of log to return (0 = none).")] = 3000,
+    log_limit: Annotated[int, Field(ge=0, le=LOG_PAGE_MAX,
+                                    description="Characters of log to return (0 = none).")] = 3000,
 ) -> ExperimentDetail:
     """One experiment in full: code snapshot (commit, hashes), overrides, status, metrics, error,
     its verdict, and one page of its run log (the tail by default). Use it to understand a crash or a
@@ -121,7 +122,8 @@ def fetch_results(
 @tool_errors
 def leaderboard(
     ctx: Context,
-    gpu_type: Annotated[GpuTypeStr | None, Field(description="Only this GPU type (default: every type, separately).")] = None,
+    gpu_type: Annotated[GpuTypeStr | None,
+                        Field(description="Only this GPU type (default: every type, separately).")] = None,
     limit: Annotated[int, Field(ge=1, le=limits.TOOL_LEADERBOARD_ROWS, description="Rows per GPU type.")] = 10,
 ) -> LeaderboardResult:
     """Finished experiments ranked by val_bpb SEPARATELY per GPU type (never across types), with
@@ -165,7 +167,8 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(get_experiment, name=Tool.GET_EXPERIMENT, title="Get one experiment and its log", annotations=READ_ONLY)
+    server.add_tool(get_experiment, name=Tool.GET_EXPERIMENT, title="Get one experiment and its log",
+                    annotations=READ_ONLY)
     server.add_tool(fetch_results, name=Tool.FETCH_RESULTS, title="Fetch results (paginated)", annotations=READ_ONLY)
     server.add_tool(leaderboard, name=Tool.LEADERBOARD, title="Leaderboard per GPU type", annotations=READ_ONLY)
     server.add_tool(plot_progress, name=Tool.PLOT_PROGRESS, title="Plot progress", annotations=READ_ONLY)

@@ -127,7 +127,7 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
     for lst in by_slot.values():
         lst.sort(key=lambda r: r["start"])
         first_start.append(lst[0]["start"] - first_submit)
-        for a, b in zip(lst, lst[1:]):
+        for a, b in zip(lst, lst[1:], strict=False):
             gaps.append(b["start"] - a["end"])
             # queued ahead: submitted before the run ahead of it ended (its runner was waiting)
             (handoff if b["submitted"] < a["end"] else cold).append(b["start"] - a["end"])
@@ -187,8 +187,8 @@ def build_ledger(root: Path, size: int) -> Engine:
                       (status, gpu, f"c-{gpu.lower()}", None if status == "crash" else 1.0 + rng.gauss(0, 0.01),
                        None if status == "crash" else 950, now + n,
                        "keep" if n % 97 == 0 and status == "done" else None, e.id))
-            c.execute("INSERT INTO attempts(experiment_id, attempt, cluster, gpu_type, run_dir, submitted_at, ended_at, "
-                      "busy_seconds, outcome) VALUES(?,?,?,?,?,?,?,?,?)",
+            c.execute("INSERT INTO attempts(experiment_id, attempt, cluster, gpu_type, run_dir, submitted_at, "
+                      "ended_at, busy_seconds, outcome) VALUES(?,?,?,?,?,?,?,?,?)",
                       (e.id, 1, f"c-{gpu.lower()}", gpu, "/nonexistent", now, now + 300, 300.0, status))
     return eng
 
@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         q = bench_queries(root, args.ledger_size)
         print(f"ledger queries at {q['experiments']:,} experiments (built in {q['build_s']:.1f} s); "
               "first call / median of the next 7, ms:")
-        for key in ("leaderboard", "leaderboard_fresh", "leaderboard_h200", "list_page", "list_done_page", "verdicts_20",
-                    "budget_status", "get_experiment", "export_tsv"):
+        for key in ("leaderboard", "leaderboard_fresh", "leaderboard_h200", "list_page", "list_done_page",
+                    "verdicts_20", "budget_status", "get_experiment", "export_tsv"):
             first, med = q[key]
             print(f"  {key:<18} {first:8.1f} / {med:8.1f}")
         print("  (leaderboard: the first call loads the experiment cache; 'fresh' = recomputed after a ledger "

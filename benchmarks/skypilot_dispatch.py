@@ -132,17 +132,17 @@ def main() -> int:
         first = results[order[0]][0]
         figures["exec_to_start_s"] = round(first["started_at"] - submitted[order[0]], 1)
         gaps, ahead = [], []
-        for prev, nxt in zip(order, order[1:]):
+        for prev, nxt in zip(order, order[1:], strict=False):
             gaps.append(round(results[nxt][0]["started_at"] - results[prev][0]["ended_at"], 2))
             w = results[nxt][1]
             ahead.append(w is not None and w < results[prev][0]["ended_at"])
         execs = {name.split("-")[1]: t_exec for name, _c, _s, t_exec in backend.exec_log}
         figures["next_exec_after_prev_start_s"] = [
             round(execs[nxt] - results[prev][0]["started_at"], 1) if nxt in execs else None
-            for prev, nxt in zip(order, order[1:])]
+            for prev, nxt in zip(order, order[1:], strict=False)]
         figures["next_waiting_before_prev_end_s"] = [
             round(results[prev][0]["ended_at"] - results[nxt][1], 1) if results[nxt][1] else None
-            for prev, nxt in zip(order, order[1:])]
+            for prev, nxt in zip(order, order[1:], strict=False)]
         figures["gap_s"] = gaps
         figures["gap_median_s"] = round(statistics.median(gaps), 2) if gaps else None
         figures["queued_ahead"] = ahead

@@ -95,13 +95,15 @@ def main() -> int:
     load_after = os.getloadavg()
     print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in load_before)} before, "
           f"{' '.join(f'{x:.2f}' for x in load_after)} after (timings scale with it)")
-    print(f"{'tool':<24}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'result chars':>14}  target p95<{TARGET_P95_MS:g}ms")
+    print(f"{'tool':<24}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'result chars':>14}"
+          f"  target p95<{TARGET_P95_MS:g}ms")
     missed = []
     for name, r in res.items():
         verdict = ("ok" if r["p95_ms"] < TARGET_P95_MS else "MISSED") if r["target"] else "(image, not targeted)"
         if verdict == "MISSED":
             missed.append(name)
-        print(f"{name:<24}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}{r['result_chars']:>14}  {verdict}")
+        print(f"{name:<24}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}"
+              f"{r['result_chars']:>14}  {verdict}")
     if a.json:
         a.json.write_text(json.dumps({"experiments": a.experiments, "results": res, "cpus": os.cpu_count(),
                                       "load_before": load_before, "load_after": load_after}, indent=2))

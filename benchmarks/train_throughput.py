@@ -50,7 +50,8 @@ def main() -> int:
         if value is not None:
             env[key] = str(value)
 
-    prep = [sys.executable, str(TEMPLATE / "prepare.py")] + (["--num-shards", str(args.num_shards)] if args.num_shards else [])
+    prep = [sys.executable, str(TEMPLATE / "prepare.py")]
+    prep += ["--num-shards", str(args.num_shards)] if args.num_shards else []
     t0 = time.time()
     subprocess.run(prep, cwd=TEMPLATE, env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"data ready ({time.time() - t0:.1f}s, not part of a run)")
@@ -67,7 +68,10 @@ def main() -> int:
         print(f"train.py failed (exit {proc.returncode})")
         return 1
     r = json.loads(out.rsplit("RESULT_JSON: ", 1)[1])
-    grab = lambda pattern: float(m.group(1).replace(",", "")) if (m := re.search(pattern, out, re.M)) else float("nan")
+
+    def grab(pattern: str) -> float:
+        return float(m.group(1).replace(",", "")) if (m := re.search(pattern, out, re.M)) else float("nan")
+
     setup = grab(r"^setup: ([\d.]+)s")
     warmup = grab(r"^warm-up: \d+ untimed steps in ([\d.]+)s")
     evaluation = grab(r"^eval: ([\d.]+)s")

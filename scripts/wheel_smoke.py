@@ -30,8 +30,9 @@ CLIENT = textwrap.dedent("""
     from mcp.client.stdio import stdio_client
 
     async def main():
-        server = StdioServerParameters(command=sys.argv[1], args=["serve", "--workspace", "research", "--profile", "cpu",
-                                       "--cpu-slots", "1", "--time-budget", "3", "--log-level", "WARNING"])
+        server = StdioServerParameters(command=sys.argv[1],
+                                       args=["serve", "--workspace", "research", "--profile", "cpu", "--cpu-slots", "1",
+                                             "--time-budget", "3", "--log-level", "WARNING"])
         async with Client(stdio_client(server), read_timeout_seconds=900) as client:
             tools = sorted(t.name for t in (await client.list_tools()).tools)
             launched = await client.call_tool("launch_experiment", {"description": "wheel smoke: baseline"})

@@ -5,6 +5,7 @@ cpu profile. Runs are kept short with config.time_budget_s."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -51,14 +52,10 @@ class EngineBox:
                     eng.cancel(live)
             except Exception:  # noqa: BLE001
                 pass
-            try:
+            with contextlib.suppress(Exception):
                 eng.close()
-            except Exception:  # noqa: BLE001
-                pass
-            try:
+            with contextlib.suppress(Exception):
                 eng.workspace.close()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def progress_log() -> tuple[list[tuple[int, int, str]], Any]:

@@ -13,9 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -64,9 +65,9 @@ async def http_server(args: list[str], log_path: Path, port: int, env: dict[str,
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                         break
-                except OSError:
+                except OSError as e:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"server did not listen on {port} in {startup_s}s; see {log_path}")
+                        raise RuntimeError(f"server did not listen on {port} in {startup_s}s; see {log_path}") from e
                     await anyio.sleep(0.2)
             yield proc
         finally:

@@ -26,7 +26,8 @@ def exp(code: str, val: float | None, gpu: str | None = "H100", parent: str | No
     )
 
 
-def replicates(code: str, values: list[float], gpu: str = "H100", parent: str | None = "base", **kw) -> list[Experiment]:
+def replicates(code: str, values: list[float], gpu: str = "H100", parent: str | None = "base",
+               **kw) -> list[Experiment]:
     return [exp(code, v, gpu, parent, seed=i, **kw) for i, v in enumerate(values)]
 
 
@@ -59,7 +60,8 @@ def test_verdict_rule_uses_two_standard_errors_of_the_difference():
     worse = exp("slow", 1.010)
     [vb, vc, vw] = verdicts(base + [better, close, worse], [better, close, worse])
     threshold = 2 * 0.002 * math.sqrt(1 / 1 + 1 / 3)
-    assert vb.verdict == "improvement" and vb.delta == pytest.approx(-0.012) and vb.threshold == pytest.approx(threshold)
+    assert (vb.verdict == "improvement" and vb.delta == pytest.approx(-0.012)
+            and vb.threshold == pytest.approx(threshold))
     assert vb.reference_id == base[0].id and vb.reference_replicates == 3 and vb.noise == pytest.approx(0.002)
     assert "Single seed" in vb.note
     assert vc.verdict == "within_noise" and abs(vc.delta) <= threshold
@@ -167,7 +169,8 @@ def test_reference_falls_back_to_the_first_result():
 
 def test_leaderboard_filter_limit_and_unranked_notes():
     runs = replicates("base", [1.0, 1.001], parent=None) + [exp(f"v{i}", 0.9 + i / 1000) for i in range(10)]
-    runs += [exp("x", None, status=Status.crash), exp("y", None, status=Status.nan), exp("z", None, gpu=None, status=Status.running)]
+    runs += [exp("x", None, status=Status.crash), exp("y", None, status=Status.nan),
+             exp("z", None, gpu=None, status=Status.running)]
     runs += [exp("base", 0.99, gpu="H200", parent=None)]
     board = leaderboard(runs, gpu_type="h100", limit=3)  # type names match case-insensitively
     assert list(board.by_gpu_type) == ["H100"] and len(board.by_gpu_type["H100"]) == 3
@@ -285,7 +288,8 @@ def test_new_replicate_moves_the_noise_floor_and_the_verdict():
     after = idx.verdict(target)
     assert after.noise != before.noise and after.reference_replicates == 3
     assert after.model_dump() == verdicts(base + [target, third], [target])[0].model_dump()
-    assert idx.leaderboard().model_dump() == leaderboard(base + [target, third]).model_dump() != board_before.model_dump()
+    assert (idx.leaderboard().model_dump() == leaderboard(base + [target, third]).model_dump()
+            != board_before.model_dump())
 
 
 def test_keep_and_discard_change_the_reference_and_the_decision_column():

@@ -20,8 +20,8 @@ from mcp_server.store.ledger import Ledger
 def test_demo_runs_a_whole_session(tmp_path, cache):
     ws = tmp_path / "demo"
     env = dict(os.environ, AUTORESEARCH_CACHE=str(cache))
-    proc = subprocess.run([sys.executable, "-m", "mcp_server.cli", "demo", "--workspace", str(ws), "--time-budget", "3"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "mcp_server.cli", "demo", "--workspace", str(ws),
+                           "--time-budget", "3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-3000:]}\n{proc.stderr[-3000:]}"
     for step in ("1. baseline x3 replicates", "2. factorial wave 2x2 + control", "3. promote the best 2", "4. decide"):
@@ -41,7 +41,8 @@ def test_demo_runs_a_whole_session(tmp_path, cache):
         assert "keeping nothing" in out and not any(e.decision for e in exps.values())
     else:
         assert exps[kept].decision.value == "keep"
-        head = subprocess.run(["git", "rev-parse", "autoresearch/demo"], cwd=ws, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "autoresearch/demo"], cwd=ws, capture_output=True,
+                              text=True).stdout.strip()
         assert head == exps[kept].commit
     with open(ws / "results.tsv", newline="") as f:
         assert {r["id"] for r in csv.DictReader(f, delimiter="\t")} == set(exps)

@@ -81,7 +81,7 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
     rows = list(csv.reader((ws / ".autoresearch" / "results.tsv").open(), delimiter="\t"))
     assert rows[0] == TSV_COLUMNS and len(rows) == 6
     for row in rows[1:]:
-        r = dict(zip(TSV_COLUMNS, row))
+        r = dict(zip(TSV_COLUMNS, row, strict=False))
         e = exps[r["id"]]
         assert r["commit"] == e.commit[:7] and r["status"] == "done" and r["wave"] == wave.id
         assert r["val_bpb"] == f"{e.metrics.val_bpb:.6f}" and r["gpu"] == "CPU" and r["cluster"] == e.cluster
@@ -89,7 +89,7 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
 
     # verdicts vs the control, on the same GPU type
     vs = {v.experiment_id: v for v in res.verdicts}
-    for eid, e in exps.items():
+    for eid in exps:
         if eid != control.id:
             assert vs[eid].reference_id == control.id and vs[eid].gpu_type == "CPU"
             assert vs[eid].verdict in ("improvement", "worse", "within_noise")
@@ -105,7 +105,7 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
     other = next(e for e in exps.values() if e.id not in (best.id, control.id))
     assert eng.discard(other.id).experiment.decision == Decision.discard
     eng.export_results()
-    rows = {r[5]: dict(zip(TSV_COLUMNS, r)) for r in
+    rows = {r[5]: dict(zip(TSV_COLUMNS, r, strict=False)) for r in
             csv.reader((ws / ".autoresearch" / "results.tsv").open(), delimiter="\t")}
     assert rows[best.id]["status"] == "keep" and rows[other.id]["status"] == "discard"
 
@@ -168,7 +168,8 @@ def test_hostile_inputs_change_nothing(tmp_path, cache, engines):
     huge = "x" * 1_000_000
     calls = [
         # overrides: code, unknown names, bad types and sizes
-        ("code in a value", lambda: eng.launch_experiment("x", overrides={"DEPTH": "__import__('os').system('touch /tmp/pwn')"})),
+        ("code in a value",
+         lambda: eng.launch_experiment("x", overrides={"DEPTH": "__import__('os').system('touch /tmp/pwn')"})),
         ("expression value", lambda: eng.launch_experiment("x", overrides={"MATRIX_LR": "0.1 if True else exec('1')"})),
         ("object value", lambda: eng.launch_experiment("x", overrides={"DEPTH": object()})),
         ("unknown constant", lambda: eng.launch_experiment("x", overrides={"NOT_A_CONSTANT": 1})),
@@ -207,9 +208,11 @@ def test_hostile_inputs_change_nothing(tmp_path, cache, engines):
         ("junk gpu_type", lambda: eng.launch_experiment("x", gpu_type="../../x" * 20)),
         # waves
         ("no axes", lambda: eng.launch_wave("w", {})),
-        ("five axes", lambda: eng.launch_wave("w", {n: [1, 2] for n in ("DEPTH", "HEAD_DIM", "MLP_RATIO", "ASPECT_RATIO", "VE_GATE_CHANNELS")})),
+        ("five axes", lambda: eng.launch_wave("w", {n: [1, 2] for n in ("DEPTH", "HEAD_DIM", "MLP_RATIO",
+                                                                         "ASPECT_RATIO", "VE_GATE_CHANNELS")})),
         ("too many levels", lambda: eng.launch_wave("w", {"DEPTH": list(range(1, 30))})),
-        ("absurd wave size", lambda: eng.launch_wave("w", {"DEPTH": list(range(1, 9)), "HEAD_DIM": list(range(8, 16))}, replicates=16)),
+        ("absurd wave size",
+         lambda: eng.launch_wave("w", {"DEPTH": list(range(1, 9)), "HEAD_DIM": list(range(8, 16))}, replicates=16)),
         ("unknown axis", lambda: eng.launch_wave("w", {"NOPE": [1, 2]})),
         ("axis levels not a list", lambda: eng.launch_wave("w", {"DEPTH": 4})),
         ("duplicate levels", lambda: eng.launch_wave("w", {"DEPTH": [4, 4]})),
@@ -281,7 +284,8 @@ def test_live_limit_and_gpu_hour_budget(tmp_path, cache, engines):
 def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, engines):
     template = tmp_path / "template"
     template.mkdir()
-    (template / "train.py").write_text((Path(__file__).resolve().parent.parent / "train_template" / "train.py").read_text())
+    (template / "train.py").write_text(
+        (Path(__file__).resolve().parent.parent / "train_template" / "train.py").read_text())
     (template / "prepare.py").write_text("import sys\nprint('downloading...')\nsys.exit('no network here')\n")
     eng = engines.make(make_config(tmp_path / "research", cache, template_dir=template))
     e = eng.launch_experiment("waits for data")[0]

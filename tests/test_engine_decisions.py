@@ -82,7 +82,8 @@ def test_partial_teardown_records_the_removed_cluster_and_reraises(tmp_path, cac
     (ws / "waiting.py").write_text(WAITING_TRAIN.format(go=str(go)))
     exps = [eng.launch_experiment(f"waits {i}", source="waiting.py", seed=i)[0] for i in (1, 2)]
     until(lambda: {f.exp_id for f in eng.scheduler.in_flight().values()} == {e.id for e in exps}
-           and len({f.cluster for f in eng.scheduler.in_flight().values()}) == 2, "both to run, one per slot", seconds=120.0)
+           and len({f.cluster for f in eng.scheduler.in_flight().values()}) == 2,
+          "both to run, one per slot", seconds=120.0)
     where = {f.exp_id: f.cluster for f in eng.scheduler.in_flight().values()}
     gone_slot, kept_slot = where[exps[0].id], where[exps[1].id]
     fake.fail = {kept_slot}

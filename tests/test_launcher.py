@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -98,10 +99,8 @@ def test_a_launcher_that_does_not_answer_is_replaced_and_the_job_runs_once(
         d = make_run_dir(tmp_path, TRACE_START + REPORTING_TRAIN)
         h = backend.submit("local-cpu0", spec(d, env={"TRACE": str(tmp_path / "trace")}))
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(stuck, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert ppid(h.backend_ref["pid"]) == os.getpid()     # started as a new interpreter instead
     assert wait_outcome(backend, h).result["status"] == "done"
     deadline = time.monotonic() + 10

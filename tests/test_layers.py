@@ -105,7 +105,8 @@ def import_cycles(root: Path = PACKAGE) -> list[list[str]]:
     for path in root.rglob("*.py"):
         me = _module_name(path, root)
         # a package's __init__ importing its own submodules is not a cycle worth reporting
-        graph[me] = {t for _, t in _imports(path, root, runtime_only=True) if t in modules and t != me and not t.startswith(me + ".")}
+        graph[me] = {t for _, t in _imports(path, root, runtime_only=True)
+                     if t in modules and t != me and not t.startswith(me + ".")}
     cycles, state = [], {}
 
     def visit(node: str, stack: list[str]) -> None:

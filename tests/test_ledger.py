@@ -131,18 +131,19 @@ def test_results_tsv(ledger, tmp_path):
     for n, status in ((1, Status.done), (2, Status.crash)):
         ledger.begin_attempt(format_exp_id(n), 1, f"local-cpu{n}", "CPU", 1, None, str(tmp_path))
         ledger.finish_attempt(format_exp_id(n), 1, status,
-                              metrics=Metrics(val_bpb=1.2345678, peak_vram_mb=3072, num_steps=77) if status == Status.done else None)
+                              metrics=Metrics(val_bpb=1.2345678, peak_vram_mb=3072, num_steps=77)
+                              if status == Status.done else None)
     ledger.set_decision("e0001", Decision.keep)
     path = ledger.export_tsv(tmp_path / "out" / "results.tsv")
     rows = list(csv.reader(path.open(), delimiter="\t"))
     assert rows[0] == TSV_COLUMNS
     assert rows[0][:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert len(rows) == 3  # the queued e0003 is not a result yet
-    r1 = dict(zip(TSV_COLUMNS, rows[1]))
+    r1 = dict(zip(TSV_COLUMNS, rows[1], strict=False))
     assert r1 == {"commit": f"{1:040x}"[:7], "val_bpb": "1.234568", "memory_gb": "3.0", "status": "keep",
                   "description": "tab here newline", "id": "e0001", "wave": "", "gpu": "CPU",
                   "cluster": "local-cpu1", "seed": "42", "steps": "77", "decision": "keep"}
-    r2 = dict(zip(TSV_COLUMNS, rows[2]))
+    r2 = dict(zip(TSV_COLUMNS, rows[2], strict=False))
     assert (r2["val_bpb"], r2["memory_gb"], r2["status"], r2["decision"]) == ("0.000000", "0.0", "crash", "")
 
 

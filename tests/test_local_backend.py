@@ -127,7 +127,8 @@ def test_slot_labels_are_a_named_simulation(tmp_path: Path) -> None:
 
 
 def test_gpu_slots_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\necho "NVIDIA A100-SXM4-80GB, 81920 MiB"\n')
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\n'
+                                    'echo "NVIDIA A100-SXM4-80GB, 81920 MiB"\n')
     backend = LocalBackend(cpu_slots=5, nvidia_smi=smi)
     assert [(c.name, c.gpu_type, c.simulated) for c in backend.clusters()] == [
         ("local-gpu0", "H100", False), ("local-gpu1", "A100-80GB", False)]
@@ -146,7 +147,8 @@ def test_gpu_slots_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_broken_nvidia_smi_means_cpu_slots(tmp_path: Path) -> None:
-    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"\nexit 9\n')
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"\n'
+                                    'exit 9\n')
     assert [c.gpu_type for c in LocalBackend(cpu_slots=2, nvidia_smi=smi).clusters()] == ["CPU", "CPU"]
 
 
@@ -170,7 +172,8 @@ def test_provision_refuses_and_teardown_is_a_no_op(tmp_path: Path) -> None:
 
 def test_submit_poll_passes_the_slot_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cores = len(os.sched_getaffinity(0))
-    backend = LocalBackend(slot_labels=["H100", "H200"], cache_dir=tmp_path / "cache", nvidia_smi=str(tmp_path / "none"))
+    backend = LocalBackend(slot_labels=["H100", "H200"], cache_dir=tmp_path / "cache",
+                           nvidia_smi=str(tmp_path / "none"))
     d = make_run_dir(tmp_path)
     handle = backend.submit("local-sim1-h200", spec(d, env={"EXTRA_KNOB": "3", "WAIT_FOR_GO": "1"}))
     assert handle.cluster == "local-sim1-h200" and handle.experiment_id == "e0001"
@@ -391,7 +394,8 @@ def trace_lines(tmp_path: Path) -> list[str]:
 
 
 def test_queued_ahead_job_waits_then_starts_on_the_same_gpu_without_overlap(tmp_path: Path) -> None:
-    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\necho "NVIDIA H100 80GB HBM3, 81559 MiB"\n')
+    smi = fake_nvidia_smi(tmp_path, 'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\n'
+                                    'echo "NVIDIA H100 80GB HBM3, 81559 MiB"\n')
     backend = LocalBackend(nvidia_smi=smi)
     assert backend.queue_depth("local-gpu1") == 2
     trace = {"TRACE": str(tmp_path / "trace")}

@@ -74,7 +74,8 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     wave = await ok(client, "launch_wave", {"description": "lr screen", "axes": {"MATRIX_LR": [0.02, 0.08]},
                                             "include_control": True})
     assert wave["kind"] == "factorial" and wave["design"]["axes"] == {"MATRIX_LR": [0.02, 0.08]}
-    assert len(wave["experiments"]) == 3 and sorted(e["overrides"].get("MATRIX_LR", 0) for e in wave["experiments"]) == [0, 0.02, 0.08]
+    assert (len(wave["experiments"]) == 3
+            and sorted(e["overrides"].get("MATRIX_LR", 0) for e in wave["experiments"]) == [0, 0.02, 0.08])
     assert f"wave_id='{wave['wave_id']}'" in wave["next_step"]
     progress = Progress()
     out = await wait_all(client, progress, wave_id=wave["wave_id"])
@@ -193,9 +194,9 @@ async def test_workflow_over_streamable_http(tmp_path, cache):
     ws = tmp_path / "ws"
     port = free_port()
     args = serve_args(ws, cache, extra=["--transport", "http", "--port", str(port)])
-    async with http_server(args, tmp_path / "server.log", port):
-        async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=600) as client:
-            ids = await run_workflow(client, ws)
+    async with (http_server(args, tmp_path / "server.log", port),
+                Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=600) as client):
+        ids = await run_workflow(client, ws)
     check_session_left_behind(ws, ids)
 
 
@@ -204,7 +205,8 @@ def test_stdout_carries_only_the_protocol(tmp_path, cache):
     and the engine log: Claude Code would drop the server on a stray print."""
     requests = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
          "params": {"name": "launch_experiment", "arguments": {"description": "stdout check"}}},
@@ -213,8 +215,9 @@ def test_stdout_carries_only_the_protocol(tmp_path, cache):
         {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "plot_progress", "arguments": {}}},
     ]
     args = serve_args(tmp_path / "ws", cache, budget=1.0, extra=["--log-level", "DEBUG"])
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=open(tmp_path / "server.log", "w"), text=True)
+    with open(tmp_path / "server.log", "w") as server_log:  # the child holds its own copy of the fd
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=server_log, text=True)
     responses: dict[int, dict] = {}
     lines: list[str] = []
     try:

@@ -135,7 +135,7 @@ def test_packed_rows_are_whole_bos_first_documents_without_padding(prepared_cach
     n_segments = 0
     for row in rows:
         starts = np.flatnonzero(row == bos).tolist() + [len(row)]
-        for j, (a, b) in enumerate(zip(starts, starts[1:])):
+        for j, (a, b) in enumerate(zip(starts, starts[1:], strict=False)):
             seg = row[a:b]
             last = j == len(starts) - 2
             if len(seg) < 4:
@@ -329,7 +329,10 @@ def test_local_folder_of_txt_jsonl_parquet(tmp_path, monkeypatch):
     folder = tmp_path / "corpus"
     folder.mkdir()
     rng = random.Random(5)
-    para = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) + "."
+
+    def para() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) + "."
+
     (folder / "a.txt").write_text("\n\n".join(para() for _ in range(300)))
     (folder / "b.jsonl").write_text("".join(json.dumps({"text": para()}) + "\n" for _ in range(300)))
     last_docs = [para() for _ in range(200)]
@@ -343,7 +346,7 @@ def test_local_folder_of_txt_jsonl_parquet(tmp_path, monkeypatch):
     assert meta["train_tokens"] > 10 * meta["val_tokens"] > 0
     tok = prep.Tokenizer.load()
     (val_tokens, val_offsets), = prep._load_split("val")
-    val_docs = [tok.decode(val_tokens[a + 1:b]) for a, b in zip(val_offsets, val_offsets[1:])]
+    val_docs = [tok.decode(val_tokens[a + 1:b]) for a, b in zip(val_offsets, val_offsets[1:], strict=False)]
     assert val_docs == last_docs[-len(val_docs):]  # validation: the tail of the folder, in path order
     (train_tokens, _), = prep._load_split("train")
     assert last_docs[-1] not in tok.decode(train_tokens)

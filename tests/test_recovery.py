@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_crash_nan_and_tampered_harness(tmp_path, cache, engines):
     ws = tmp_path / "research"
     eng = engines.make(make_config(ws, cache))
-    (ws / "crash.py").write_text("import sys\nprint('about to fail', flush=True)\nraise ValueError('deliberate bug in train.py')\n")
+    (ws / "crash.py").write_text("import sys\nprint('about to fail', flush=True)\n"
+                                 "raise ValueError('deliberate bug in train.py')\n")
     crash = eng.launch_experiment("raises", source="crash.py")[0]
     nan = eng.launch_experiment("absurd learning rates", overrides={
         "EMBEDDING_LR": 1e6, "UNEMBEDDING_LR": 1e6, "MATRIX_LR": 1e6, "SCALAR_LR": 1e6})[0]

@@ -122,7 +122,8 @@ def test_success_parses_summary_and_result_json(tmp_path: Path) -> None:
 
 
 def test_exception_is_a_crash_with_the_exception_in_error(tmp_path: Path) -> None:
-    d = make_run_dir(tmp_path, 'print("starting")\ndef f():\n    raise ValueError("learning rate must be positive")\nf()\n')
+    d = make_run_dir(tmp_path, 'print("starting")\n'
+                               'def f():\n    raise ValueError("learning rate must be positive")\nf()\n')
     proc, result = run_runner(d)
     assert proc.returncode == 0
     assert result["status"] == "crash" and result["exit_code"] == 1
@@ -133,7 +134,8 @@ def test_exception_is_a_crash_with_the_exception_in_error(tmp_path: Path) -> Non
 
 
 def test_fail_nan_is_nan(tmp_path: Path) -> None:
-    d = make_run_dir(tmp_path, 'import sys\nprint("step 1 | loss 3.1")\nprint("FAIL: loss is nan at step 12")\nsys.exit(1)\n')
+    d = make_run_dir(tmp_path, 'import sys\nprint("step 1 | loss 3.1")\n'
+                               'print("FAIL: loss is nan at step 12")\nsys.exit(1)\n')
     _, result = run_runner(d)
     assert result["status"] == "nan"
     assert result["error"] == "FAIL: loss is nan at step 12"
@@ -374,7 +376,8 @@ def test_harness_hash_agrees_with_the_template_prepare_py() -> None:
 
 
 def test_parse_result_merges_summary_and_result_json() -> None:
-    log = "noise: 1\n---\nval_bpb:          1.250000\nnum_steps:        10\ndevice:           cuda:NVIDIA H100 80GB HBM3\n" \
+    log = "noise: 1\n---\nval_bpb:          1.250000\nnum_steps:        10\n" \
+          "device:           cuda:NVIDIA H100 80GB HBM3\n" \
           'RESULT_JSON: {"val_bpb": 1.2, "total_tokens_M": 0.5}\n'
     m = runner.parse_result(log)
     assert m == {"val_bpb": 1.2, "num_steps": 10, "device": "cuda:NVIDIA H100 80GB HBM3", "total_tokens_M": 0.5}

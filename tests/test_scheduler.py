@@ -33,7 +33,8 @@ class SimulatedBackend(Backend):
         self.fail_submit: set[str] = set()
 
     def clusters(self):
-        return [Cluster(name=n, backend=self.name, gpu_type=g, state="up", simulated=True) for n, g in self.slots.items()]
+        return [Cluster(name=n, backend=self.name, gpu_type=g, state="up", simulated=True)
+                for n, g in self.slots.items()]
 
     def queue_depth(self, cluster):
         return self.depth

@@ -505,7 +505,8 @@ def claude_init(cwd: Path, home: Path, **env: str) -> dict[str, Any]:
     raise AssertionError(f"no init message from claude: {out.stdout[-2000:]} {out.stderr[-2000:]}")
 
 
-@pytest.mark.skipif(claude_cli() is None, reason="Claude Code CLI not installed (set CLAUDE_CODE_BIN or put claude on PATH)")
+@pytest.mark.skipif(claude_cli() is None,
+                    reason="Claude Code CLI not installed (set CLAUDE_CODE_BIN or put claude on PATH)")
 def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path):
     """Run in this repo, Claude Code lists the five project skills (through the .claude/skills
     links), the crash-investigator agent and the autoresearch server; `plugin validate` accepts the
@@ -529,7 +530,8 @@ def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path):
     project.mkdir()
     assert run_claude(["plugin", "marketplace", "add", str(REPO)], project, home).returncode == 0
     try:
-        res = run_claude(["plugin", "install", f"{name}@{json.loads((PLUGIN_DIR / 'marketplace.json').read_text())['name']}"],
+        res = run_claude(["plugin", "install",
+                          f"{name}@{json.loads((PLUGIN_DIR / 'marketplace.json').read_text())['name']}"],
                          project, home)
         assert res.returncode == 0, res.stdout + res.stderr
         init = claude_init(project, home)

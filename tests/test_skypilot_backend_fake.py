@@ -64,7 +64,7 @@ class FakeTask:
     config: dict[str, Any] | None = None
 
     @classmethod
-    def from_yaml_config(cls, cfg: dict[str, Any]) -> "FakeTask":
+    def from_yaml_config(cls, cfg: dict[str, Any]) -> FakeTask:
         return cls(name=cfg.get("name"), run=cfg.get("run"), workdir=cfg.get("workdir"),
                    envs=dict(cfg.get("envs") or {}), config=cfg)
 

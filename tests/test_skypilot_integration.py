@@ -200,7 +200,7 @@ def test_jobs_submitted_without_a_saved_handle_are_cancelled_and_run_once(fleet)
     slots = [s for s in eng.scheduler.slots() if s.state == "up"][:2]
     assert len(slots) == 2
     names = {}
-    for e, slot in zip(exps, slots):
+    for e, slot in zip(exps, slots, strict=True):
         run_dir = eng.runs_dir / e.id / "a1"
         assert eng.ledger.begin_attempt(e.id, 1, slot.name, slot.gpu_type, 1, None, str(run_dir))
         handle = eng.backend.submit(slot.name, eng._build_job(e, 1, slot, run_dir))   # handle never saved

@@ -23,7 +23,7 @@ TOOLS = {t.value for t in Tool}
 # tool is a stale or misspelt tool name (or must be listed here as not being one).
 VERBS = ("get", "list", "fetch", "budget", "plot", "provision", "teardown", "launch", "promote", "wait", "cancel",
          "keep", "discard", "analyze", "session", "leaderboard")
-TOOL_LIKE = re.compile(r"\b((?:%s)_[a-z_]+)\b" % "|".join(VERBS))
+TOOL_LIKE = re.compile(rf"\b((?:{'|'.join(VERBS)})_[a-z_]+)\b")
 NOT_TOOLS = {
     "get_many", "list_constants", "list_tools", "get_wave", "get_meta", "launch_wave_args", "wait_s", "keep_alive",
     "get_experiment_log", "list_experiments", "fetch_failed", "budget_s", "launch_s",
@@ -59,7 +59,7 @@ def test_error_texts_name_tools_through_the_enum():
     """Outside domain/tool_names.py, a tool name spelt in a plain string literal is a second home:
     texts use f'{Tool.X}'."""
     spelt = [(f, line, text[:80]) for f, line, text in _package_texts()
-             if not f.endswith("tool_names.py") and re.search(r"\b(%s)\b" % "|".join(TOOLS), text)]
+             if not f.endswith("tool_names.py") and re.search(rf"\b({'|'.join(TOOLS)})\b", text)]
     assert spelt == [], f"tool names spelt out instead of Tool.X: {spelt}"
 
 

@@ -39,7 +39,8 @@ def run_dir(tmp_path: Path, **overrides) -> Path:
     return d
 
 
-def train(d: Path, cache: Path, budget: float | None = None, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def train(d: Path, cache: Path, budget: float | None = None,
+          timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     env.update(AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_DATA="demo", AUTORESEARCH_CACHE=str(cache),
                AUTORESEARCH_THREADS="1", AUTORESEARCH_SEED="42")
@@ -162,7 +163,8 @@ def test_tunables_are_module_level_literals_that_change_both_profiles(tmp_path, 
     assert constants["TOTAL_BATCH_SIZE"] == 2**19 and constants["WINDOW_PATTERN"] == "L"
 
     def config(profile, **overrides):
-        _, train_mod = load_template(monkeypatch, run_dir(tmp_path / f"{profile}{len(overrides)}{sorted(overrides)}", **overrides),
+        _, train_mod = load_template(monkeypatch,
+                                     run_dir(tmp_path / f"{profile}{len(overrides)}{sorted(overrides)}", **overrides),
                                      prepared_cache, profile)
         return train_mod.model_config(8192 if profile == "gpu" else 1024), train_mod
 

@@ -89,12 +89,14 @@ def launch(ws: Workspace, exp_id: str, overrides: dict | None = None, source: st
 
 
 def test_new_workspace_is_created_from_the_template(ws: Workspace, template: Path):
-    assert sorted(p.name for p in ws.path.iterdir() if p.name != ".git") == [".gitignore", "prepare.py", "sky_task.yaml", "train.py"]
+    assert sorted(p.name for p in ws.path.iterdir() if p.name != ".git") == [".gitignore", "prepare.py",
+                                                                             "sky_task.yaml", "train.py"]
     assert (ws.path / "train.py").read_text() == TRAIN
     assert (ws.path / ".gitignore").read_text() == ".autoresearch/\n"
     assert ws.branch == "autoresearch/t1" and ws.repo.active_branch.name == "autoresearch/t1"
     assert git_out(ws.path, "log", "--format=%s", ws.branch) == "template"
-    assert git_out(ws.path, "ls-tree", "--name-only", "HEAD").split() == [".gitignore", "prepare.py", "sky_task.yaml", "train.py"]
+    assert git_out(ws.path, "ls-tree", "--name-only", "HEAD").split() == [".gitignore", "prepare.py",
+                                                                          "sky_task.yaml", "train.py"]
     (ws.path / ".autoresearch" / "runs").mkdir(parents=True)
     (ws.path / ".autoresearch" / "ledger.db").write_text("x")
     assert git_out(ws.path, "status", "--porcelain") == ""  # engine state is ignored
@@ -158,7 +160,8 @@ def test_existing_repo_without_train_py_is_refused_unchanged(tmp_path: Path, tem
     repo = git.Repo.init(d)
     (d / "README").write_text("hi\n")
     repo.git.add("README")
-    repo.git.commit("-m", "x", env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"})
+    repo.git.commit("-m", "x", env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b",
+                                    "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"})
     before = state(d)
     with pytest.raises(InvalidInput, match="no train.py or prepare.py at HEAD"):
         Workspace(d, "t1", template)
@@ -233,7 +236,8 @@ def test_snapshot_moves_nothing_but_its_own_ref(ws: Workspace):
     sha = launch(ws, "e0001", {"MATRIX_LR": 0.02}, message="lr 0.02")
     refs2, head2, index2, files2 = state(ws.path)
     assert (head2, index2, files2) == (head, index, files)
-    assert refs2.splitlines() == sorted(refs.splitlines() + [f"{sha} {EXPERIMENT_REF_PREFIX}e0001"], key=lambda l: l.split()[1])
+    assert refs2.splitlines() == sorted(refs.splitlines() + [f"{sha} {EXPERIMENT_REF_PREFIX}e0001"],
+                                        key=lambda line: line.split()[1])
     assert ws.experiment_refs() == {"e0001": sha}
     c = ws.repo.commit(sha)
     assert c.parents[0].hexsha == ws.head_commit() and c.message == "lr 0.02\n\nAutoresearch-Experiment: e0001\n"
@@ -268,14 +272,16 @@ def test_snapshot_ignores_the_real_index_even_when_locked_or_staged(ws: Workspac
         before = state(ws.path)
         sha = ws.snapshot("e0001", TRAIN + "# v\n", ws.head_commit(), "x")
         assert state(ws.path)[1:] == before[1:]
-        assert ws.file_at(sha, "sky_task.yaml") == "resources:\n  accelerators: H100:1\n"  # from the parent, not the index
+        # from the parent, not the index
+        assert ws.file_at(sha, "sky_task.yaml") == "resources:\n  accelerators: H100:1\n"
     finally:
         (ws.path / ".git" / "index.lock").unlink()
 
 
 def test_snapshot_chain_and_ref_overwrite(ws: Workspace):
     a = launch(ws, "e0001", {"DEPTH": 4})
-    b = ws.snapshot("e0002", apply_overrides(ws.file_at(a, "train.py"), {"MATRIX_LR": 0.01}), "e0001", "on top of e0001")
+    b = ws.snapshot("e0002", apply_overrides(ws.file_at(a, "train.py"), {"MATRIX_LR": 0.01}), "e0001",
+                    "on top of e0001")
     assert ws.repo.commit(b).parents[0].hexsha == a
     assert list_constants(ws.file_at(b, "train.py")) == {"DEPTH": 4, "MATRIX_LR": 0.01, "WINDOW_PATTERN": "SSSL"}
     # A ref left by a launch the ledger never recorded is replaced (the ledger owns ids).
@@ -298,7 +304,8 @@ def test_concurrent_snapshots(ws: Workspace):
         try:
             for j in range(5):
                 exp_id = f"e{k}{j:03d}"
-                shas[exp_id] = ws.snapshot(exp_id, TRAIN.replace("DEPTH = 8", f"DEPTH = {k * 10 + j}"), ws.head_commit(), exp_id)
+                shas[exp_id] = ws.snapshot(exp_id, TRAIN.replace("DEPTH = 8", f"DEPTH = {k * 10 + j}"),
+                                           ws.head_commit(), exp_id)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -347,7 +354,8 @@ def test_keep_fast_forwards_and_updates_the_working_tree(ws: Workspace):
     head = ws.head_commit()
     sha = launch(ws, "e0001", {"DEPTH": 4})
     result = ws.keep("e0001")
-    assert result == {"branch": "autoresearch/t1", "commit": sha, "previous": head, "fast_forward": True, "updated_files": ["train.py"]}
+    assert result == {"branch": "autoresearch/t1", "commit": sha, "previous": head, "fast_forward": True,
+                      "updated_files": ["train.py"]}
     assert ws.head_commit() == sha and ws.repo.active_branch.name == "autoresearch/t1"
     assert list_constants((ws.path / "train.py").read_text())["DEPTH"] == 4
     assert git_out(ws.path, "status", "--porcelain") == ""
@@ -446,8 +454,10 @@ def _setup_files(ws: Workspace) -> None:
 HOSTILE = [
     # overrides: code, unknown names, absurd values (through read -> rewrite -> snapshot)
     ("code in an int", None, lambda ws: launch(ws, "e1", {"DEPTH": "4; import os"}), "DEPTH is an int"),
-    ("os.system in an int", None, lambda ws: launch(ws, "e1", {"DEPTH": "__import__('os').system('id')"}), "cannot replace it"),
-    ("unknown constant", None, lambda ws: launch(ws, "e1", {"DEPTHS": 4}), "Unknown constant 'DEPTHS'.*Did you mean DEPTH"),
+    ("os.system in an int", None, lambda ws: launch(ws, "e1", {"DEPTH": "__import__('os').system('id')"}),
+     "cannot replace it"),
+    ("unknown constant", None, lambda ws: launch(ws, "e1", {"DEPTHS": 4}),
+     "Unknown constant 'DEPTHS'.*Did you mean DEPTH"),
     ("lowercase name", None, lambda ws: launch(ws, "e1", {"depth": 4}), "UPPER_CASE"),
     ("dunder name", None, lambda ws: launch(ws, "e1", {"__class__": 1}), "Unknown constant '__class__'"),
     ("name with code", None, lambda ws: launch(ws, "e1", {"DEPTH=1;import os;X": 1}), "Unknown constant"),
@@ -455,7 +465,9 @@ HOSTILE = [
     ("infinite float", None, lambda ws: launch(ws, "e1", {"MATRIX_LR": float("inf")}), "not a finite number"),
     ("too many overrides", None, lambda ws: launch(ws, "e1", {f"X{i}": i for i in range(100)}), "100 overrides given"),
     ("non-literal value", None, lambda ws: launch(ws, "e1", {"DEPTH": print}), "not a literal value"),
-    ("absurd factorial", None, lambda ws: factorial({"DEPTH": list(range(8)), "MATRIX_LR": list(range(8)), "X": list(range(8)), "Y": [1, 2]}), "1024 cells"),
+    ("absurd factorial", None,
+     lambda ws: factorial({"DEPTH": list(range(8)), "MATRIX_LR": list(range(8)), "X": list(range(8)), "Y": [1, 2]}),
+     "1024 cells"),
     # source files: traversal, absolute paths, symlinks, wrong kinds of file
     ("path traversal", None, lambda ws: launch(ws, "e1", source="../../etc/passwd"), "leaves the workspace"),
     ("dot-dot py", None, lambda ws: launch(ws, "e1", source="../secret.py"), "leaves the workspace"),
@@ -466,8 +478,10 @@ HOSTILE = [
     ("NUL byte", None, lambda ws: launch(ws, "e1", source="a\x00b.py"), "control characters"),
     ("empty name", None, lambda ws: launch(ws, "e1", source=""), "non-empty file name"),
     ("git internals", None, lambda ws: launch(ws, "e1", source=".git/hooks/pre-commit.py"), r"\.git is off limits"),
-    ("symlinked file out", _setup_symlink_file, lambda ws: launch(ws, "e1", source="escape.py"), "outside the workspace"),
-    ("symlinked dir out", _setup_symlink_dir, lambda ws: launch(ws, "e1", source="linkdir/secret.py"), "outside the workspace"),
+    ("symlinked file out", _setup_symlink_file, lambda ws: launch(ws, "e1", source="escape.py"),
+     "outside the workspace"),
+    ("symlinked dir out", _setup_symlink_dir, lambda ws: launch(ws, "e1", source="linkdir/secret.py"),
+     "outside the workspace"),
     ("not a .py file", _setup_files, lambda ws: launch(ws, "e1", source="notes.txt"), "not a .py file"),
     ("missing file", None, lambda ws: launch(ws, "e1", source="nope.py"), "No file 'nope.py'.*train.py"),
     ("file over 1 MB", _setup_files, lambda ws: launch(ws, "e1", source="big.py"), "limit is 1000000"),
@@ -482,7 +496,8 @@ HOSTILE = [
     ("path syntax", None, lambda ws: ws.resolve_commit("HEAD:train.py"), "Invalid revision"),
     ("rev not a str", None, lambda ws: ws.resolve_commit(None), "Invalid revision None"),
     ("very long rev", None, lambda ws: ws.resolve_commit("a" * 300), r"Invalid revision 'a+\.\.\.'"),
-    ("unknown full sha", None, lambda ws: ws.resolve_commit("deadbeef" * 5), "No commit 'deadbeef.*full or at least 4 hex"),
+    ("unknown full sha", None, lambda ws: ws.resolve_commit("deadbeef" * 5),
+     "No commit 'deadbeef.*full or at least 4 hex"),
     ("unknown branch", None, lambda ws: ws.resolve_commit("nope/branch"), "No commit 'nope/branch'"),
     ("unknown experiment", None, lambda ws: ws.code_hash_at("e9999"), "No commit 'e9999'"),
     ("snapshot on unknown parent", None, lambda ws: launch(ws, "e1", parent="cafe" * 10), "No commit 'cafe"),

@@ -227,7 +227,8 @@ class GPT(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token: 6 per weight of every matmul (head included, embedding lookups
         not), plus attention's 12 * n_head * head_dim * window per layer (the PaLM convention)."""
-        matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2 and "embed" not in n and n != "wte.weight")
+        matmul = sum(p.numel() for n, p in self.named_parameters()
+                     if p.dim() == 2 and "embed" not in n and n != "wte.weight")
         attn = sum(12 * self.cfg.n_head * self.cfg.head_dim * w for w in self.windows)
         return 6 * matmul + attn
 
@@ -344,7 +345,8 @@ if __name__ == "__main__":
         torch.cuda.manual_seed(SEED)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if DEVICE == "cuda"
+                else torch.autocast("cpu", enabled=False))
     device_name = f"cuda:{torch.cuda.get_device_name()}" if DEVICE == "cuda" else "cpu"
     peak_flops = gpu_peak_flops(device_name) if DEVICE == "cuda" else None
 
@@ -392,7 +394,8 @@ if __name__ == "__main__":
         loss_f = loss.item()  # waits for the step to finish
         dt = time.time() - t0
         if not math.isfinite(loss_f) or loss_f > explode_loss:
-            print(f"FAIL: nan/exploded training loss {loss_f:.4g} at step {step} (must be finite and below {explode_loss:.1f})")
+            print(f"FAIL: nan/exploded training loss {loss_f:.4g} at step {step} "
+                  f"(must be finite and below {explode_loss:.1f})")
             sys.exit(1)
         if step >= TIMER_SKIP_STEPS:
             training_time += dt
@@ -405,7 +408,8 @@ if __name__ == "__main__":
             tok_s = total_batch / dt
             mfu = f" | mfu {100 * flops_per_token * tok_s / peak_flops:.1f}%" if peak_flops else ""
             print(f"step {step:05d} | loss {smooth_loss / (1 - 0.9**step):.4f} | lr x{lr_multiplier(progress):.2f} | "
-                  f"{dt * 1000:.0f}ms | {tok_s:,.0f} tok/s{mfu} | epoch {epoch} | {training_time:.1f}/{TIME_BUDGET:.0f}s", flush=True)
+                  f"{dt * 1000:.0f}ms | {tok_s:,.0f} tok/s{mfu} | epoch {epoch} | "
+                  f"{training_time:.1f}/{TIME_BUDGET:.0f}s", flush=True)
         if step > TIMER_SKIP_STEPS and training_time >= TIME_BUDGET:
             break
 

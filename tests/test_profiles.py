@@ -24,7 +24,7 @@ def test_budgets_are_the_harness_own():
 
 
 def test_the_defaults_equal_the_template():
-    assert DEFAULT_BUDGETS_S == budgets_from_harness(TEMPLATE_PREPARE)
+    assert budgets_from_harness(TEMPLATE_PREPARE) == DEFAULT_BUDGETS_S
 
 
 def test_a_harness_with_its_own_budgets_or_none(tmp_path):

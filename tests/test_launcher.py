@@ -1,4 +1,4 @@
-"""The runner launcher (mcp_server/launcher.py) and the local backend's use of it
+"""The runner launcher (mcp_server/runtime/warm_launcher.py) and the local backend's use of it
 (backends/local_launcher.py): real launcher processes, real runners, real train.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from test_local_backend import HANG, HASH, REPORTING_TRAIN, gone, make_run_dir, 
 from mcp_server.backends.local import launcher_client as local_launcher
 from mcp_server.backends.local.backend import LocalBackend
 from mcp_server.backends.local.launcher_client import LAUNCHER_SOURCE, launcher_for
-from mcp_server.runtime import runner
+from mcp_server.runtime import run_log, runner
 from mcp_server.runtime import warm_launcher as launcher
 
 TRACE_START = "import os\nwith open(os.environ['TRACE'], 'a') as f:\n    f.write(os.getcwd() + '\\n')\n"
@@ -50,7 +50,7 @@ def test_the_runner_is_forked_by_the_warm_launcher(tmp_path: Path) -> None:
     assert seen["stdin"] == "/dev/null" and seen["pgid_is_own"]
     assert "TRAIN OUTPUT" in (d / runner.LOG_FILE).read_text()    # train.py's output: run.log; the
     [line] = (d / "runner.out").read_text().splitlines()            # runner's: its result line only
-    assert line.startswith(runner.RESULT_PREFIX)
+    assert line.startswith(run_log.RESULT_PREFIX)
     wait_for(d / launcher.EXIT_FILE)
     assert json.loads((d / launcher.EXIT_FILE).read_text()) == {"pid": pid, "exit_code": 0}
 

@@ -1,4 +1,4 @@
-"""The runner (mcp_server/runner.py) run for real: a subprocess in a run directory with small
+"""The runner (mcp_server/runtime/runner.py) run for real: a subprocess in a run directory with small
 stand-in train.py scripts written here, checked through result.json, its stdout and /proc."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from engine_helpers import blocked_on_a_lock
 
 from mcp_server.backends.base import JobSpec
 from mcp_server.backends.local.backend import LocalBackend
-from mcp_server.runtime import runner
+from mcp_server.runtime import run_log, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "mcp_server" / "runtime" / "runner.py"
@@ -61,7 +61,8 @@ def make_run_dir(tmp_path: Path, train: str, prepare: str = PREPARE, name: str =
     d.mkdir()
     (d / "prepare.py").write_text(prepare)
     (d / "train.py").write_text(train)
-    shutil.copyfile(RUNNER, d / "runner.py")
+    for name in runner.RUNTIME_FILES:      # runner.py and what it imports, as a backend ships them
+        shutil.copyfile(RUNNER.parent / name, d / name)
     return d
 
 
@@ -117,7 +118,7 @@ def test_success_parses_summary_and_result_json(tmp_path: Path) -> None:
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("AUTORESEARCH_RESULT: ")
     assert json.loads(last[len("AUTORESEARCH_RESULT: "):]) == result
-    assert runner.parse_runner_output(proc.stdout) == result
+    assert run_log.parse_runner_output(proc.stdout) == result
     assert not list(d.glob("*.tmp"))
 
 
@@ -205,7 +206,7 @@ def test_runner_sigterm_is_forwarded_and_recorded_as_cancelled(tmp_path: Path) -
     assert p.returncode == 0
     result = json.loads((d / "result.json").read_text())
     assert result["status"] == "cancelled"
-    assert runner.parse_runner_output(out.decode()) == result
+    assert run_log.parse_runner_output(out.decode()) == result
     assert gone(int((d / "train_pid").read_text()))
     assert gone(int((d / "grandchild.pid").read_text()))
 
@@ -250,7 +251,7 @@ def test_queued_runner_waits_for_the_slot_and_its_clock_starts_then(tmp_path: Pa
             p.kill()
             p.wait()
     result = json.loads((d / "result.json").read_text())
-    assert result["status"] == "done" and runner.parse_runner_output(out.decode()) == result
+    assert result["status"] == "done" and run_log.parse_runner_output(out.decode()) == result
     assert result["started_at"] >= released and result["waited_s"] > 0
     assert json.loads((d / runner.TRAIN_PID_FILE).read_text())["started_at"] == result["started_at"]
 
@@ -273,7 +274,7 @@ def test_queued_runner_stopped_while_waiting_is_cancelled_and_never_trains(tmp_p
     assert p.returncode == 0
     result = json.loads((d / "result.json").read_text())
     assert result["status"] == "cancelled" and "before train.py started" in result["error"]
-    assert runner.parse_runner_output(out.decode()) == result
+    assert run_log.parse_runner_output(out.decode()) == result
     assert not (d / "STARTED").exists() and not (d / runner.TRAIN_PID_FILE).exists()
     # it never had the slot: its busy interval starts when it stopped waiting
     assert stopped <= result["started_at"] <= result["ended_at"] and result["waited_s"] > 0
@@ -379,11 +380,11 @@ def test_parse_result_merges_summary_and_result_json() -> None:
     log = "noise: 1\n---\nval_bpb:          1.250000\nnum_steps:        10\n" \
           "device:           cuda:NVIDIA H100 80GB HBM3\n" \
           'RESULT_JSON: {"val_bpb": 1.2, "total_tokens_M": 0.5}\n'
-    m = runner.parse_result(log)
+    m = run_log.parse_result(log)
     assert m == {"val_bpb": 1.2, "num_steps": 10, "device": "cuda:NVIDIA H100 80GB HBM3", "total_tokens_M": 0.5}
-    assert runner.parse_result("just progress\n") == {}
-    assert runner.parse_result("---\nval_bpb: 0.9\n") == {"val_bpb": 0.9}
-    assert runner.parse_result('RESULT_JSON: not json\n') == {}
+    assert run_log.parse_result("just progress\n") == {}
+    assert run_log.parse_result("---\nval_bpb: 0.9\n") == {"val_bpb": 0.9}
+    assert run_log.parse_result('RESULT_JSON: not json\n') == {}
 
 
 def test_real_template_train_py_under_cpu_profile(tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -398,7 +399,8 @@ def test_real_template_train_py_under_cpu_profile(tmp_path: Path, request: pytes
     d.mkdir()
     for name in ("train.py", "prepare.py"):
         shutil.copyfile(template / name, d / name)
-    shutil.copyfile(RUNNER, d / "runner.py")
+    for name in runner.RUNTIME_FILES:      # runner.py and what it imports, as a backend ships them
+        shutil.copyfile(RUNNER.parent / name, d / name)
     env = dict(os.environ, AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(cache),
                AUTORESEARCH_TIME_BUDGET="5", AUTORESEARCH_THREADS="1")
     proc = subprocess.run([sys.executable, "runner.py", "--expected-hash", runner.harness_hash(d / "prepare.py"),

@@ -54,7 +54,8 @@ def _workdir(tmp_path: Path, key: str, train: str, prepare: bytes = b"# harness\
     run.mkdir(parents=True)
     (run / "train.py").write_text(train)
     (run / "prepare.py").write_bytes(prepare)
-    (run / "runner.py").write_bytes(Path(runner.__file__).read_bytes())
+    for name in runner.RUNTIME_FILES:
+        (run / name).write_bytes((Path(runner.__file__).parent / name).read_bytes())
     return workdir
 
 

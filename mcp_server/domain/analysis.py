@@ -28,6 +28,9 @@ Rules (the skills and tool descriptions repeat them; change them together):
 O(groups) after a change, instead of regrouping every experiment per call. Its answers are exactly
 those of rebuilding it from scratch (sums are exact `math.fsum`s and every choice has a total
 order), which the functions `verdicts`, `leaderboard` and `noise_floor` do.
+
+(Over 400 lines on purpose: the rules above and the one `Index` that implements them read best
+in one place; the result models and the text rendering are small.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Values arrive from JSON (int, float, str, bool, None, lists and dicts of those; 
 accepted too). They are written as `repr(value)`, so a string is always a string literal: code
 inside it is never executed. Only the value's own source text is replaced (located with
 lineno/col_offset/end_lineno/end_col_offset), so comments and formatting elsewhere stay intact.
+
+(Over 400 lines on purpose: the scan that decides what is overridable, the checks on values and
+the rewrite must agree exactly, so they live together; factorial designs are the short rest.)
 """
 
 from __future__ import annotations

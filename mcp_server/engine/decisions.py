@@ -10,7 +10,6 @@ from mcp_server.domain.models import LIVE, Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.checks import check_bool
 from mcp_server.engine.parts import EngineParts
-from mcp_server.store.workspace import is_ancestor
 
 
 class DecisionOutcome(BaseModel):
@@ -73,7 +72,7 @@ class DecisionsMixin(EngineParts):
                            "(failed ones are already out of the running).")
         if exp.decision == Decision.keep and exp.commit:
             head = self.workspace.head_commit()
-            if head == exp.commit or is_ancestor(self.workspace.repo, exp.commit, head):
+            if head == exp.commit or self.workspace.contains(exp.commit, head):
                 where = "is at" if head == exp.commit else "has moved on from (and still contains)"
                 raise Conflict(
                     f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "

@@ -32,7 +32,7 @@ from mcp_server.domain.models import LIVE, Experiment, Status, Wave
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.checks import Checks, check_bool, check_description, check_int, check_overrides, short
 from mcp_server.store.ledger import Ledger
-from mcp_server.store.workspace import EXPERIMENT_REF_PREFIX, Workspace
+from mcp_server.store.workspace import Workspace
 
 log = logging.getLogger("autoresearch.engine")
 
@@ -266,7 +266,7 @@ class LaunchPlanner:
             except BaseException:
                 for eid in created:
                     try:
-                        self.workspace.repo.git.update_ref("-d", EXPERIMENT_REF_PREFIX + eid)
+                        self.workspace.drop_experiment_ref(eid)
                     except Exception:  # noqa: BLE001
                         log.exception("could not remove ref of %s", eid)
                 raise

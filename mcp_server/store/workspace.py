@@ -10,6 +10,9 @@ Layout and rules (docs/contracts.md section 3):
 
 Every agent-supplied string (tag, revision, file name, experiment id) is validated here before
 it reaches git, and git is only ever called with argument lists (gitpython), never a shell.
+
+(Over 400 lines on purpose: one object owns the repo and its lock, and the validators sit next
+to the git calls they guard. Keeping is in `workspace_keep.py`, shared git helpers in `gitutil.py`.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import tempfile
 import threading
 from io import BytesIO
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any
 
 import git
 from gitdb.base import IStream
@@ -31,6 +34,9 @@ from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
 from mcp_server.domain.ids import TAG_RE
 from mcp_server.domain.limits import MAX_MESSAGE_CHARS, MAX_SOURCE_BYTES
 from mcp_server.domain.paths import STATE_DIR
+from mcp_server.store.gitutil import LITERAL_PATHSPECS as _LITERAL
+from mcp_server.store.gitutil import _git_error, _utf8, blob_sha, is_ancestor
+from mcp_server.store.workspace_keep import KeepMixin
 
 TRAIN = "train.py"
 HARNESS = "prepare.py"
@@ -45,8 +51,6 @@ EXPERIMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # dash (it would read as an option), no `..` ranges, no `@{...}` reflog syntax, no `:path`.
 REV_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}(?:[~^][0-9]{0,3}){0,8}$")
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
-# Literal pathspecs: a tracked file named `*.py` must not act as a glob.
-_LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 
 def _ref_name_ok(name: str) -> bool:
@@ -75,33 +79,7 @@ def validate_experiment_id(exp_id: Any) -> str:
     return exp_id
 
 
-def blob_sha(content: str | bytes) -> str:
-    """The git blob id of `content` (text is stored as UTF-8): equal code => equal hash."""
-    data = _utf8(content, "content") if isinstance(content, str) else content
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidInput(f"{what} is not valid Unicode text ({e.reason} at position {e.start}); "
-                           "send plain UTF-8 text.") from None
-
-
-def _git_error(e: git.GitCommandError) -> str:
-    text = (e.stderr or e.stdout or str(e)).strip()
-    text = text.removeprefix("stderr:").strip().strip("'").strip()
-    return " ".join(text.split())  # one line: the message is read by a model
-
-
-def is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
-    """`git merge-base --is-ancestor ancestor rev`. GitPython's stubs ask for Commit objects, but
-    `Repo.is_ancestor` hands both straight to git, so a sha or ref string works (and needs no lookup)."""
-    return repo.is_ancestor(cast(git.Commit, ancestor), cast(git.Commit, rev))
-
-
-class Workspace:
+class Workspace(KeepMixin):
     """Opens (or creates from the template) the research repo and checks out the session branch."""
 
     def __init__(self, path: Path, tag: str, template_dir: Path) -> None:
@@ -472,116 +450,16 @@ class Workspace:
             written.append(rel)
         return written
 
-    # -- keep ------------------------------------------------------------------------------------
-
-    def keep(self, commit: str, force: bool = False) -> dict[str, Any]:
-        """Move the session branch to `commit` and update the working tree to match.
-
-        Fast-forwards when `commit` descends from the branch head (the normal case: a snapshot
-        of the head). Otherwise the branch has moved since the snapshot was taken; that needs
-        force=True, which resets the branch (the commits it drops stay reachable through their
-        experiment refs). Refuses when a working-tree or staged edit to a file that changes
-        would be lost, unless that edit already equals the kept version."""
+    def contains(self, ancestor: str, rev: str) -> bool:
+        """True when commit `ancestor` is `rev` or one of its ancestors (under the workspace lock)."""
         with self._lock:
-            target = self.resolve_commit(commit)
-            repo = self.repo
-            if repo.head.is_detached or repo.head.ref.name != self.branch:
-                current = "a detached HEAD" if repo.head.is_detached else repo.head.ref.name
-                raise Conflict(
-                    f"The workspace has {current} checked out, not the session branch {self.branch}; "
-                    f"check it out (git -C {self.path} checkout {self.branch}) and keep again."
-                )
-            head = repo.heads[self.branch].commit.hexsha
-            result = {"branch": self.branch, "commit": target, "previous": head, "fast_forward": True,
-                      "updated_files": []}
-            if target == head:
-                return result
-            fast_forward = is_ancestor(repo, head, target)
-            if not fast_forward and not force:
-                raise Conflict(
-                    f"Commit {target[:12]} does not descend from the head of {self.branch} ({head[:12]}): the branch "
-                    "moved after this snapshot was taken (another experiment was kept?). Keeping it would drop the "
-                    "branch's newer commits. Either relaunch the change on top of the current head and keep that, or "
-                    "keep with force=true to reset the branch to it (dropped commits stay in their experiment refs)."
-                )
-            changes = self._file_changes(head, target)
-            self._refuse_lost_edits(changes, target)
-            g = repo.git
-            # Compare-and-swap on the branch: fails if something else moved it meanwhile.
-            g.update_ref("-m", f"autoresearch: keep {target[:12]}", f"refs/heads/{self.branch}", target, head)
-            paths = [c[0] for c in changes]
-            if paths:
-                g.reset("-q", target, "--", *paths, env=_LITERAL)
-                for path, _, new_sha, new_mode in changes:
-                    self._write_working_file(path, new_sha, new_mode)
-                try:
-                    g.update_index("-q", "--refresh")
-                except git.GitCommandError:
-                    pass  # only refreshes stat data; `git status` would redo it
-            result.update(fast_forward=fast_forward, updated_files=paths)
-            return result
+            return is_ancestor(self.repo, ancestor, rev)
 
-    def _file_changes(self, old: str, new: str) -> list[tuple[str, str | None, str | None, int | None]]:
-        """(path, old blob, new blob, new mode) for every file that differs between two commits."""
-        out = self.repo.git.diff_tree("-r", "-z", "--no-renames", "--raw", old, new)
-        fields = out.split("\0")
-        changes = []
-        for i in range(0, len(fields) - 1, 2):
-            meta, path = fields[i], fields[i + 1]
-            if not meta.startswith(":"):
-                continue
-            _, new_mode, old_sha, new_sha, _status = meta[1:].split(" ")
-            zero = "0" * 40
-            changes.append((path, None if old_sha == zero else old_sha,
-                            None if new_sha == zero else new_sha, None if new_sha == zero else int(new_mode, 8)))
-        return changes
-
-    def _refuse_lost_edits(self, changes: list[tuple[str, str | None, str | None, int | None]], target: str) -> None:
-        staged = {}
-        if changes:
-            out = self.repo.git.ls_files("--stage", "-z", "--", *[c[0] for c in changes], env=_LITERAL)
-            for entry in filter(None, out.split("\0")):
-                meta, path = entry.split("\t", 1)
-                staged[path] = meta.split(" ")[1]
-        for path, old_sha, new_sha, _ in changes:
-            allowed = {old_sha, new_sha}
-            working = self.path / path
-            if working.is_symlink():
-                now = blob_sha(os.readlink(working).encode())
-            elif working.is_file():
-                now = blob_sha(working.read_bytes())
-            else:
-                now = None
-            if now not in allowed:
-                raise Conflict(
-                    f"The working {path} has edits that are in neither the branch head nor {target[:12]}; "
-                    "keeping would overwrite them. If they are already launched as an experiment they are safe in "
-                    f"its snapshot: restore the file (git -C {self.path} checkout -- {path}) and keep again; "
-                    "otherwise launch or save them first."
-                )
-            if staged.get(path) not in allowed:
-                raise Conflict(
-                    f"{path} has staged changes in the workspace index that keeping {target[:12]} would lose; "
-                    f"commit or unstage them (git -C {self.path} restore --staged {path}) and keep again."
-                )
-
-    def _write_working_file(self, path: str, sha: str | None, mode: int | None) -> None:
-        target = self.path / path
-        if sha is None:
-            target.unlink(missing_ok=True)
-            return
-        data = self.repo.odb.stream(bytes.fromhex(sha)).read()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic replace: a reader (or a crash) never sees half a train.py.
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o755 if mode == 0o100755 else 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def drop_experiment_ref(self, exp_id: str) -> None:
+        """Delete an experiment's snapshot ref (a launch that failed before it was recorded)."""
+        exp_id = validate_experiment_id(exp_id)
+        with self._lock:
+            self.repo.git.update_ref("-d", EXPERIMENT_REF_PREFIX + exp_id)
 
     def close(self) -> None:
         """Stop gitpython's helper processes."""

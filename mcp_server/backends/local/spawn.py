@@ -38,10 +38,12 @@ RUNNER_SOURCE = Path(runner.__file__).resolve()
 
 
 def install_runner(run_dir: Path) -> None:
-    """A private copy of the runner: the run does not depend on the package staying put."""
-    tmp = run_dir / f".{runner.RUNNER_SCRIPT}.tmp"
-    shutil.copyfile(RUNNER_SOURCE, tmp)
-    os.replace(tmp, run_dir / runner.RUNNER_SCRIPT)
+    """A private copy of the runner (and what it imports): the run does not depend on the
+    package staying put."""
+    for name in runner.RUNTIME_FILES:
+        tmp = run_dir / f".{name}.tmp"
+        shutil.copyfile(RUNNER_SOURCE.parent / name, tmp)
+        os.replace(tmp, run_dir / name)
 
 
 def runner_env(job: JobSpec, slot_env: dict[str, str], cache_dir: str | None) -> dict[str, str]:

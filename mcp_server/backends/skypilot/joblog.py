@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mcp_server.runtime import runner
+from mcp_server.runtime import run_log
 
 TRAIN_LOG_BEGIN = "ARF_TRAIN_LOG_BEGIN"
 TRAIN_LOG_END = "ARF_TRAIN_LOG_END"
@@ -43,4 +43,4 @@ def parse_job_log(text: str) -> tuple[str, str, dict[str, Any] | None]:
     while collected and collected[-1] == "":
         collected.pop()
     train_log = "\n".join(collected) + ("\n" if collected else "")
-    return clean, train_log, runner.parse_runner_output("\n".join(outside))
+    return clean, train_log, run_log.parse_runner_output("\n".join(outside))

@@ -20,7 +20,7 @@ from mcp_server.domain.errors import Conflict, InvalidInput
 from mcp_server.runtime import runner
 
 RUNNER_SOURCE = Path(runner.__file__).resolve()
-STAGE_SKIP = {runner.RESULT_FILE, runner.LOG_FILE, runner.TRAIN_PID_FILE, SKY_JOB_LOG, "runner.out"}
+STAGE_SKIP = {runner.RESULT_FILE, runner.LOG_FILE, runner.TRAIN_PID_FILE, SKY_JOB_LOG, runner.RUNNER_OUT}
 MAX_STAGE_BYTES = 64 << 20
 
 
@@ -61,8 +61,9 @@ def stage_run(state_dir: Path, job: JobSpec, key: str) -> Path:
             raise InvalidInput(f"run directory {src} holds more than {MAX_STAGE_BYTES >> 20} MiB; keep it to the code")
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
-    shutil.copyfile(RUNNER_SOURCE, dest / "runner.py")
-    shutil.copyfile(RUNNER_SOURCE, src / "runner.py")   # the run dir shows what ran, as with local
+    for name in runner.RUNTIME_FILES:     # runner.py and what it imports
+        shutil.copyfile(RUNNER_SOURCE.parent / name, dest / name)
+        shutil.copyfile(RUNNER_SOURCE.parent / name, src / name)   # the run dir shows what ran, as with local
     return stage
 
 

@@ -22,6 +22,7 @@ from mcp_server.backends.skypilot.records import ClusterInfo
 from mcp_server.domain import gpus
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import InvalidInput
+from mcp_server.runtime import runner
 
 RUNS_SUBDIR = "arf-runs"               # on the cluster: <workdir>/arf-runs/<key>/
 
@@ -147,11 +148,11 @@ def run_command(key: str, harness_hash: str, timeout_s: float) -> str:
         f"cd {run_dir} || {{ echo 'ARF_ERROR: the run directory is missing on the cluster'; exit 97; }}",
         "mkdir -p ~/.arf",
         'echo "ARF_WAITING_FOR_SLOT $(date +%s.%N)"',
-        f'"$PY" -c {shlex.quote(_LOCK_AND_EXEC)} ~/.arf/slot.lock "$PY" runner.py'
+        f'"$PY" -c {shlex.quote(_LOCK_AND_EXEC)} ~/.arf/slot.lock "$PY" {runner.RUNNER_SCRIPT}'
         f" --expected-hash {shlex.quote(harness_hash)} --timeout {timeout} --python \"$PY\"",
         "rc=$?",
         f"echo {TRAIN_LOG_BEGIN}",
-        "cat run.log 2>/dev/null",
+        f"cat {runner.LOG_FILE} 2>/dev/null",
         f"echo; echo {TRAIN_LOG_END}",
         f'if [ -f result.json ]; then "$PY" -c {shlex.quote(_EMIT_RESULT)} && rc=0; fi',
         f"cd \"$W\" && rm -rf {run_dir}",

@@ -20,6 +20,9 @@ section 2. It:
 
 STANDARD LIBRARY ONLY: this file is copied into every run directory and runs on remote nodes
 where the mcp_server package is not installed. Do not import from the package here.
+
+(Over 400 lines on purpose: every file here is shipped to each run directory, so the process
+life cycle stays in one file; reading a run's output is in run_log.py, shipped beside it.)
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-clusters", type=int, default=None)
     serve.add_argument("--max-concurrent", type=int, default=None)
     serve.add_argument("--gpu-hour-budget", type=float, default=None)
+    serve.add_argument("--max-wait-s", type=float, default=None,
+                       help=f"cap on one {Tool.WAIT_FOR_EXPERIMENTS} call in seconds (default 50: MCP clients time out "
+                            "near 60 s; raise it for clients with a longer timeout, e.g. Claude Code)")
     serve.add_argument("--cache-dir", type=Path, default=None, help="AUTORESEARCH_CACHE for local runs")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -78,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     values: dict = {"workspace": args.workspace, "tag": args.tag, "backend": args.backend, "profile": args.profile,
                     "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir}
     for arg, field in (("cpu_slots", "cpu_slots"), ("max_clusters", "max_clusters"),
-                       ("max_concurrent", "max_concurrent"), ("gpu_hour_budget", "gpu_hour_budget")):
+                       ("max_concurrent", "max_concurrent"), ("gpu_hour_budget", "gpu_hour_budget"),
+                       ("max_wait_s", "max_wait_s")):
         if getattr(args, arg) is not None:
             values[field] = getattr(args, arg)
     if args.simulate_tiers and args.cpu_slots is None:

@@ -58,6 +58,8 @@ def hostile_calls(done: str, crashed: str) -> list[tuple[str, dict[str, Any], li
         ("promote", {"experiment_ids": [], "gpu_type": "CPU"}, ["experiment_ids"]),
         ("promote", {"experiment_ids": [done]}, ["gpu_type", "Field required"]),
         ("promote", {"experiment_ids": [crashed], "gpu_type": "CPU"}, [crashed, "done"]),
+        ("promote", {"experiment_ids": [done], "gpu_type": "H200"},
+         ["No slot of GPU type 'H200'", "Available: CPU", "choose one of those, or", "--simulate-tiers"]),
         ("promote", {"experiment_ids": [done], "gpu_type": "B200"}, ["B200", "CPU"]),
         # wait / cancel
         ("wait_for_experiments", {"wave_id": "w9999"}, ["w9999"]),
@@ -84,7 +86,8 @@ def hostile_calls(done: str, crashed: str) -> list[tuple[str, dict[str, Any], li
         ("teardown_clusters", {"names": ["no-such-cluster"]}, ["no-such-cluster", "local-cpu0"]),
         ("teardown_clusters", {"names": ["local-cpu0"], "all_clusters": True}, ["exactly one"]),
         ("provision_clusters", {"count": 0}, ["count"]),
-        ("provision_clusters", {"count": 1}, ["max_clusters=2", "2 clusters"]),
+        ("provision_clusters", {"count": 1}, ["fixed when the server starts", "--cpu-slots", "--simulate-tiers",
+                                              "--backend skypilot"]),
         ("launch_experiment", {"description": "over budget"}, ["GPU-hour budget", "0.001", "budget_status"]),
         ("launch_wave", {"description": "over budget", "axes": {"DEPTH": [4, 6]}}, ["GPU-hour budget"]),
     ]

@@ -71,6 +71,9 @@ class Backend(ABC):
     """Slots (clusters) and jobs on them."""
 
     name: str = "base"
+    #: True when the slots are this machine's own: fixed when the server starts, nothing to pay for
+    #: or to tear down (`provision` refuses with the flags to use instead)
+    fixed_slots: bool = False
 
     @abstractmethod
     def clusters(self) -> list[Cluster]:

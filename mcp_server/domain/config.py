@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mcp_server.domain.limits import DEFAULT_MAX_WAIT_S, MAX_WAIT_S
+from mcp_server.domain.tool_names import Tool
+
 
 def _template_dir() -> Path:
     """The built-in task: shipped inside the package by a wheel (mcp_server/train_template), or the
@@ -37,6 +40,8 @@ class FleetConfig(BaseModel):
     # limits enforced by the server
     max_clusters: int = 16
     max_concurrent: int = 64
+    max_wait_s: float = Field(DEFAULT_MAX_WAIT_S, gt=0, le=MAX_WAIT_S,
+                              description=f"Cap on one {Tool.WAIT_FOR_EXPERIMENTS} call (clients time out near 60 s).")
     gpu_hour_budget: float | None = Field(None, description="Refuse launches once this many GPU-hours are spent.")
     # skypilot backend
     sky_task: Path | None = Field(

@@ -37,7 +37,11 @@ MAX_MESSAGE_CHARS = 10_000     # a commit message
 # -- calls -----------------------------------------------------------------------------------------
 MAX_IDS = 1000                 # experiment ids in one engine call
 MAX_WAIT_IDS = 256             # experiment ids one wait / cancel names
-MAX_WAIT_S = 3600.0            # one wait call
+MAX_WAIT_S = 3600.0            # one wait call, as a caller may ask for
+#: the server-wide cap on one wait call (`serve --max-wait-s`): under the ~60 s after which most
+#: MCP clients give up on a request that sends no progress (docs in ../shared/docs/clients.md)
+DEFAULT_MAX_WAIT_S = 50.0
+HEARTBEAT_S = 10.0             # a blocking wait reports progress at least this often
 MAX_LOG_LIMIT = 200_000        # characters of log one engine call returns
 MAX_LIST_LIMIT = 500           # experiments one engine list call returns
 MAX_LIST_OFFSET = 10**7

@@ -151,11 +151,23 @@ class Checks:
         name = known.name if known else gpu_type.strip()
         match = {t.lower(): t for t in available}.get(name.lower())
         if match is None:
-            hint = (f"{Tool.PROVISION_CLUSTERS}(count, gpu_type=...) to add some"
-                    if self.backend_name != "local" else "the local backend's slots are fixed (config slot_labels)")
-            raise InvalidInput(f"No slot of GPU type {gpu_type!r}. Available: {self.describe_types()}. "
-                               f"Omit gpu_type to run on any slot, or use {hint}.")
+            choose = "choose one of those" if required else "choose one of those, or omit gpu_type for any slot"
+            more = (f"{Tool.PROVISION_CLUSTERS}(count=1, gpu_type={gpu_type!r}) adds one"
+                    if self.backend_name != "local" else
+                    "local slots are set when the server starts (restart it with --simulate-tiers "
+                    f"{name},... to label them as GPU types)")
+            raise InvalidInput(f"No slot of GPU type {gpu_type!r}. Available: {self.describe_types()}; "
+                               f"{choose}, or {more}.")
         return match
+
+    def common_gpu_type(self) -> str | None:
+        """In a fleet of several GPU types, the one with the most slots (ties: by name), where a
+        launch of several comparable runs goes when it names no type; None in a one-type fleet
+        (any slot will do)."""
+        types = self.gpu_types_available()
+        if len(types) < 2:
+            return None
+        return min(types, key=lambda t: (-types[t], t))
 
     def capacity(self, n: int) -> None:
         """Room for n more live experiments: under MAX_QUEUED live, and GPU-hour budget left."""

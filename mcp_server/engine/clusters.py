@@ -16,6 +16,11 @@ log = logging.getLogger("autoresearch.engine")
 
 
 class ClustersMixin(EngineParts):
+    @property
+    def fixed_slots(self) -> bool:
+        """True when the slots are this machine's own (local backend): nothing to provision or tear down."""
+        return self.backend.fixed_slots
+
     def list_clusters(self) -> list[Cluster]:
         """Every slot/cluster with its GPU type, state, the experiment training on it now and those
         queued ahead behind it (submitted; they start when it ends)."""
@@ -32,6 +37,8 @@ class ClustersMixin(EngineParts):
     def provision_clusters(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
         """Bring up `count` more clusters (of `gpu_type` where the backend can choose), within max_clusters."""
         count = check_int("count", count, 1, max(1, self.config.max_clusters))
+        if self.backend.fixed_slots:
+            return self.backend.provision(count, gpu_type)   # refuses, naming the server flags that change them
         if gpu_type is not None:
             if not isinstance(gpu_type, str) or len(gpu_type) > 64:
                 raise InvalidInput(f"gpu_type must be a GPU type name such as 'H100', got {short(gpu_type)}.")

@@ -80,10 +80,23 @@ class DataPreparation:
                 self.ledger.add_event(None, "note", f"data prepared in {time.time() - t0:.1f} s")
             else:
                 self.state, self._failed_at = "failed", time.time()
-                self.error = (f"data preparation (python prepare.py, profile {self.profile}) failed ({err}); "
-                              f"see {self.log_path}. Queued experiments wait; it is retried every minute.")
+                last = self._last_log_line()
+                self.error = (f"data preparation (python prepare.py, profile {self.profile}) failed ({err})"
+                              + (f": {last}" if last else "")
+                              + f"; see {self.log_path}. Queued experiments wait; it is retried every minute.")
                 self.ledger.add_event(None, "note", self.error)
         self.on_finished()
+
+    def _last_log_line(self) -> str:
+        """The last non-empty line prepare.py wrote (its error, as a rule), cut to 300 characters."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [line.strip() for line in tail.splitlines() if line.strip() and not line.startswith("== ")]
+        return lines[-1][:300] if lines else ""
 
     def stop(self) -> None:
         """Stop a prepare.py in progress (terminate, then kill after 10 s)."""

@@ -118,6 +118,9 @@ class LaunchPlanner:
         seed0 = DEFAULT_SEED if seed is None else check_int("seed", seed, 0, MAX_SEED - MAX_REPLICATES)
         prio = check_int("priority", priority, *USER_PRIORITY)
         gpu = self.checks.gpu_type(gpu_type)
+        # replicates measure noise only on one GPU type: in a mixed fleet they all go to one
+        chosen = self.checks.common_gpu_type() if gpu is None and n > 1 else None
+        gpu = gpu or chosen
         with self.lock:
             base = self.resolve_base(source=source, commit=commit)
             text = variants.apply_overrides(base.source, overrides) if overrides else base.source
@@ -133,7 +136,8 @@ class LaunchPlanner:
             if n > 1:
                 wave = {"description": desc, "kind": "replicates",
                         "design": {"replicates": n, "seeds": [seed0 + k for k in range(n)], "overrides": overrides,
-                                   "label": label, "base": base.label, "gpu_type": gpu}}
+                                   "label": label, "base": base.label, "gpu_type": gpu,
+                                   "gpu_type_chosen": chosen is not None}}
             exps, _ = self.write(planned, wave)
         return exps
 
@@ -144,6 +148,9 @@ class LaunchPlanner:
         n = check_int("replicates", replicates, 1, MAX_REPLICATES)
         control = check_bool("include_control", include_control)
         gpu = self.checks.gpu_type(gpu_type)
+        # a wave is compared with its control: in a mixed fleet every run goes to one GPU type
+        chosen = self.checks.common_gpu_type() if gpu is None else None
+        gpu = gpu or chosen
         cells = variants.factorial(axes, max_cells=MAX_WAVE_EXPERIMENTS)
         total = (len(cells) + (1 if control else 0)) * n
         if total > MAX_WAVE_EXPERIMENTS:
@@ -169,7 +176,8 @@ class LaunchPlanner:
                     planned.append(Planned(d, text, dict(cell), s, b, parent_hash, "factorial", 0, gpu,
                                            code_hash=code_hash))
             design = {"axes": axes, "cells": len(cells), "replicates": n, "seeds": seeds,
-                      "include_control": control, "base": b.label, "gpu_type": gpu}
+                      "include_control": control, "base": b.label, "gpu_type": gpu,
+                      "gpu_type_chosen": chosen is not None}
             _, wave = self.write(planned, {"description": desc, "kind": "factorial", "design": design})
         assert wave is not None
         return wave

@@ -1,5 +1,10 @@
 """Waiting for experiments: block until they (or the first of them) reach a terminal status, with
-a progress report as each one finishes, and say why live work may not be progressing."""
+a progress report as each one finishes and at least every HEARTBEAT_S while it blocks (MCP
+clients restart their request timeout on progress), and say why live work is not progressing.
+
+A wait whose every live experiment is queued behind a permanent condition (data preparation
+failed, no slot of the asked GPU type, no slot at all) returns at once with `blocked`: the
+reason and the call that fixes it. Waiting again would change nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.errors import Conflict, InvalidInput
-from mcp_server.domain.limits import MAX_QUEUED, MAX_WAIT_S
+from mcp_server.domain.limits import HEARTBEAT_S, MAX_QUEUED, MAX_WAIT_S
 from mcp_server.domain.models import LIVE, TERMINAL, Experiment, Status
+from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.checks import short
 from mcp_server.engine.parts import EngineParts
 
@@ -32,6 +38,14 @@ class Progress(BaseModel):
     status: Status | None = None
 
 
+class Blocker(BaseModel):
+    """Why some live experiments cannot progress, and what fixes it."""
+
+    reason: str = Field(description="What stops them, in one sentence.")
+    experiment_ids: list[str] = Field(description="The experiments it holds back (queued).")
+    fix: str = Field(description="The call or change that unblocks them.")
+
+
 class WaitResult(BaseModel):
     finished: list[Experiment]
     verdicts: list[Verdict]
@@ -40,6 +54,8 @@ class WaitResult(BaseModel):
     interrupted: bool = Field(False, description="True when the engine was closed while waiting.")
     notes: list[str] = Field(default_factory=list, description="Why live experiments may not progress (data "
                              "preparation failed, no slot of their GPU type, ...).")
+    blocked: list[Blocker] = Field(default_factory=list, description="Live experiments that cannot progress until "
+                                   "something is fixed; when every live one is blocked the wait returns at once.")
 
 
 class WaitingMixin(EngineParts):
@@ -50,12 +66,16 @@ class WaitingMixin(EngineParts):
         until: Literal["all", "first"] = "all",
         timeout_s: float = 600.0,
         on_progress: Callable[[Progress], None] | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> WaitResult:
         """Block until all (or the first) of the given experiments / the wave's experiments reach a
         terminal status, or `timeout_s` passes, or the engine closes. Neither given = every
         experiment live now. `on_progress(Progress)` is called (from this thread) once per
-        experiment as it reaches a terminal status (its message e.g. "e0007 done val_bpb=1.2345 (H100)").
-        Returns the finished experiments with their verdicts and the ids still live."""
+        experiment as it reaches a terminal status (its message e.g. "e0007 done val_bpb=1.2345 (H100)"),
+        and at least every `heartbeat_s` while nothing finishes (how many run, are queued, and when
+        the next one is expected). Returns the finished experiments with their verdicts, the ids
+        still live and, when live ones cannot progress, why (`blocked`): a wait whose every live
+        experiment is blocked returns at once."""
         if until not in ("all", "first"):
             raise InvalidInput(f"until must be 'all' or 'first', got {short(until)}.")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s)\
@@ -79,6 +99,8 @@ class WaitingMixin(EngineParts):
         reported: set[str] = set()
         total = len(targets)
         timed_out = interrupted = False
+        last_report = time.monotonic()
+        blocked: list[Blocker] = []
         while True:
             with self._cond:
                 gen = self._generation
@@ -87,11 +109,10 @@ class WaitingMixin(EngineParts):
             if newly and on_progress is not None:
                 for e in self.ledger.get_many(newly):
                     reported.add(e.id)
-                    try:
-                        on_progress(Progress(done=len(reported), total=total, message=self._progress_message(e),
-                                             experiment_id=e.id, status=e.status))
-                    except Exception:  # noqa: BLE001 - a progress sink must not break the wait
-                        log.exception("on_progress failed")
+                    self._report(on_progress, Progress(done=len(reported), total=total,
+                                                       message=self._progress_message(e),
+                                                       experiment_id=e.id, status=e.status))
+                last_report = time.monotonic()
             reported.update(newly)
             done_ids = [i for i in targets if statuses.get(i) in TERMINAL]
             if len(done_ids) == total or (until == "first" and done_ids):
@@ -99,13 +120,24 @@ class WaitingMixin(EngineParts):
             if self._closed.is_set():
                 interrupted = True
                 break
-            remaining = deadline - time.monotonic()
+            live_ids = [i for i in targets if statuses.get(i) not in TERMINAL]
+            blocked = self._blockers([i for i in live_ids if statuses.get(i) == Status.queued])
+            if blocked and not any(statuses.get(i) == Status.running for i in live_ids) \
+                    and {i for b in blocked for i in b.experiment_ids} >= set(live_ids):
+                break               # nothing can progress: say why now, not after the timeout
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 timed_out = True
                 break
+            if on_progress is not None and now - last_report >= heartbeat_s:
+                self._report(on_progress, Progress(done=len(reported), total=total,
+                                                   message=self._live_summary(len(reported), total, live_ids)))
+                last_report = now
+            pause = min(remaining, 5.0, max(0.05, heartbeat_s - (now - last_report)))
             with self._cond:
                 if self._generation == gen:
-                    self._cond.wait(min(remaining, 5.0))
+                    self._cond.wait(pause)
         finished = self.ledger.get_many(done_ids)
         still = [i for i in targets if statuses.get(i) not in TERMINAL]
         if self._tsv_pending:
@@ -114,6 +146,7 @@ class WaitingMixin(EngineParts):
             except Exception:  # noqa: BLE001
                 log.exception("results.tsv export failed")
         verdicts = self._verdicts(finished) if finished else []
+        blocked = self._blockers([e.id for e in self.ledger.get_many(still) if e.status == Status.queued])
         notes: list[str] = []
         if still:
             if self.data.error:
@@ -126,7 +159,73 @@ class WaitingMixin(EngineParts):
                 notes.append(f"No slot of GPU type {', '.join(stuck)} is up, so experiments that need it stay queued; "
                              f"available: {self.checks.describe_types()}.")
         return WaitResult(finished=finished, verdicts=verdicts, still_running=still, timed_out=timed_out,
-                          interrupted=interrupted, notes=notes)
+                          interrupted=interrupted, notes=notes, blocked=blocked)
+
+    @staticmethod
+    def _report(on_progress: Callable[[Progress], None] | None, progress: Progress) -> None:
+        if on_progress is None:
+            return
+        try:
+            on_progress(progress)
+        except Exception:  # noqa: BLE001 - a progress sink must not break the wait
+            log.exception("on_progress failed")
+
+    def _live_summary(self, done: int, total: int, live_ids: list[str]) -> str:
+        """One line for a heartbeat: how many finished, run, wait for a slot, are queued, and when
+        the next run is expected to end (from its start and the training budget)."""
+        live = self.ledger.get_many(live_ids)
+        training = [e for e in live if e.status == Status.running and not e.waiting_for_slot]
+        ahead = sum(1 for e in live if e.status == Status.running and e.waiting_for_slot)
+        queued = sum(1 for e in live if e.status == Status.queued)
+        parts = [f"{done}/{total} finished", f"{len(training)} training"]
+        if ahead:
+            parts.append(f"{ahead} waiting for their slot")
+        if queued:
+            parts.append(f"{queued} queued")
+        starts = [(e.started_at, e.id) for e in training if e.started_at is not None]
+        if starts:
+            started, exp_id = min(starts)
+            left = started + self.time_budget_s - time.time()
+            parts.append(f"next expected to finish: {exp_id} in ~{max(0, round(left))} s of training"
+                         + (" plus evaluation" if left > 0 else " (evaluating)"))
+        return ", ".join(parts)
+
+    def _blockers(self, queued_ids: list[str]) -> list[Blocker]:
+        """The permanent conditions that keep these queued experiments from being dispatched."""
+        if not queued_ids:
+            return []
+        out: list[Blocker] = []
+        if self.data.state == "failed":
+            out.append(Blocker(
+                reason=f"Data preparation failed, so nothing is dispatched: {self.data.error or 'see prepare.log'}",
+                experiment_ids=list(queued_ids),
+                fix=("Fix what prepare.py reports (its log is .autoresearch/prepare.log in the workspace: data "
+                     "source, network, disk), then restart the server; it also retries on its own every minute. "
+                     "The experiments stay queued meanwhile.")))
+            return out
+        types = self.checks.gpu_types_available()
+        exps = self.ledger.get_many(queued_ids)
+        if not types:
+            out.append(Blocker(
+                reason="No cluster or slot is up, so queued experiments cannot start.",
+                experiment_ids=[e.id for e in exps],
+                fix=(f"{Tool.PROVISION_CLUSTERS}(count=N, gpu_type='H100') brings clusters up."
+                     if self.backend.name != "local" else
+                     "Restart the server: the local backend's slots come from this machine.")))
+            return out
+        wanted: dict[str, list[str]] = {}
+        for e in exps:
+            if e.gpu_type and e.gpu_type not in types:
+                wanted.setdefault(e.gpu_type, []).append(e.id)
+        for gpu, ids in sorted(wanted.items()):
+            fix = (f"{Tool.PROVISION_CLUSTERS}(count=1, gpu_type='{gpu}') adds one, or "
+                   if self.backend.name != "local" else "")
+            out.append(Blocker(
+                reason=f"No slot of GPU type {gpu} is up (available: {self.checks.describe_types()}).",
+                experiment_ids=ids,
+                fix=(f"{fix}{Tool.CANCEL_EXPERIMENTS}(experiment_ids=[...]) and launch them again on an available "
+                     "type.")))
+        return out
 
     @staticmethod
     def _progress_message(e: Experiment) -> str:

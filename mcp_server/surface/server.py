@@ -30,9 +30,11 @@ Parallel ML research fleet. You edit the workspace's train.py; the server runs v
 fixed wall-clock budget on many clusters at once and records every val_bpb (lower is better) in a
 ledger. Typical loop: {Tool.GET_GPU_INFO} / {Tool.LIST_CLUSTERS} ({Tool.PROVISION_CLUSTERS} if none) -> baseline with
 {Tool.LAUNCH_EXPERIMENT}(replicates=3) -> {Tool.LAUNCH_WAVE} (factorial: 2-3 knobs x 2-4 levels) ->
-{Tool.WAIT_FOR_EXPERIMENTS} (blocks, returns verdicts vs the noise floor) -> {Tool.KEEP_EXPERIMENT} the real
-improvement, {Tool.DISCARD_EXPERIMENT} the rest -> {Tool.PROMOTE} the top 2-3 to the fast GPU tier with replicates.
-Results are comparable only within one GPU type. {Tool.TEARDOWN_CLUSTERS} when done."""
+{Tool.WAIT_FOR_EXPERIMENTS} (blocks up to the server's per-call cap with progress; call it again as its
+next_step says until all finished; verdicts vs the noise floor) -> {Tool.PROMOTE} the top 2-3 screening wins to
+the fast GPU tier with replicates -> {Tool.KEEP_EXPERIMENT} the one confirmed there beyond the noise,
+{Tool.DISCARD_EXPERIMENT} the rest. Results are comparable only within one GPU type. {Tool.TEARDOWN_CLUSTERS}
+when done."""
 
 
 def _describe_validation(tool: str, exc: ValidationError, schema: dict[str, Any] | None) -> str:

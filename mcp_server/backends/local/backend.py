@@ -47,7 +47,7 @@ from typing import Any
 
 from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
 from mcp_server.backends.local import processes, spawn
-from mcp_server.backends.local.detect import detect_gpus, parse_nvidia_smi
+from mcp_server.backends.local.detect import cores, detect_gpus, parse_nvidia_smi
 from mcp_server.backends.local.launcher_client import launcher_for
 from mcp_server.backends.local.processes import CHILDREN, boot_id, kill_processes_in, runner_alive
 from mcp_server.backends.local.slots import MAX_SLOTS, Slot, build_slots
@@ -66,6 +66,7 @@ class LocalBackend(Backend):
     """One slot per local GPU, else `cpu_slots` CPU slots; optional simulated GPU labels."""
 
     name = "local"
+    fixed_slots = True
 
     def __init__(
         self,
@@ -130,8 +131,11 @@ class LocalBackend(Backend):
         ]
 
     def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
-        raise InvalidInput(f"the local backend has a fixed set of slots: {self._describe()}; "
-                           "use backend skypilot to provision clusters")
+        raise InvalidInput(
+            f"The local backend's slots are this machine's and are fixed when the server starts "
+            f"({self._describe()}): restart the server with --cpu-slots N (this machine has {cores()} cores) "
+            "or --simulate-tiers H100,H200 to label local slots as GPU types, or use --backend skypilot "
+            "to provision clusters.")
 
     def teardown(self, names: list[str] | None = None) -> list[str]:
         # Local slots are this machine: there is nothing to stop or stop paying for. Unknown

@@ -79,9 +79,11 @@ def provision_clusters(
     count: Annotated[int, Field(ge=1, le=limits.MAX_PROVISION, description="How many clusters/slots to bring up.")],
     gpu_type: OptGpuType = None,
 ) -> ProvisionResult:
-    """Bring up more clusters (SkyPilot) or slots (local) of a GPU type, to run experiments on.
-    Use it at the start of a session or to widen the fleet; the server refuses to go past its
-    max-clusters limit and says so. Clusters autostop when idle; call teardown_clusters at the end."""
+    """Bring up more clusters of a GPU type to run experiments on (SkyPilot backend). Use it at the
+    start of a session or to widen the fleet; the server refuses to go past its max-clusters limit
+    and says so. Clusters autostop when idle; call teardown_clusters at the end. On the local
+    backend the slots are this machine's, fixed when the server starts: the call is refused with
+    the server flag that changes them."""
     eng = engine(ctx)
     new = eng.provision_clusters(count, gpu_type)
     total = len(eng.list_clusters())
@@ -111,11 +113,14 @@ def teardown_clusters(
     eng = engine(ctx)
     removed = eng.teardown_clusters(None if all_clusters else names)
     left = len(eng.list_clusters())
-    return TeardownResult(
-        removed=removed, clusters_left=left,
-        next_step=(f"All clusters are gone; {Tool.PROVISION_CLUSTERS} brings new ones up." if left == 0
-                   else f"{left} clusters remain ({Tool.LIST_CLUSTERS})."),
-    )
+    if not removed and eng.fixed_slots:
+        hint = ("Nothing was removed: local slots are this machine's own, with nothing to stop or pay for; "
+                "stopping the server frees the machine.")
+    elif left == 0:
+        hint = f"All clusters are gone; {Tool.PROVISION_CLUSTERS} brings new ones up."
+    else:
+        hint = f"{left} clusters remain ({Tool.LIST_CLUSTERS})."
+    return TeardownResult(removed=removed, clusters_left=left, next_step=hint)
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)

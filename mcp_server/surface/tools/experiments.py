@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Annotated, Any, Literal, TypedDict
 
 import anyio
@@ -21,6 +22,7 @@ from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.models import Experiment, Status, Wave
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import Progress
+from mcp_server.engine.waiting import Blocker
 from mcp_server.surface.tools.common import (
     Description,
     ExperimentBrief,
@@ -35,6 +37,7 @@ from mcp_server.surface.tools.common import (
     WaveIdStr,
     clip,
     engine,
+    fleet,
     ids_text,
     tool_errors,
 )
@@ -81,6 +84,9 @@ class WaitResult(BaseModel):
     still_running: list[str]
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
+    waited_s: float = Field(0.0, description="Seconds this call blocked (at most the server's cap, see next_step).")
+    blocked: list[Blocker] = Field(default_factory=list, description="Queued experiments that cannot start until "
+                                   "the fix is made; waiting again changes nothing for them.")
     next_step: str
 
 
@@ -95,12 +101,19 @@ class CancelResult(BaseModel):
 
 def wave_result(eng: Any, wave: Wave) -> WaveResult:
     listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
-    hint = _wait_hint(wave_id=wave.id)
+    hint = _chosen_type(wave.design) + _wait_hint(wave_id=wave.id)
     if len(wave.experiment_ids) > MAX_LISTED:
         hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
                       experiments=[ExperimentBrief.of(e) for e in listed],
                       experiment_count=len(wave.experiment_ids), next_step=hint)
+
+
+def _chosen_type(design: dict[str, Any]) -> str:
+    if not design.get("gpu_type_chosen"):
+        return ""
+    return (f"All of them run on {design['gpu_type']} (the type with the most slots; pass gpu_type to choose), "
+            "so they compare with each other and measure that type's noise. ")
 
 
 def _val_bpb(e: Experiment) -> float:
@@ -161,7 +174,10 @@ def launch_experiment(
         description=description, overrides=overrides or None, source=source, commit=base,
         gpu_type=gpu_type, replicates=replicates, seed=seed, priority=priority,
     )
-    return LaunchResult(experiments=[ExperimentBrief.of(e) for e in exps], next_step=_wait_hint([e.id for e in exps]))
+    chosen = _chosen_type({"gpu_type": exps[0].gpu_type, "gpu_type_chosen": gpu_type is None and len(exps) > 1
+                           and exps[0].gpu_type is not None})
+    return LaunchResult(experiments=[ExperimentBrief.of(e) for e in exps],
+                        next_step=chosen + _wait_hint([e.id for e in exps]))
 
 
 @tool_errors
@@ -215,13 +231,19 @@ async def wait_for_experiments(
                                                     "'first': as soon as one more finishes.")] = "all",
     timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S,
                                       description="Return after this many seconds even if some are still "
-                                      "running.")] = 600,
+                                      "running (the server caps one call, see the description).")] = 600,
 ) -> WaitResult:
     """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
-    passes; reports progress as each finishes. Returns their results and verdicts (delta vs the
-    same-GPU-type reference, against the noise floor), so you never poll or read raw logs. Use it
-    right after launching. Give experiment_ids or wave_id (neither = everything live)."""
+    passes; reports progress as each finishes and every few seconds while it blocks. Returns their
+    results and verdicts (delta vs the same-GPU-type reference, against the noise floor), so you
+    never poll or read raw logs. Use it right after launching. Give experiment_ids or wave_id
+    (neither = everything live). One call blocks at most the server's cap (serve --max-wait-s,
+    default 50 s, so that clients with a 60 s request timeout never cut it): when it returns with
+    experiments still running, call it again exactly as next_step says. When `blocked` is not
+    empty those experiments cannot start until its fix is made: do that instead of waiting."""
     eng = engine(ctx)
+    cap = fleet(ctx).config.max_wait_s
+    timeout = min(float(timeout_s), cap)
     token = anyio.lowlevel.current_token()
 
     def on_progress(p: Progress) -> None:
@@ -230,11 +252,13 @@ async def wait_for_experiments(
         except Exception:  # noqa: BLE001 - a vanished client must not break the wait
             log.debug("progress notification dropped", exc_info=True)
 
+    t0 = time.monotonic()
     res = await anyio.to_thread.run_sync(
         functools.partial(eng.wait, experiment_ids=experiment_ids or None, wave_id=wave_id, until=until,
-                          timeout_s=timeout_s, on_progress=on_progress),
+                          timeout_s=timeout, on_progress=on_progress),
         abandon_on_cancel=True,
     )
+    waited = round(time.monotonic() - t0, 1)
     rows = _pick_rows(res.finished)
     shown = {e.id for e in rows}
     omitted = len(res.finished) - len(rows)
@@ -248,7 +272,17 @@ async def wait_for_experiments(
         again = (f"wave_id='{wave_id}'" if wave_id and not experiment_ids else
                  f"experiment_ids={ids_text(res.still_running, limit=64)}" if len(res.still_running) <= 64 else
                  "no arguments (= every live experiment)")
-        hint = f"{len(res.still_running)} still running: call {Tool.WAIT_FOR_EXPERIMENTS} again with {again}."
+        why = (f"the server's cap of {cap:g} s per call (serve --max-wait-s) was reached"
+               if res.timed_out and timeout < float(timeout_s) else
+               f"timeout_s={float(timeout_s):g} passed" if res.timed_out else "one finished (until='first')")
+        blocked_ids = {i for b in res.blocked for i in b.experiment_ids}
+        if blocked_ids and blocked_ids >= set(res.still_running):
+            fixes = " ".join(f"{b.reason} Fix: {b.fix}" for b in res.blocked)
+            hint = (f"{len(res.still_running)} cannot start: {fixes} "
+                    f"Then call {Tool.WAIT_FOR_EXPERIMENTS} with {again}.")
+        else:
+            hint = (f"{len(res.still_running)} still live ({why}): call {Tool.WAIT_FOR_EXPERIMENTS} again with "
+                    f"{again}." + "".join(f" Blocked: {b.reason} Fix: {b.fix}" for b in res.blocked))
     else:
         hint = (f"All finished. Read the verdicts; {Tool.KEEP_EXPERIMENT} the best improvement (beyond the noise), "
                 f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. "
@@ -261,7 +295,7 @@ async def wait_for_experiments(
                       verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
                       finished_count=len(res.finished), omitted=omitted,
                       still_running=res.still_running, timed_out=res.timed_out,
-                      interrupted=res.interrupted, next_step=hint)
+                      interrupted=res.interrupted, waited_s=waited, blocked=res.blocked, next_step=hint)
 
 
 def _clip_note(v: Verdict) -> Verdict:

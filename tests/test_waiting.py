@@ -1,0 +1,59 @@
+"""Waits that survive client timeouts and never wait for the impossible (engine level).
+
+Real engine, git, SQLite, runner and local slots; train.py is a stand-in (SIMULATION: no model)
+that waits for a GO file, so a run lasts exactly as long as the test wants."""
+
+from __future__ import annotations
+
+import time
+
+from engine_helpers import WAITING_TRAIN, make_config, until
+
+from mcp_server.domain.models import Status
+
+
+def test_a_blocking_wait_reports_progress_while_nothing_finishes(tmp_path, cache, engines):
+    ws = tmp_path / "research"
+    eng = engines.make(make_config(ws, cache, cpu_slots=1))
+    go = tmp_path / "go"
+    (ws / "wait.py").write_text(WAITING_TRAIN.format(go=str(go)))
+    first = eng.launch_experiment("waits for go", source="wait.py")[0]
+    second = eng.launch_experiment("queued behind it", source="wait.py")[0]
+    until(lambda: eng.get_experiment(first.id).started_at is not None, "the first run to start")
+
+    seen: list[tuple[float, int, str]] = []
+    t0 = time.monotonic()
+    res = eng.wait([first.id, second.id], timeout_s=3.2, heartbeat_s=0.5,
+                   on_progress=lambda p: seen.append((time.monotonic() - t0, p.done, p.message)))
+    assert res.timed_out and set(res.still_running) == {first.id, second.id} and res.blocked == []
+    # a heartbeat about every 0.5 s although nothing finished, each saying what is going on
+    assert len(seen) >= 4, seen
+    gaps = [b[0] - a[0] for a, b in zip([(0.0, 0, "")] + seen, seen, strict=False)]
+    assert max(gaps) < 1.5, gaps
+    assert all(done == 0 for _, done, _ in seen)
+    assert all("0/2 finished" in m and "training" in m for _, _, m in seen), seen
+    assert any("next expected to finish" in m and first.id in m for _, _, m in seen), seen
+
+    go.touch()
+    res = eng.wait([first.id, second.id], timeout_s=120, heartbeat_s=0.5)
+    assert not res.timed_out and {e.status for e in res.finished} == {Status.done}
+
+
+def test_failed_data_preparation_returns_the_wait_at_once_with_the_fix(tmp_path, engines, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_DATA", str(tmp_path / "no-such-corpus"))
+    ws = tmp_path / "research"
+    eng = engines.make(make_config(ws, tmp_path / "empty-cache"))
+    base = eng.launch_experiment("baseline", replicates=2)
+    until(lambda: eng.data.state == "failed", "data preparation to fail")
+
+    t0 = time.monotonic()
+    res = eng.wait([e.id for e in base], timeout_s=600)
+    assert time.monotonic() - t0 < 5.0
+    assert not res.timed_out and res.finished == [] and set(res.still_running) == {e.id for e in base}
+    [blocker] = res.blocked
+    assert set(blocker.experiment_ids) == {e.id for e in base}
+    assert "Data preparation failed" in blocker.reason and "no-such-corpus" in blocker.reason
+    assert "prepare.log" in blocker.fix and "restart the server" in blocker.fix
+    # nothing is lost: they stay queued, and budget_status says why too
+    assert {eng.get_experiment(e.id).status for e in base} == {Status.queued}
+    assert any("no-such-corpus" in n for n in eng.budget_status().notes)

@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import jsonschema
+import npm_clients
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
@@ -483,7 +484,15 @@ def test_plugin_mcp_config_starts_the_server_from_another_project(tmp_path, live
 
 
 def claude_cli() -> str | None:
-    return os.environ.get("CLAUDE_CODE_BIN") or shutil.which("claude")
+    """The Claude Code CLI: $CLAUDE_CODE_BIN, else tests/js's pinned one (installed on demand)."""
+    found = os.environ.get("CLAUDE_CODE_BIN")
+    if found:
+        return found
+    exe, _ = npm_clients.tool("claude")
+    return str(exe) if exe else shutil.which("claude")
+
+
+CLAUDE_SKIP = "" if claude_cli() else npm_clients.tool("claude")[1] or "no Claude Code CLI"
 
 
 def run_claude(args: list[str], cwd: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -505,21 +514,25 @@ def claude_init(cwd: Path, home: Path, **env: str) -> dict[str, Any]:
     raise AssertionError(f"no init message from claude: {out.stdout[-2000:]} {out.stderr[-2000:]}")
 
 
-@pytest.mark.skipif(claude_cli() is None,
-                    reason="Claude Code CLI not installed (set CLAUDE_CODE_BIN or put claude on PATH)")
-def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path):
+@pytest.mark.skipif(bool(CLAUDE_SKIP), reason=CLAUDE_SKIP)
+def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path, live_tools):
     """Run in this repo, Claude Code lists the five project skills (through the .claude/skills
     links), the crash-investigator agent and the autoresearch server; `plugin validate` accepts the
     manifests; installed as a plugin from the local marketplace, the skills and agent appear
     namespaced and the plugin's server starts from another project (`claude mcp list` health check)."""
     home = tmp_path / "home"
     home.mkdir()
-    env = {"AUTORESEARCH_WORKSPACE": str(tmp_path / "research")}
-    init = claude_init(REPO, home, **env)
+    # MCP_CONNECTION_NONBLOCKING=0: the init line waits for the server, so it says connected or not
+    env = {"AUTORESEARCH_WORKSPACE": str(tmp_path / "research"), "MCP_CONNECTION_NONBLOCKING": "0"}
     skills = {p.name for p in skill_dirs()}
-    assert skills <= set(init["skills"]), init["skills"]
-    assert {p.stem for p in agent_files()} <= set(init["agents"]), init["agents"]
-    assert SERVER_KEY in {s["name"] for s in init["mcp_servers"]}
+    tools = {f"mcp__{SERVER_KEY}__{t}" for t in live_tools}
+    for cwd in (REPO, REPO / "skills"):          # the repo root, and a folder inside it
+        init = claude_init(cwd, home, **env)
+        assert skills <= set(init["skills"]), init["skills"]
+        assert {p.stem for p in agent_files()} <= set(init["agents"]), init["agents"]
+        assert {"name": SERVER_KEY, "status": "connected"}.items() <= next(
+            s for s in init["mcp_servers"] if s["name"] == SERVER_KEY).items(), (cwd, init["mcp_servers"])
+        assert tools <= set(init["tools"]), (cwd, sorted(tools - set(init["tools"])))
 
     for target in (".", ".claude-plugin/plugin.json"):
         res = run_claude(["plugin", "validate", target], REPO, home)

@@ -101,6 +101,10 @@ class WaitingMixin(EngineParts):
         timed_out = interrupted = False
         last_report = time.monotonic()
         blocked: list[Blocker] = []
+        if on_progress is not None and total:    # at once: a client re-calling after an early return sees no gap
+            statuses = self.ledger.statuses(targets)
+            self._report(on_progress, Progress(done=0, total=total, message=self._live_summary(
+                0, total, [i for i in targets if statuses.get(i) not in TERMINAL])))
         while True:
             with self._cond:
                 gen = self._generation

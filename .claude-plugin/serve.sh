@@ -9,9 +9,6 @@ for exe in "${AUTORESEARCH_FLEET_BIN:-}" "$root/${FLEET_VENV:-.venv}/bin/autores
     exec "$exe" serve --backend "${AUTORESEARCH_BACKEND:-local}" "$@"
   fi
 done
-cat >&2 <<MSG
-autoresearch-fleet is not installed. Either run '$root/fleet setup' once (creates $root/.venv),
-or install the package into an environment on PATH (pip install -e '$root[train]'),
-or set AUTORESEARCH_FLEET_BIN to its autoresearch-fleet executable; then restart Claude Code.
-MSG
+# Not installed: one line (Claude Code shows the server's last stderr line when it fails to start)
+echo "autoresearch-fleet is not installed: run '$root/fleet setup' once, then restart Claude Code (or set AUTORESEARCH_FLEET_BIN to an installed autoresearch-fleet)." >&2
 exit 1

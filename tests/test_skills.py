@@ -556,3 +556,14 @@ def test_real_claude_code_finds_the_skills_agent_server_and_plugin(tmp_path, liv
         assert (project / "research").is_dir()
     finally:
         shutil.rmtree(home / ".claude" / "plugins" / "cache", ignore_errors=True)  # a copy of the repo
+
+
+def test_plugin_without_an_install_says_the_one_command_to_run(tmp_path):
+    """Installed as a plugin on a machine where the package is not installed yet, the server's
+    start fails with ONE stderr line naming the command that fixes it (not a traceback)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FLEET_VENV": "no-such-venv"}
+    res = subprocess.run([str(PLUGIN_DIR / "serve.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{REPO}/fleet setup" in lines[0], res.stderr

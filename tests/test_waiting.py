@@ -56,4 +56,6 @@ def test_failed_data_preparation_returns_the_wait_at_once_with_the_fix(tmp_path,
     assert "prepare.log" in blocker.fix and "restart the server" in blocker.fix
     # nothing is lost: they stay queued, and budget_status says why too
     assert {eng.get_experiment(e.id).status for e in base} == {Status.queued}
-    assert any("no-such-corpus" in n for n in eng.budget_status().notes)
+    budget = eng.budget_status()
+    assert any("no-such-corpus" in n for n in budget.notes)
+    assert [set(b.experiment_ids) for b in budget.blocked] == [{e.id for e in base}]

@@ -29,8 +29,10 @@ class QueriesMixin(EngineParts):
             notes.append(self.data.error)
         if self.scheduler.last_error:
             notes.append(f"scheduler: {self.scheduler.last_error}")
+        queued, _ = self.ledger.list_experiments(status=Status.queued.value, limit=MAX_LIST_LIMIT)
         return reports.budget_status(self.ledger.usage(), self.ledger.count_by_status(), self.scheduler.slots(),
-                                     self.config, notes, waiting_for_slot=self.ledger.count_waiting_for_slot())
+                                     self.config, notes, waiting_for_slot=self.ledger.count_waiting_for_slot(),
+                                     blocked=self._blockers([e.id for e in queued]))
 
     def get_experiment(self, experiment_id: str) -> Experiment:
         """One experiment in full."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from mcp_server.domain import gpus
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.models import Cluster
+from mcp_server.engine.blockers import Blocker
 
 
 class MeasuredThroughput(BaseModel):
@@ -57,6 +58,8 @@ class BudgetStatus(BaseModel):
     max_concurrent: int
     cost_per_hour_now: float | None = Field(None, description="$/hour of the clusters up now, where known.")
     notes: list[str] = Field(default_factory=list)
+    blocked: list[Blocker] = Field(default_factory=list, description="Queued experiments that cannot start until "
+                                   "the fix is made (data preparation failed, no slot of their GPU type).")
 
 
 def gpu_info(slots: list[Cluster], measured: dict[str, dict[str, Any]], time_budget_s: float,
@@ -102,7 +105,7 @@ def gpu_info(slots: list[Cluster], measured: dict[str, dict[str, Any]], time_bud
 
 
 def budget_status(usage: dict[str, Any], counts: dict[str, int], slots: list[Cluster], config: FleetConfig,
-                  notes: list[str], waiting_for_slot: int = 0) -> BudgetStatus:
+                  notes: list[str], waiting_for_slot: int = 0, blocked: list[Blocker] | None = None) -> BudgetStatus:
     """GPU-hours and estimated cost spent (`Ledger.usage`), the limits, clusters alive (slots not
     gone), experiments live (`Ledger.count_by_status`): running = training now, plus
     `waiting_for_slot` of them queued ahead behind another job on their slot; `notes` are the
@@ -129,4 +132,5 @@ def budget_status(usage: dict[str, Any], counts: dict[str, int], slots: list[Clu
         experiments_waiting_for_slot=waiting_for_slot,
         max_concurrent=config.max_concurrent,
         notes=notes,
+        blocked=blocked or [],
     )

@@ -21,6 +21,7 @@ from mcp_server.domain.errors import Conflict, InvalidInput
 from mcp_server.domain.limits import HEARTBEAT_S, MAX_QUEUED, MAX_WAIT_S
 from mcp_server.domain.models import LIVE, TERMINAL, Experiment, Status
 from mcp_server.domain.tool_names import Tool
+from mcp_server.engine.blockers import Blocker
 from mcp_server.engine.checks import short
 from mcp_server.engine.parts import EngineParts
 
@@ -36,14 +37,6 @@ class Progress(BaseModel):
     message: str
     experiment_id: str | None = None
     status: Status | None = None
-
-
-class Blocker(BaseModel):
-    """Why some live experiments cannot progress, and what fixes it."""
-
-    reason: str = Field(description="What stops them, in one sentence.")
-    experiment_ids: list[str] = Field(description="The experiments it holds back (queued).")
-    fix: str = Field(description="The call or change that unblocks them.")
 
 
 class WaitResult(BaseModel):

@@ -22,7 +22,7 @@ from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.models import Experiment, Status, Wave
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import Progress
-from mcp_server.engine.waiting import Blocker
+from mcp_server.engine.blockers import Blocker
 from mcp_server.surface.tools.common import (
     Description,
     ExperimentBrief,

@@ -6,7 +6,8 @@ client lists the tools and one experiment finishes.
 
 Run by .ci/run. Nothing of the checkout is on the venv's path: the template, the runner and the
 warm launcher must come from the installed package. CPU torch (torch==2.13.0) is installed first
-so the `train` extra does not pull a CUDA build.
+so the `train` extra does not pull a CUDA build. Then `uv tool install` of the same wheel gives an
+`autoresearch-fleet` outside any repo that serves the tools with its workspace in the current folder.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ CLIENT = textwrap.dedent("""
                     break
             got = await client.call_tool("get_experiment", {"experiment_id": exp_id, "log_limit": 0})
             print(json.dumps({"tools": tools, "experiment": got.structured_content["experiment"]}))
+
+    anyio.run(main)
+""")
+
+
+LIST_TOOLS = textwrap.dedent("""
+    import json, sys
+    import anyio
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    async def main():
+        server = StdioServerParameters(command=sys.argv[1], args=["serve", "--profile", "cpu"])
+        async with Client(stdio_client(server), read_timeout_seconds=300) as client:
+            print(json.dumps(sorted(t.name for t in (await client.list_tools()).tools)))
 
     anyio.run(main)
 """)
@@ -89,6 +105,20 @@ def main() -> int:
               and exp["metrics"].get("val_bpb") is not None and (empty / "research" / "train.py").is_file())
         if not ok:
             print("wheel smoke FAILED", file=sys.stderr)
+            return 1
+        # `uv tool install` of the same wheel: an `autoresearch-fleet` on PATH outside any repo,
+        # whose default workspace is ./research in the folder it is started from
+        run([str(py), "-m", "pip", "install", *quiet, "uv"])
+        tools, bin_dir, there = tmp_path / "uv-tools", tmp_path / "uv-bin", tmp_path / "elsewhere"
+        there.mkdir()
+        uv_env = {**env, "UV_TOOL_DIR": str(tools), "UV_TOOL_BIN_DIR": str(bin_dir)}
+        run([str(venv / "bin" / "uv"), "tool", "install", "--quiet", str(wheel)], env=uv_env)
+        listing = run([str(py), "-c", LIST_TOOLS, str(bin_dir / "autoresearch-fleet")], cwd=there, env=env,
+                      capture_output=True, text=True, timeout=600)
+        names = json.loads(listing.stdout.strip().splitlines()[-1])
+        print(f"uv tool install: {len(names)} tools; workspace {there / 'research'}")
+        if len(names) < 16 or not (there / "research" / "train.py").is_file():
+            print("wheel smoke (uv tool install) FAILED", file=sys.stderr)
             return 1
     print("wheel smoke: ok")
     return 0

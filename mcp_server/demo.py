@@ -70,11 +70,17 @@ class Session:
         async def progress(done: float, total: float | None, message: str | None) -> None:
             _say(f"{self.elapsed()}   {label}: {int(done)}/{int(total or 0)}  {message or ''}")
 
-        out = await self.call(f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": WAIT_TIMEOUT, **args},
-                              progress_callback=progress, read_timeout_seconds=WAIT_TIMEOUT + 60)
-        if out["still_running"]:
-            raise DemoFailed(f"{label}: still running after {WAIT_TIMEOUT}s: {out['still_running']}")
-        return out
+        # one call blocks at most the server's cap (serve --max-wait-s): call again, as next_step says
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        while True:
+            out = await self.call(f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": WAIT_TIMEOUT, **args},
+                                  progress_callback=progress, read_timeout_seconds=WAIT_TIMEOUT + 60)
+            if not out["still_running"]:
+                return out
+            if out.get("blocked"):
+                raise DemoFailed(f"{label}: {out['next_step']}")
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"{label}: still running after {WAIT_TIMEOUT}s: {out['still_running']}")
 
 
 def _fmt(x: float | None, spec: str = ".5f") -> str:

@@ -60,7 +60,8 @@ class EngineBox:
 
 def progress_log() -> tuple[list[tuple[int, int, str]], Any]:
     seen: list[tuple[int, int, str]] = []
-    return seen, lambda p: seen.append((p.done, p.total, p.message))
+    # one entry per finished experiment (heartbeats, which name no experiment, are left out)
+    return seen, lambda p: seen.append((p.done, p.total, p.message)) if p.experiment_id else None
 
 
 def git(ws: Path, *args: str) -> str:

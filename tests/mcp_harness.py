@@ -33,7 +33,9 @@ def serve_args(workspace: Path, cache: str | Path, *, tag: str = "t", slots: int
                extra: list[str] | None = None) -> list[str]:
     return ["-m", "mcp_server.cli", "serve", "--workspace", str(workspace), "--tag", tag, "--backend", "local",
             "--profile", "cpu", "--cpu-slots", str(slots), "--time-budget", str(budget),
-            "--cache-dir", str(cache), *(extra or [])]
+            "--cache-dir", str(cache), "--max-wait-s", "900", *(extra or [])]
+    # (a long cap, as .mcp.json gives Claude Code: these tests wait in one call; test_mcp_waits and
+    # test_clients cover the default cap, whose early returns a client must follow)
 
 
 @asynccontextmanager

@@ -290,7 +290,8 @@ def test_failed_data_preparation_is_reported_and_nothing_runs(tmp_path, cache, e
     eng = engines.make(make_config(tmp_path / "research", cache, template_dir=template))
     e = eng.launch_experiment("waits for data")[0]
     res = eng.wait([e.id], timeout_s=3)
-    assert res.timed_out and res.still_running == [e.id]
+    # it times out while prepare.py still runs, or returns at once, blocked, once it has failed
+    assert res.still_running == [e.id] and (res.timed_out or [b.experiment_ids for b in res.blocked] == [[e.id]])
     assert any("data preparation" in n and "prepare.log" in n for n in res.notes), res.notes
     assert eng.get_experiment(e.id).status == Status.queued and eng.get_experiment(e.id).attempts == 0
     assert "no network here" in eng.prepare_log.read_text()

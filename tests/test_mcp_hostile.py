@@ -86,7 +86,7 @@ def hostile_calls(done: str, crashed: str) -> list[tuple[str, dict[str, Any], li
         ("teardown_clusters", {"names": ["no-such-cluster"]}, ["no-such-cluster", "local-cpu0"]),
         ("teardown_clusters", {"names": ["local-cpu0"], "all_clusters": True}, ["exactly one"]),
         ("provision_clusters", {"count": 0}, ["count"]),
-        ("provision_clusters", {"count": 1}, ["fixed when the server starts", "--cpu-slots", "--simulate-tiers",
+        ("provision_clusters", {"count": 1}, ["set when the server starts", "--cpu-slots", "--simulate-tiers",
                                               "--backend skypilot"]),
         ("launch_experiment", {"description": "over budget"}, ["GPU-hour budget", "0.001", "budget_status"]),
         ("launch_wave", {"description": "over budget", "axes": {"DEPTH": [4, 6]}}, ["GPU-hour budget"]),

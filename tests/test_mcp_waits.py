@@ -75,7 +75,7 @@ async def test_local_cluster_tools_say_what_is_true(tmp_path, cache):
         refused = await client.call_tool("provision_clusters", {"count": 1})
         assert refused.is_error
         text = refused.content[0].text
-        assert "fixed when the server starts" in text and "--cpu-slots" in text and "--backend skypilot" in text
+        assert "set when the server starts" in text and "--cpu-slots" in text and "--backend skypilot" in text
         down = await ok(client, "teardown_clusters", {"all_clusters": True})
         assert down["removed"] == [] and down["clusters_left"] == 2
         assert "local slots are this machine's own" in down["next_step"]

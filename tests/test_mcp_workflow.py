@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 class Progress:
     def __init__(self) -> None:
         self.events: list[tuple[float, float | None, str | None]] = []
+        self.heartbeats: list[tuple[float, float | None, str | None]] = []
 
     async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
-        self.events.append((progress, total, message))
+        # one event per finished experiment ("e0001 done ..."); the wait's heartbeats ("1/2 finished,
+        # ...", sent while it blocks) are kept apart
+        if message and re.match(r"^e\d{4,} ", message):
+            self.events.append((progress, total, message))
+        else:
+            self.heartbeats.append((progress, total, message))
 
 
 async def wait_all(client, progress: Progress | None = None, **args: Any) -> dict[str, Any]:

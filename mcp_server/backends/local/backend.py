@@ -132,10 +132,10 @@ class LocalBackend(Backend):
 
     def provision(self, count: int, gpu_type: str | None = None) -> list[Cluster]:
         raise InvalidInput(
-            f"The local backend's slots are this machine's and are fixed when the server starts "
-            f"({self._describe()}): restart the server with --cpu-slots N (this machine has {cores()} cores) "
-            "or --simulate-tiers H100,H200 to label local slots as GPU types, or use --backend skypilot "
-            "to provision clusters.")
+            f"The local backend has a fixed set of slots: {self._describe()}, set when the server starts; to change "
+            f"them restart it with --cpu-slots N (this machine has {cores()} cores) or --simulate-tiers H100,H200 "
+            "(local slots labelled as GPU types), and to provision clusters use backend skypilot "
+            "(serve --backend skypilot).")
 
     def teardown(self, names: list[str] | None = None) -> list[str]:
         # Local slots are this machine: there is nothing to stop or stop paying for. Unknown

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_a_capped_wait_returns_early_says_how_to_continue_and_sends_progress(tmp_path, cache):
     ws = tmp_path / "ws"
-    args = serve_args(ws, cache, slots=1, budget=12.0, extra=["--max-wait-s", "20"])
+    args = serve_args(ws, cache, slots=1, budget=12.0, extra=["--max-wait-s", "5"])   # a run takes > 12 s
     async with stdio_session(args, tmp_path / "server.log") as client:
         [exp] = (await ok(client, "launch_experiment", {"description": "baseline"}))["experiments"]
         stamps: list[float] = []
@@ -37,13 +37,13 @@ async def test_a_capped_wait_returns_early_says_how_to_continue_and_sends_progre
             started = time.monotonic()
             res = await ok(client, "wait_for_experiments", {"experiment_ids": [exp["id"]], "timeout_s": 600},
                            progress_callback=progress)
-            assert res["waited_s"] <= 20 + 2 and time.monotonic() - started < 20 + 5
+            assert res["waited_s"] <= 5 + 2 and time.monotonic() - started < 5 + 5
             if not res["still_running"]:
                 break
             # an early return names the cap and the exact call to make next
-            assert res["timed_out"] and "cap of 20 s" in res["next_step"] and "--max-wait-s" in res["next_step"]
+            assert res["timed_out"] and "cap of 5 s" in res["next_step"] and "--max-wait-s" in res["next_step"]
             assert f"experiment_ids=['{exp['id']}']" in res["next_step"]
-            assert calls < 20
+            assert calls < 60
         assert res["finished"][0]["status"] == "done" and calls >= 2
         gaps = [b - a for a, b in zip([t0, *stamps], stamps, strict=False)]
         assert stamps and max(gaps) < HEARTBEAT_S + 5, gaps

@@ -11,10 +11,11 @@ It composes the layers below it:
 * `analysis`: noise floors, verdicts and leaderboards per GPU type.
 
 The engine itself is the facade: life cycle, clusters, waiting, decisions and queries. Its parts,
-one concern each: `checks` (limits and argument validation), `launches` (planning and writing
+one concern each: the mixins `clusters`, `waiting`, `decisions` and `queries` (over the parts
+declared in `parts`), `checks` (argument validation), `launch_planning` (planning and writing
 launches), `data_prep` (prepare.py before the first local run), `rundirs` (run directories and
 jobs), `experiment_cache` (every experiment and the analysis index, in memory), `reports` (GPU
-and budget reports).
+and budget reports), `blockers` (why live work cannot progress).
 
 Rules every public method follows:
 

@@ -14,7 +14,7 @@ from mcp_server.domain import limits
 from mcp_server.domain.models import Cluster
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.reports import BudgetStatus, GpuInfo
-from mcp_server.surface.tools.common import ClusterName, OptGpuType, engine, tool_errors
+from mcp_server.surface.tools.common import READ_ONLY, ClusterName, OptGpuType, engine, tool_errors
 
 # -- outputs -----------------------------------------------------------------------------------
 
@@ -121,9 +121,6 @@ def teardown_clusters(
     else:
         hint = f"{left} clusters remain ({Tool.LIST_CLUSTERS})."
     return TeardownResult(removed=removed, clusters_left=left, next_step=hint)
-
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 def register(server: MCPServer) -> None:

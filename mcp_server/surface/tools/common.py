@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, overload
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.domain import ids, limits
@@ -115,6 +116,10 @@ def tool_errors(fn: F) -> F:
             raise _unexpected(name, exc) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+#: the annotations of every read-only tool
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 # -- bounded argument types --------------------------------------------------------------------

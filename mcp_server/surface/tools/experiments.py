@@ -170,12 +170,13 @@ def launch_experiment(
     if source is not None and ".." in source.split("/"):
         raise ToolError(f"source must be a path inside the workspace without '..' (got {source!r}), "
                         "e.g. 'variants/rope.py'. Nothing was launched.")
-    exps = engine(ctx).launch_experiment(
+    eng = engine(ctx)
+    exps = eng.launch_experiment(
         description=description, overrides=overrides or None, source=source, commit=base,
         gpu_type=gpu_type, replicates=replicates, seed=seed, priority=priority,
     )
-    chosen = _chosen_type({"gpu_type": exps[0].gpu_type, "gpu_type_chosen": gpu_type is None and len(exps) > 1
-                           and exps[0].gpu_type is not None})
+    # replicates form a wave whose design records whether the server chose their GPU type
+    chosen = _chosen_type(eng.get_wave(exps[0].wave_id).design) if exps[0].wave_id else ""
     return LaunchResult(experiments=[ExperimentBrief.of(e) for e in exps],
                         next_step=chosen + _wait_hint([e.id for e in exps]))
 

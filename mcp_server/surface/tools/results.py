@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, Image, MCPServer
-from mcp.types import TextContent, ToolAnnotations
+from mcp.types import TextContent
 from pydantic import BaseModel, Field
 
 from mcp_server.domain import limits, plot
@@ -13,6 +13,7 @@ from mcp_server.domain.analysis import Leaderboard, Verdict
 from mcp_server.domain.models import Experiment, Status
 from mcp_server.domain.tool_names import Tool
 from mcp_server.surface.tools.common import (
+    READ_ONLY,
     ExperimentBrief,
     ExperimentId,
     GpuTypeStr,
@@ -161,9 +162,6 @@ def compact(board: Leaderboard) -> Leaderboard:
                                      "description": clip(r.description, 120)}) for r in rs]
             for g, rs in board.by_gpu_type.items()}
     return board.model_copy(update={"by_gpu_type": rows})
-
-
-READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 def register(server: MCPServer) -> None:

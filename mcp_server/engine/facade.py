@@ -46,6 +46,7 @@ from mcp_server.backends.base import Backend
 from mcp_server.domain import paths
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import Conflict, InvalidInput
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.domain.profiles import budgets_from_harness
 from mcp_server.engine.checks import Checks
@@ -101,6 +102,8 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
                 f"The template's prepare.py (sha256 {template_hash[:12]}) differs from the harness pinned when this "
                 f"session was created ({self.harness_hash[:12]}); runs are checked against the pinned one.")
         self.profile = config.profile or meta["profile"]
+        #: what results are judged by (the task's metric; the template's is val_bpb, lower is better)
+        self.metric: Metric = DEFAULT_METRIC
         self.time_budget_s = float(config.time_budget_s or budgets[self.profile])
         self.hard_timeout_s = self.time_budget_s * 2 + float(config.timeout_grace_s)
         margin = watchdog_margin_s if watchdog_margin_s is not None else max(30.0, 0.1 * self.hard_timeout_s)

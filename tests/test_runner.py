@@ -149,11 +149,22 @@ def test_out_of_memory_is_oom(tmp_path: Path) -> None:
     assert "MemoryError" in result["error"]
 
 
-def test_exit_zero_without_result_json_is_a_crash(tmp_path: Path) -> None:
-    d = make_run_dir(tmp_path, 'print("---")\nprint("val_bpb: 1.0")\n')
+def test_summary_block_without_result_json_is_done(tmp_path: Path) -> None:
+    """karpathy's format: only the `key: value` block after `---`; every key is kept."""
+    d = make_run_dir(tmp_path, 'print("step 1 loss 3.2")\nprint("---")\nprint("val_bpb:          1.000000")\n'
+                               'print("training_seconds: 2.5")\nprint("peak_vram_mb:     12.0")\n'
+                               'print("num_steps:        7")\nprint("my_extra:         0.25")\n')
+    _, result = run_runner(d)
+    assert result["status"] == "done", result
+    assert result["metrics"] == {"val_bpb": 1.0, "training_seconds": 2.5, "peak_vram_mb": 12.0, "num_steps": 7,
+                                 "my_extra": 0.25}
+
+
+def test_exit_zero_without_the_metric_is_a_crash_naming_it(tmp_path: Path) -> None:
+    d = make_run_dir(tmp_path, 'print("---")\nprint("val_loss: 1.0")\n')
     _, result = run_runner(d)
     assert result["status"] == "crash" and result["exit_code"] == 0
-    assert "RESULT_JSON" in result["error"]
+    assert "reported no val_bpb" in result["error"] and "RESULT_JSON" in result["error"]
 
 
 def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:

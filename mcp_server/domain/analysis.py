@@ -9,6 +9,9 @@ Rules (the skills and tool descriptions repeat them; change them together):
 * A *group* is the finished experiments with the same (ran_on_gpu, code_hash): identical code on
   the same GPU type. Its members differ only by seed: they are replicates, and the group's
   value is their mean.
+* Values and directions are the task's metric (`Metric`: val_bpb, lower is better, for the built-in
+  template); "val_bpb" below stands for it, and "lower" for "better". Imported history
+  (`Experiment.imported`) is ranked but never counts towards a noise floor.
 * Noise floor of a GPU type = pooled standard deviation of val_bpb over all its groups that
   have >= 2 finished replicates: sqrt(sum of squared deviations from each group's mean /
   sum of (n_group - 1)). One run of the same code has roughly this spread between seeds.
@@ -44,7 +47,8 @@ from pydantic import BaseModel, Field
 
 from mcp_server.domain.errors import InvalidInput
 from mcp_server.domain.limits import MAX_IDS_PER_ROW, MAX_LEADERBOARD_ROWS
-from mcp_server.domain.models import LIVE, Decision, Experiment, Status
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
+from mcp_server.domain.models import LIVE, Decision, Experiment
 from mcp_server.domain.tool_names import Tool
 
 UNKNOWN_GPU = "unknown"
@@ -57,7 +61,8 @@ class Verdict(BaseModel):
     val_bpb: float | None = Field(None, description="This experiment's own val_bpb.")
     reference_id: str | None = Field(None, description="Same-GPU-type baseline/control it is compared with.")
     delta: float | None = Field(
-        None, description="mean val_bpb of its group - mean of the reference group (negative = better).")
+        None, description="mean val_bpb of its group - mean of the reference group (negative = better when lower "
+                          "is better, as for val_bpb; see `metric`).")
     noise: float | None = Field(None, description="Noise floor (pooled std of replicated groups) on this GPU type.")
     verdict: Literal["improvement", "within_noise", "worse", "no_reference", "failed", "pending"]
     note: str = ""
@@ -67,6 +72,8 @@ class Verdict(BaseModel):
     reference_val_bpb: float | None = Field(None, description="Mean val_bpb of the reference group.")
     reference_replicates: int = 0
     threshold: float | None = Field(None, description="|delta| at or below this is within noise.")
+    metric: str | None = Field(None, description="The metric the values are (the task's), e.g. 'val_bpb (lower is "
+                               "better)'; the val_bpb fields hold this metric's values.")
 
 
 class LeaderboardRow(BaseModel):
@@ -91,6 +98,8 @@ class Leaderboard(BaseModel):
     notes: list[str] = Field(default_factory=list)
     reference: dict[str, str] = Field(default_factory=dict,
                                       description="GPU type -> experiment id the deltas are measured against.")
+    metric: str | None = Field(None, description="The metric the values are (the task's), e.g. 'val_bpb (lower is "
+                               "better)'; the rows' val_bpb field holds this metric's mean.")
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,8 +179,19 @@ class _Group:
     def order(self) -> tuple[float, str]:
         return self._first_key  # type: ignore[return-value]
 
-    def rank_key(self) -> tuple[float, float, str]:
-        return (self.mean, *self.order)
+    def rank_key(self, metric: Metric = DEFAULT_METRIC) -> tuple[float, float, str]:
+        return (metric.sort_key(self.mean), *self.order)
+
+    def noise_sq_dev(self) -> tuple[float, int]:
+        """Squared deviations from the mean and degrees of freedom over the members measured here
+        (imported history has unknown seeds: it never counts as a noise estimate)."""
+        if not any(m.imported for m in self.members):
+            return self.sq_dev(), self.n - 1
+        vals = [v for m, v in zip(self.members, self.values, strict=True) if not m.imported]
+        if len(vals) < 2:
+            return 0.0, 0
+        mean = math.fsum(vals) / len(vals)
+        return math.fsum((v - mean) ** 2 for v in vals), len(vals) - 1
 
     def ordered_members(self) -> list[Experiment]:
         return sorted(self.members, key=_order)
@@ -179,18 +199,6 @@ class _Group:
 
 def gpu_of(e: Experiment) -> str:
     return e.ran_on_gpu or UNKNOWN_GPU
-
-
-def _value(e: Experiment) -> float | None:
-    """val_bpb of a finished experiment; None for anything that has no usable result."""
-    if e.status != Status.done:
-        return None
-    v = e.metrics.val_bpb
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _finished(e: Experiment) -> bool:
-    return _value(e) is not None
 
 
 def _order(e: Experiment) -> tuple[float, str]:
@@ -211,7 +219,7 @@ def _signature(e: Experiment) -> tuple[Any, ...]:
     if e.status in LIVE:
         return (True, e.parent_code_hash)
     return (False, e.status, e.ran_on_gpu, e.code_hash, e.parent_code_hash, e.decision, e.created_at,
-            e.description, e.metrics.__dict__)
+            e.description, e.metrics.__dict__, e.metrics.model_extra, e.imported)
 
 
 def _pooled_noise(groups: Iterable[_Group]) -> float | None:
@@ -219,28 +227,33 @@ def _pooled_noise(groups: Iterable[_Group]) -> float | None:
     dof = 0
     for g in groups:
         if g.n >= 2:
-            sq.append(g.sq_dev())
-            dof += g.n - 1
+            dev, n = g.noise_sq_dev()
+            if n:
+                sq.append(dev)
+                dof += n
     return math.sqrt(math.fsum(sq) / dof) if dof else None
 
 
-def noise_floor(experiments: Iterable[Experiment], gpu_type: str) -> float | None:
+def noise_floor(experiments: Iterable[Experiment], gpu_type: str, metric: Metric = DEFAULT_METRIC) -> float | None:
     """Pooled std of val_bpb over the groups on `gpu_type` with >= 2 finished replicates
     (None when there are none: launch replicates of the baseline to measure it)."""
-    return Index(experiments).noise(gpu_type)
+    return Index(experiments, metric).noise(gpu_type)
 
 
 #: what a delta means against its reference (the comparing subset of Verdict.verdict)
 Comparison = Literal["improvement", "within_noise", "worse"]
 
 
-def _classify(delta: float, noise: float | None, n_t: int, n_r: int) -> tuple[Comparison, float | None]:
+def _classify(delta: float, noise: float | None, n_t: int, n_r: int,
+              metric: Metric = DEFAULT_METRIC) -> tuple[Comparison, float | None]:
+    """`delta` = target mean - reference mean; better or worse as the metric's direction says."""
+    gain = -delta if metric.lower_is_better else delta
     if noise is None:
-        return ("improvement" if delta < 0 else "worse" if delta > 0 else "within_noise"), None
+        return ("improvement" if gain > 0 else "worse" if gain < 0 else "within_noise"), None
     threshold = SIGMAS * noise * math.sqrt(1.0 / n_t + 1.0 / n_r)
-    if delta < -threshold:
+    if gain > threshold:
         return "improvement", threshold
-    if delta > threshold:
+    if gain < -threshold:
         return "worse", threshold
     return "within_noise", threshold
 
@@ -291,7 +304,10 @@ class Index:
     one whenever a put changes a field the answers depend on (a queued -> running move does not).
     Not thread-safe: the caller serialises `put` with the reads."""
 
-    def __init__(self, experiments: Iterable[Experiment] = ()) -> None:
+    def __init__(self, experiments: Iterable[Experiment] = (), metric: Metric = DEFAULT_METRIC) -> None:
+        #: what is compared and which direction is better (the task's metric)
+        self.metric = metric
+        self._value = metric.value
         self.version = 0
         self._exps: dict[str, Experiment] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -327,7 +343,7 @@ class Index:
     def _add(self, e: Experiment) -> None:
         if e.parent_code_hash is not None:
             _bump(self._parents, e.parent_code_hash, 1)
-        v = _value(e)
+        v = self._value(e)
         if v is None:
             if e.status in LIVE:
                 self._live += 1
@@ -345,7 +361,7 @@ class Index:
     def _remove(self, e: Experiment) -> None:
         if e.parent_code_hash is not None:
             _bump(self._parents, e.parent_code_hash, -1)
-        if _value(e) is None:
+        if self._value(e) is None:
             if e.status in LIVE:
                 self._live -= 1
             else:
@@ -379,17 +395,19 @@ class Index:
     def verdict(self, t: Experiment) -> Verdict:
         groups = self._groups
         gpu = gpu_of(t) if t.ran_on_gpu else t.gpu_type
-        base: dict[str, Any] = dict(experiment_id=t.id, gpu_type=gpu, val_bpb=t.metrics.val_bpb)
+        metric = self.metric
+        base: dict[str, Any] = dict(experiment_id=t.id, gpu_type=gpu, val_bpb=metric.raw(t),
+                                    metric=metric.describe())
         if t.status in LIVE:
             return Verdict(**base, verdict="pending", note=f"Status {t.status.value}: no result yet; wait for it.")
-        if not _finished(t):
+        if self._value(t) is None:
             why = f": {t.error}" if t.error else ""
-            return Verdict(**base, verdict="failed", note=f"Status {t.status.value}{why}. No val_bpb to compare.")
+            return Verdict(**base, verdict="failed", note=f"Status {t.status.value}{why}. No {metric.name} to compare.")
         gpu = gpu_of(t)
         base["gpu_type"] = gpu
         own = groups.get((gpu, t.code_hash)) if t.code_hash is not None else None
         n_t = own.n if own else 1
-        mean_t = own.mean if own else float(t.metrics.val_bpb)  # type: ignore[arg-type]
+        mean_t = own.mean if own else float(metric.raw(t))  # type: ignore[arg-type]
         base.update(mean_val_bpb=mean_t, replicates=n_t, noise=self.noise(gpu))
 
         if t.parent_code_hash is None:
@@ -413,7 +431,7 @@ class Index:
             return Verdict(**base, verdict="no_reference", note=note)
 
         delta = mean_t - ref.mean
-        label, threshold = _classify(delta, base["noise"], n_t, ref.n)
+        label, threshold = _classify(delta, base["noise"], n_t, ref.n, metric)
         notes: list[str] = []
         if t.code_hash == t.parent_code_hash:
             label, delta = "within_noise", 0.0
@@ -435,7 +453,7 @@ class Index:
     def _reference_group(self, gs: list[_Group]) -> tuple[_Group, str]:
         kept = [g for g in gs if g.kept]
         if kept:
-            return min(kept, key=_Group.rank_key), "best kept"
+            return min(kept, key=lambda g: g.rank_key(self.metric)), "best kept"
         parents = self._parents
         controls = [g for g in gs if g.code_hash is not None and g.code_hash in parents]
         if controls:
@@ -454,7 +472,7 @@ class Index:
                     f"No finished experiments on {gpu_type}. "
                     f"GPU types with results: {', '.join(all_types) or 'none yet'}."
                 )
-                return Leaderboard(by_gpu_type={}, noise_floor={}, notes=notes)
+                return Leaderboard(by_gpu_type={}, noise_floor={}, notes=notes, metric=self.metric.describe())
             types = [wanted]
         else:
             types = all_types
@@ -480,7 +498,7 @@ class Index:
             if noise is None:
                 notes.append(f"{gpu}: no noise estimate (no code has >= 2 finished seeds); verdicts go by sign only. "
                              "Launch replicates of the baseline to measure it.")
-            ranked = heapq.nsmallest(limit, gs, key=_Group.rank_key)
+            ranked = heapq.nsmallest(limit, gs, key=lambda g: g.rank_key(self.metric))
             if not any(g is ref for g in ranked):
                 notes.append(f"{gpu}: the reference {ref.first.id} ranks below the top {limit}.")
             rows = []
@@ -489,7 +507,7 @@ class Index:
                     delta, verdict = 0.0, "reference"
                 else:
                     delta = g.mean - ref.mean
-                    verdict, _ = _classify(delta, noise, g.n, ref.n)
+                    verdict, _ = _classify(delta, noise, g.n, ref.n, self.metric)
                 first = g.first
                 assert first is not None
                 rows.append(LeaderboardRow(
@@ -507,26 +525,32 @@ class Index:
                 unranked[status] = unranked.get(status, 0) + n
         if unranked:
             parts = ", ".join(f"{n} {s}" for s, n in sorted(unranked.items()))
-            notes.append(f"Not ranked (no val_bpb): {parts}.")
+            notes.append(f"Not ranked (no {self.metric.name}): {parts}.")
         live = self._live
         if live:
             notes.append(f"{live} experiment{'s are' if live != 1 else ' is'} still queued or running.")
-        return Leaderboard(by_gpu_type=table, noise_floor=noise_floor_by_type, notes=notes, reference=reference_ids)
+        if any(m.imported for gs in self._by_gpu.values() for g in gs.values() for m in g.members):
+            notes.append("Rows include imported history (import-results): seeds unknown, "
+                         "never used as a noise estimate.")
+        return Leaderboard(by_gpu_type=table, noise_floor=noise_floor_by_type, notes=notes, reference=reference_ids,
+                           metric=self.metric.describe())
 
 
 # ------------------------------------------------------------------------------------------
 # one-shot functions (an index built for the call)
 
 
-def verdicts(experiments: Iterable[Experiment], targets: list[Experiment]) -> list[Verdict]:
+def verdicts(experiments: Iterable[Experiment], targets: list[Experiment],
+             metric: Metric = DEFAULT_METRIC) -> list[Verdict]:
     """One verdict per target, against the same-GPU group of its parent's code (see module doc)."""
-    return Index(experiments).verdicts(targets)
+    return Index(experiments, metric).verdicts(targets)
 
 
-def leaderboard(experiments: Iterable[Experiment], gpu_type: str | None = None, limit: int = 20) -> Leaderboard:
-    """Groups of identical code ranked by mean val_bpb, separately per GPU type (see module doc)."""
+def leaderboard(experiments: Iterable[Experiment], gpu_type: str | None = None, limit: int = 20,
+                metric: Metric = DEFAULT_METRIC) -> Leaderboard:
+    """Groups of identical code ranked by mean metric (best first), separately per GPU type (see module doc)."""
     check_leaderboard_args(gpu_type, limit)
-    return Index(experiments).leaderboard(gpu_type, limit)
+    return Index(experiments, metric).leaderboard(gpu_type, limit)
 
 
 def leaderboard_text(board: Leaderboard) -> str:
@@ -535,7 +559,8 @@ def leaderboard_text(board: Leaderboard) -> str:
     for gpu, rows in board.by_gpu_type.items():
         noise = board.noise_floor.get(gpu)
         lines.append(f"\n== {gpu}  (noise floor {'n/a' if noise is None else f'{noise:.5f}'}) ==")
-        lines.append(f"{'rank':>4}  {'id':<6} {'val_bpb':>9} {'delta':>9} {'seeds':>5}  {'verdict':<13} "
+        name = (board.metric or DEFAULT_METRIC.name).split(" ")[0]
+        lines.append(f"{'rank':>4}  {'id':<6} {name[:9]:>9} {'delta':>9} {'seeds':>5}  {'verdict':<13} "
                      f"{'decision':<8} description")
         for r in rows:
             delta = "" if r.delta is None else f"{r.delta:+.5f}"

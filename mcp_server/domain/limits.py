@@ -60,3 +60,7 @@ TOOL_ROW_IDS = 5               # experiment ids shown per leaderboard row
 # -- analysis --------------------------------------------------------------------------------------
 MAX_LEADERBOARD_ROWS = 1000
 MAX_IDS_PER_ROW = 20
+#: keys of a run's summary beyond the known Metrics fields kept per run (a task's own metric,
+#: karpathy's extra summary lines), and the longest key / string value kept
+MAX_EXTRA_METRICS = 32
+MAX_EXTRA_CHARS = 64

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Status(str, Enum):
@@ -46,7 +46,10 @@ class Decision(str, Enum):
 
 
 class Metrics(BaseModel):
-    """The summary block train.py prints; every field optional because failures have none."""
+    """The summary block train.py prints; every field optional because failures have none. Keys
+    beyond these (a task's own metric, other summary lines) are kept as extras (`model_extra`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     val_bpb: float | None = None
     training_seconds: float | None = None
@@ -90,6 +93,8 @@ class Experiment(BaseModel):
     ended_at: float | None = None
     waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
                                    "it starts (and costs GPU time) when that one ends.")
+    imported: bool = Field(False, description="History loaded from an earlier results.tsv (import-results): "
+                           "shown on the leaderboard, never used as a noise estimate; its seed is unknown.")
 
 
 class Wave(BaseModel):

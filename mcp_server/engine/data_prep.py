@@ -22,10 +22,15 @@ RETRY_AFTER_S = 60.0
 
 class DataPreparation:
     def __init__(self, *, prepare_py: Path, cwd: Path, log_path: Path, profile: str, cache_dir: Path | None,
-                 ledger: Ledger, needed: bool, on_finished: Callable[[], None]) -> None:
+                 ledger: Ledger, needed: bool, on_finished: Callable[[], None],
+                 command: list[str] | None = None) -> None:
         """`needed` False (a remote backend prepares data on its clusters): ready at once.
-        `on_finished()` is called after each run of prepare.py, success or not."""
+        `on_finished()` is called after each run of prepare.py, success or not. `command`: a task's
+        own preparation command (an argument list; "python" is this interpreter), run in `cwd`."""
         self.prepare_py = prepare_py
+        self.argv = ([sys.executable, *command[1:]] if command and command[0] == "python"
+                     else list(command) if command else [sys.executable, str(prepare_py)])
+        self.shown = " ".join(command) if command else "python prepare.py"
         self.cwd = cwd
         self.log_path = log_path
         self.profile = profile
@@ -61,9 +66,9 @@ class DataPreparation:
         t0 = time.time()
         try:
             with open(self.log_path, "ab") as out:
-                out.write(f"== {time.ctime()} python prepare.py (profile {self.profile})\n".encode())
+                out.write(f"== {time.ctime()} {self.shown} (profile {self.profile})\n".encode())
                 out.flush()
-                proc = subprocess.Popen([sys.executable, str(self.prepare_py)], cwd=self.cwd, env=env,
+                proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env,
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         close_fds=True)
                 with self._lock:
@@ -81,7 +86,7 @@ class DataPreparation:
             else:
                 self.state, self._failed_at = "failed", time.time()
                 last = self._last_log_line()
-                self.error = (f"data preparation (python prepare.py, profile {self.profile}) failed ({err})"
+                self.error = (f"data preparation ({self.shown}, profile {self.profile}) failed ({err})"
                               + (f": {last}" if last else "")
                               + f"; see {self.log_path}. Queued experiments wait; it is retried every minute.")
                 self.ledger.add_event(None, "note", self.error)

@@ -17,6 +17,7 @@ from typing import Any
 
 from mcp_server.domain import analysis
 from mcp_server.domain.analysis import Leaderboard
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment
 from mcp_server.store.ledger import Ledger
 
@@ -24,8 +25,9 @@ log = logging.getLogger("autoresearch.engine")
 
 
 class ExperimentCache:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, metric: Metric = DEFAULT_METRIC) -> None:
         self.ledger = ledger
+        self.metric = metric
         self.lock = threading.Lock()
         self._by_id: dict[str, Experiment] | None = None
         self._index: analysis.Index | None = None
@@ -62,7 +64,7 @@ class ExperimentCache:
         """Load the cache and build the index (with the lock held) if not loaded."""
         if self._by_id is None or self._index is None:
             exps = self.ledger.all_experiments()
-            self._index = analysis.Index(exps)
+            self._index = analysis.Index(exps, self.metric)
             self._by_id = {e.id: e for e in exps}
 
     @contextmanager

@@ -48,7 +48,8 @@ from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import Conflict, InvalidInput
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
-from mcp_server.domain.profiles import budgets_from_harness
+from mcp_server.domain.profiles import DEFAULT_BUDGETS_S, budgets_from_harness
+from mcp_server.domain.task import Task, load_task
 from mcp_server.engine.checks import Checks
 from mcp_server.engine.clusters import ClustersMixin
 from mcp_server.engine.data_prep import DataPreparation
@@ -58,6 +59,7 @@ from mcp_server.engine.launch_planning import LaunchPlanner
 from mcp_server.engine.queries import QueriesMixin
 from mcp_server.engine.rundirs import RunDirs
 from mcp_server.engine.waiting import Progress, WaitingMixin, WaitResult
+from mcp_server.runtime.runner import harness_pin as task_harness_pin
 from mcp_server.scheduling.scheduler import Scheduler
 from mcp_server.store.ledger import Ledger
 from mcp_server.store.workspace import Workspace
@@ -79,7 +81,10 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         """Open (or create from the template) the workspace and its ledger, and the backend
         (`config.backend`: local by default). Nothing runs until `start()`."""
         self.config = config
-        self.workspace = Workspace(Path(config.workspace), config.tag, Path(config.template_dir))
+        #: what this workspace trains (its autoresearch.toml; the built-in template's task without one)
+        self.task: Task = load_task(Path(config.workspace).expanduser())
+        self.workspace = Workspace(Path(config.workspace), config.tag, Path(config.template_dir),
+                                   harness=tuple(self.task.harness))
         self.state_dir = paths.state_dir(self.workspace.path)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir = paths.runs_dir(self.workspace.path)
@@ -88,22 +93,36 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         self.backend = backend if backend is not None else self._make_backend(config)
 
         self.template_prepare = Path(config.template_dir) / "prepare.py"
-        template_hash = _sha256_file(self.template_prepare)
+        self.harness_files: dict[str, str] = {}    # a task's own harness: file -> sha256 at the session start
+        if self.task.is_default:
+            template_hash = _sha256_file(self.template_prepare)
+            budgets = budgets_from_harness(self.template_prepare)
+        else:
+            head = self.workspace.head_commit()
+            self.harness_files = {n: self.workspace.harness_hash_at(head, n) for n in self.task.harness}
+            template_hash = task_harness_pin(self.harness_files)
+            own = self.workspace.path / "prepare.py"
+            budgets = (dict(self.task.budget) if self.task.budget
+                       else budgets_from_harness(own) if own.is_file() else dict(DEFAULT_BUDGETS_S))
         profile = config.profile or self._detect_profile()
-        budgets = budgets_from_harness(self.template_prepare)
         if profile not in budgets:
             raise InvalidInput(f"profile must be one of {sorted(budgets)} (or omitted), got {profile!r}.")
         meta = self.ledger.init_session(harness_hash=template_hash, profile=profile, tag=config.tag,
                                         backend=self.backend.name)
         self.notes: list[str] = []
         self.harness_hash = meta["harness_hash"]
-        if self.harness_hash != template_hash:
+        if self.harness_hash != template_hash and not self.task.is_default:
+            self.notes.append(
+                f"The task's harness ({', '.join(self.task.harness)}: pin {template_hash[:12]}) differs from the one "
+                f"pinned when this session was created ({self.harness_hash[:12]}); runs are checked against the "
+                "pinned one.")
+        elif self.harness_hash != template_hash:
             self.notes.append(
                 f"The template's prepare.py (sha256 {template_hash[:12]}) differs from the harness pinned when this "
                 f"session was created ({self.harness_hash[:12]}); runs are checked against the pinned one.")
         self.profile = config.profile or meta["profile"]
         #: what results are judged by (the task's metric; the template's is val_bpb, lower is better)
-        self.metric: Metric = DEFAULT_METRIC
+        self.metric: Metric = self.task.metric if not self.task.is_default else DEFAULT_METRIC
         self.time_budget_s = float(config.time_budget_s or budgets[self.profile])
         self.hard_timeout_s = self.time_budget_s * 2 + float(config.timeout_grace_s)
         margin = watchdog_margin_s if watchdog_margin_s is not None else max(30.0, 0.1 * self.hard_timeout_s)
@@ -116,7 +135,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         self._started = False
         # Every experiment and the analysis index over them: loaded once, then kept current by the
         # ledger's change hook (every committed write that changes experiments, whoever writes)
-        self.cache = ExperimentCache(self.ledger)
+        self.cache = ExperimentCache(self.ledger, self.metric)
         # ... and so do results.tsv and the waiters: every committed change reaches _on_change
         self.ledger.subscribe(self._on_change)
         self._tsv_pending = True
@@ -125,11 +144,18 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         self._exporter: threading.Thread | None = None
         # data preparation (local backend): once per engine process, in its own thread
         self.prepare_log = paths.prepare_log(self.workspace.path)
-        self.data = DataPreparation(prepare_py=self.template_prepare, cwd=self.state_dir, log_path=self.prepare_log,
+        own_task = not self.task.is_default
+        self.data = DataPreparation(prepare_py=self.template_prepare,
+                                    cwd=self.workspace.path if own_task else self.state_dir, log_path=self.prepare_log,
                                     profile=self.profile, cache_dir=config.cache_dir, ledger=self.ledger,
-                                    needed=self.backend.name == "local", on_finished=self._data_finished)
+                                    needed=self.backend.name == "local" and self.task.prepare is not None,
+                                    on_finished=self._data_finished,
+                                    command=list(self.task.prepare) if own_task and self.task.prepare else None)
         self.run_dirs = RunDirs(self.workspace, config, profile=self.profile, hard_timeout_s=self.hard_timeout_s,
-                                harness_hash=self.harness_hash)
+                                harness_hash=self.harness_hash,
+                                task=None if self.task.is_default else {
+                                    "harness": self.harness_files, "run": list(self.task.run),
+                                    "metric": self.metric.name})
         self._build_job = self.run_dirs.build_job
 
         self.scheduler = Scheduler(
@@ -142,6 +168,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             orphan_cleanup=getattr(self.backend, "kill_orphans", None),   # local: runners without a saved handle
             on_started=self._started_on_slot,
         )
+        self.scheduler.metric_name = self.metric.name
         self.checks = Checks(self.ledger, self.scheduler, config, self.backend.name)
         self.planner = LaunchPlanner(self.workspace, self.ledger, self.checks, harness_hash=self.harness_hash,
                                  lock=self._launch_lock, all_experiments=self.cache.all,

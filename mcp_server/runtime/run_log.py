@@ -90,6 +90,11 @@ def _find_result_json(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
+def _reported(value: Any) -> bool:
+    """A metric value the run really reported: a number (NaN included: judged as a result)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fail_line(lines: list[str]) -> str | None:
     """The last `FAIL:` line that names nan/exploded (train.py's own divergence report)."""
     for line in reversed(lines):
@@ -125,15 +130,17 @@ def _crash_error(lines: list[str]) -> str | None:
 
 
 def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled: bool,
-             timeout_s: float) -> tuple[str, str | None]:
-    """(status, error) for a finished train.py, per contracts.md section 2 step 4."""
+             timeout_s: float, metric: str = "val_bpb") -> tuple[str, str | None]:
+    """(status, error) for a finished train.py, per contracts.md section 2 step 4. A run that
+    exits 0 is done when it reported `metric`: in its RESULT_JSON line or, without one, as a
+    `metric: value` line of the summary block after the last `---` (karpathy's format)."""
     lines = log_text.splitlines()
     if cancelled:
         return "cancelled", "cancelled: the runner received a stop signal and killed train.py's process group"
     if timed_out:
         return "timeout", (f"timeout: train.py ran past the hard timeout of {timeout_s:g} s and its process "
                            "group was killed; shorten the run or raise the timeout")
-    if exit_code == 0 and _find_result_json(lines) is not None:
+    if exit_code == 0 and _reported(parse_result(log_text).get(metric)):
         return "done", None
     fail = _fail_line(lines)
     if fail is not None:
@@ -142,8 +149,8 @@ def classify(exit_code: int | None, log_text: str, *, timed_out: bool, cancelled
         oom = next((ln.strip() for ln in reversed(lines) if any(m in ln for m in _OOM_MARKERS)), "out of memory")
         return "oom", f"out of memory: {oom}"
     if exit_code == 0:
-        return "crash", ("train.py exited 0 but printed no RESULT_JSON line; "
-                         "it must end with the summary block and RESULT_JSON")
+        return "crash", (f"train.py exited 0 but reported no {metric}: expected a RESULT_JSON line with "
+                         f"{metric!r}, or a summary block after a '---' line with a line '{metric}: <number>'")
     detail = _crash_error(lines)
     if exit_code is not None and exit_code < 0:
         sig = -exit_code

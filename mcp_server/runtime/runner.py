@@ -6,11 +6,12 @@
 Run from inside the run directory (train.py, prepare.py, runner.py). See docs/contracts.md,
 section 2. It:
 
-1. refuses to start train.py when sha256(prepare.py) differs from --expected-hash (`rejected`);
+1. refuses to start train.py when a harness file differs: sha256(prepare.py), or the pin of the
+   task's harness files (runner_task.json), differs from --expected-hash (`rejected`);
 2. queued ahead (--after): having done all its startup work, waits until every job ahead of it
    on the slot has released its lock file, then starts at once; its `started_at` and the hard
    timeout count from that moment, not from the process start;
-3. runs `python train.py` in its own session / process group, stdout+stderr -> run.log;
+3. runs `python train.py` (or the task's run command) in its own session / process group, stdout+stderr -> run.log;
 4. kills that whole group (SIGTERM, then SIGKILL after --kill-grace) at --timeout (`timeout`),
    or when the runner itself receives SIGTERM/SIGINT (`cancelled`, also while it waits);
 5. classifies the run (done / nan / oom / crash) from the exit code and the log;
@@ -54,6 +55,12 @@ HARNESS_SCRIPT = "prepare.py"
 RUNNER_SCRIPT = "runner.py"
 RUN_LOG_SCRIPT = "run_log.py"        # what runner.py imports: shipped beside it
 RUNTIME_FILES = (RUNNER_SCRIPT, RUN_LOG_SCRIPT)
+# Written by the engine into a run directory of a task with its own description
+# (domain/task.py): {"harness": {file: sha256}, "run": [argv], "metric": name}. Absent = the
+# built-in task: harness prepare.py, `python train.py`, metric val_bpb.
+TASK_JSON = "runner_task.json"
+DEFAULT_RUN = ("python", TRAIN_SCRIPT)
+DEFAULT_METRIC_KEY = "val_bpb"
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 # Written by the runner right after train.py starts: lets a backend kill train.py's group
@@ -96,6 +103,42 @@ def harness_hash(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 16), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def harness_pin(hashes: dict[str, str]) -> str:
+    """The one hash a run is checked against: of a single harness file, its sha256 (the built-in
+    task's pin is sha256(prepare.py)); of several, the sha256 of their `<sha256>  <name>` lines in
+    name order (a change to any of them changes the pin)."""
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))
+    manifest = "".join(f"{hashes[name]}  {name}\n" for name in sorted(hashes))
+    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+
+
+def _read_task(run_dir: Path) -> dict[str, Any]:
+    """The run directory's task (TASK_JSON), or the built-in one."""
+    task: dict[str, Any] = {"harness": {HARNESS_SCRIPT: None}, "run": list(DEFAULT_RUN), "metric": DEFAULT_METRIC_KEY}
+    try:
+        with open(run_dir / TASK_JSON, encoding="utf-8") as f:
+            given = json.load(f)
+    except FileNotFoundError:
+        return task
+    if isinstance(given, dict):
+        if isinstance(given.get("harness"), dict) and given["harness"]:
+            task["harness"] = {str(k): v for k, v in given["harness"].items()}
+        if isinstance(given.get("run"), list) and given["run"] and all(isinstance(a, str) for a in given["run"]):
+            task["run"] = list(given["run"])
+        if isinstance(given.get("metric"), str) and given["metric"]:
+            task["metric"] = given["metric"]
+    return task
+
+
+def harness_files(run_dir: Path) -> list[str]:
+    """The harness files a run directory must hold (its task's, else prepare.py)."""
+    try:
+        return list(_read_task(Path(run_dir))["harness"])
+    except (OSError, ValueError):
+        return [HARNESS_SCRIPT]
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -281,18 +324,32 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
         _write_json_atomic(run_dir / RESULT_FILE, result)
         return result
 
-    prepare = run_dir / HARNESS_SCRIPT
     train = run_dir / TRAIN_SCRIPT
     try:
-        actual = harness_hash(prepare)
-    except OSError as e:
-        msg = f"rejected: cannot read the harness {prepare.name} ({e.strerror}); the run directory must hold prepare.py"
+        task = _read_task(run_dir)
+    except (OSError, ValueError) as e:
+        msg = f"crash: cannot read the run's task description {TASK_JSON} ({e}); the backend must export it intact"
         log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
-        return finish("rejected", msg)
+        return finish("crash", msg)
+    actual_by_file: dict[str, str] = {}
+    for name in task["harness"]:
+        try:
+            actual_by_file[name] = harness_hash(run_dir / name)
+        except OSError as e:
+            msg = (f"rejected: cannot read the harness file {name} ({e.strerror}); "
+                   f"the run directory must hold every harness file ({', '.join(task['harness'])})")
+            log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
+            return finish("rejected", msg)
+    actual = harness_pin(actual_by_file)
     result["harness_hash"] = actual
     if actual != expected_hash.strip().lower():
-        msg = (f"rejected: prepare.py was modified (sha256 {actual[:12]}..., expected {expected_hash[:12]}...). "
-               "prepare.py is the fixed harness: restore it; edit only train.py")
+        changed = [n for n, want in task["harness"].items() if want is not None and actual_by_file[n] != want]
+        names = changed or list(task["harness"])
+        shown = ", ".join(names)
+        one = len(names) == 1
+        msg = (f"rejected: {shown} {'was' if one else 'were'} modified (the harness pin: sha256 {actual[:12]}..., "
+               f"expected {expected_hash[:12]}...). {shown} {'is' if one else 'are'} the fixed harness: restore "
+               f"{'it' if one else 'them'}; edit only {TRAIN_SCRIPT}")
         log_path.write_text(f"[runner] {msg}\n", encoding="utf-8")
         return finish("rejected", msg)
     if not train.is_file():
@@ -325,15 +382,18 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
     # buffering=1 is line buffering for our own notes; train.py writes straight to the fd.
     with open(log_path, "w", buffering=1, encoding="utf-8") as log:
         try:
+            argv = list(task["run"])
+            if argv[0] == "python":         # the slot's interpreter
+                argv[0] = python
             proc = subprocess.Popen(
-                [python, TRAIN_SCRIPT], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+                argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 # train.py holds the slot lock too: if this runner is SIGKILLed, the next job
                 # still waits until train.py's group is gone (the backend kills it)
                 pass_fds=(lock_fd,) if lock_fd is not None else (),
             )
         except OSError as e:
-            msg = f"could not start train.py with interpreter {python!r}: {e}; check the --python path"
+            msg = f"could not start the run command {argv!r}: {e}; check the --python path and the task's run command"
             log.write(f"[runner] {msg}\n")
             return finish("crash", msg)
     stop.pgid = proc.pid
@@ -389,7 +449,7 @@ def run(expected_hash: str, timeout_s: float, python: str, kill_grace_s: float =
 
     log_text = _read_log_tail(log_path)
     status, error = classify(exit_code, log_text, timed_out=timed_out, cancelled=stop.requested,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, metric=task["metric"])
     metrics = parse_result(log_text) if status == "done" else {}
     if status in ("timeout", "cancelled"):
         _append_log(log_path, error or status)

@@ -2,8 +2,8 @@
 
 `interpret(result)` turns the runner's dict into the experiment's terminal status, its metrics,
 the error text and the busy time the ledger records. A status the runner may not report is a
-crash; `done` without a val_bpb is a crash; a `rejected` run has no metrics; a failed run's error
-ends with the tail of its log.
+crash; `done` without the task's metric (val_bpb by default) is a crash; a `rejected` run has no
+metrics; a failed run's error ends with the tail of its log.
 
 Rules: pure functions of their arguments -- no I/O, no ledger, no threads, no clock. The
 scheduler does the recording (`Ledger.finish_attempt` with these values).
@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mcp_server.domain.limits import MAX_EXTRA_CHARS, MAX_EXTRA_METRICS
 from mcp_server.domain.models import RUNNER_STATUSES, Metrics, Status
 
 #: the status strings a runner may report -> the status recorded
@@ -51,7 +52,9 @@ def to_epoch(value: Any) -> float | None:
 
 
 def parse_metrics(raw: Any) -> Metrics:
-    """The runner's metrics dict as Metrics; unknown keys and badly typed values are dropped."""
+    """The runner's metrics dict as Metrics; badly typed values of the known keys are dropped, and
+    other keys (a task's own metric, karpathy's extra summary lines) are kept when they are a
+    number or a short string."""
     if not isinstance(raw, dict):
         return Metrics()
     clean: dict[str, Any] = {}
@@ -63,19 +66,32 @@ def parse_metrics(raw: Any) -> Metrics:
             clean[key] = getattr(Metrics.model_validate({key: value}), key)
         except ValidationError:
             continue
-    return Metrics(**clean)
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        if (key in Metrics.model_fields or not isinstance(key, str) or len(key) > MAX_EXTRA_CHARS
+                or len(extra) >= MAX_EXTRA_METRICS):
+            continue
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)) or (isinstance(value, str) and len(value) <= MAX_EXTRA_CHARS):
+            extra[key] = value
+    return Metrics.model_validate({**clean, **extra})
 
 
-def interpret(res: dict[str, Any]) -> Verdict:
-    """A runner's result dict as the status, metrics, error and times to record."""
+def interpret(res: dict[str, Any], metric: str = "val_bpb") -> Verdict:
+    """A runner's result dict as the status, metrics, error and times to record (a done run
+    must have reported `metric`, the task's)."""
     raw_status = str(res.get("status", ""))
     status = RESULT_STATUSES.get(raw_status, Status.crash)
     metrics = parse_metrics(res.get("metrics"))
     error = res.get("error")
     if raw_status not in RESULT_STATUSES:
         error = f"runner reported unknown status {raw_status!r}" + (f": {error}" if error else "")
-    if status == Status.done and metrics.val_bpb is None:
-        status, error = Status.crash, "run finished but reported no val_bpb"
+    reported = getattr(metrics, metric, None)
+    if reported is None:
+        reported = (metrics.model_extra or {}).get(metric)
+    if status == Status.done and (reported is None or isinstance(reported, (str, bool))):
+        status, error = Status.crash, f"run finished but reported no {metric}"
     if status == Status.rejected:
         metrics = Metrics()   # a rejected run has no result
     tail = res.get("log_tail")

@@ -87,6 +87,8 @@ class Scheduler:
         on_started: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.ledger = ledger
+        #: the key a done run must report (the task's metric; the engine sets it)
+        self.metric_name = "val_bpb"
         self.backend = backend
         self.build_job = build_job
         self.runs_dir = Path(runs_dir)

@@ -70,7 +70,7 @@ def record(sched: Scheduler, flight: Flight, outcome: JobOutcome) -> bool:
         return sched.ledger.lose_attempt(flight.exp_id, flight.attempt, sched.max_attempts,
                                          outcome.reason or "the job vanished without a result",
                                          log_path=log_path) is not None
-    v = interpret(outcome.result)
+    v = interpret(outcome.result, getattr(sched, "metric_name", "val_bpb"))
     return sched.ledger.finish_attempt(flight.exp_id, flight.attempt, v.status, metrics=v.metrics,
                                        error=v.error, log_path=log_path, busy_seconds=v.busy_seconds,
                                        detail=v.detail, started_at=v.started_at)

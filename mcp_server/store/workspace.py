@@ -82,8 +82,11 @@ def validate_experiment_id(exp_id: Any) -> str:
 class Workspace(KeepMixin):
     """Opens (or creates from the template) the research repo and checks out the session branch."""
 
-    def __init__(self, path: Path, tag: str, template_dir: Path) -> None:
+    def __init__(self, path: Path, tag: str, template_dir: Path, harness: tuple[str, ...] = (HARNESS,)) -> None:
         self.tag = validate_tag(tag)
+        #: the task's harness files (domain/task.py): present at the session start, shipped from the
+        #: working tree in every snapshot (so an edit is rejected by the runner, not hidden)
+        self.harness = tuple(harness)
         self.branch = BRANCH_PREFIX + tag
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidInput(f"Workspace path must be a filesystem path, got {type(path).__name__}.")
@@ -163,7 +166,7 @@ class Workspace(KeepMixin):
             )
         exists = self.branch in [h.name for h in repo.heads]
         start = repo.heads[self.branch].commit if exists else repo.head.commit
-        missing = [n for n in (TRAIN, HARNESS) if not self._tree_has_blob(start.tree, n)]
+        missing = [n for n in (TRAIN, *self.harness) if not self._tree_has_blob(start.tree, n)]
         if missing:
             raise InvalidInput(
                 f"The workspace repo {self.path} has no {' or '.join(missing)} at "
@@ -334,9 +337,9 @@ class Workspace(KeepMixin):
         """Blob sha of train.py at a commit (the experiment's code identity)."""
         return self._blob_at(commit, TRAIN).hexsha
 
-    def harness_hash_at(self, commit: str) -> str:
-        """sha256 of prepare.py at a commit (what the runner checks, docs/contracts.md)."""
-        blob = self._blob_at(commit, HARNESS)
+    def harness_hash_at(self, commit: str, name: str = HARNESS) -> str:
+        """sha256 of a harness file (prepare.py) at a commit (what the runner checks, docs/contracts.md)."""
+        blob = self._blob_at(commit, name)
         with self._lock:
             return hashlib.sha256(blob.data_stream.read()).hexdigest()
 
@@ -384,15 +387,16 @@ class Workspace(KeepMixin):
         # The trailer names the experiment in the commit itself (and keeps two snapshots of the
         # same code made in the same second from collapsing into one commit).
         message = f"{message.strip() or 'experiment'}\n\nAutoresearch-Experiment: {exp_id}\n"
-        harness_bytes = None
+        harness_files: list[tuple[str, bytes]] = []
         if include_working_harness:
-            harness = self.path / HARNESS
-            if harness.is_symlink() or not harness.is_file():
-                raise Conflict(
-                    f"The workspace's {HARNESS} is missing or not a regular file; it is the fixed harness. Restore it "
-                    f"(git -C {self.path} checkout -- {HARNESS}) and launch again."
-                )
-            harness_bytes = harness.read_bytes()
+            for name in self.harness:
+                harness = self.path / name
+                if harness.is_symlink() or not harness.is_file():
+                    raise Conflict(
+                        f"The workspace's {name} is missing or not a regular file; it is the fixed harness. Restore it "
+                        f"(git -C {self.path} checkout -- {name}) and launch again."
+                    )
+                harness_files.append((name, harness.read_bytes()))
 
         with self._lock:
             parent = self._commit(parent_commit)
@@ -400,7 +404,7 @@ class Workspace(KeepMixin):
                 env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
                 g = self.repo.git
                 g.read_tree(parent.tree.hexsha, env=env)
-                files = [(TRAIN, train_bytes)] + ([(HARNESS, harness_bytes)] if harness_bytes is not None else [])
+                files = [(TRAIN, train_bytes), *harness_files]
                 for name, data in files:
                     sha = self._store_blob(data)
                     mode = self._mode_in(parent.tree, name)

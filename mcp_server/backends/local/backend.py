@@ -151,14 +151,15 @@ class LocalBackend(Backend):
         if not run_dir.is_dir():
             raise InvalidInput(f"run directory {run_dir} does not exist; the scheduler must create it "
                                "(train.py + prepare.py) before submit")
-        missing = [n for n in (runner.TRAIN_SCRIPT, runner.HARNESS_SCRIPT) if not (run_dir / n).is_file()]
+        missing = [n for n in (runner.TRAIN_SCRIPT, *runner.harness_files(run_dir)) if not (run_dir / n).is_file()]
         if missing:
             raise InvalidInput(f"run directory {run_dir} lacks {', '.join(missing)}; export the snapshot first")
         if (run_dir / runner.RESULT_FILE).exists():
             raise Conflict(f"run directory {run_dir} already holds a result.json from an earlier run; "
                            "each attempt needs a fresh run directory")
         if not isinstance(job.harness_hash, str) or not _HASH_RE.match(job.harness_hash):
-            raise InvalidInput(f"harness_hash must be 64 lowercase hex characters (sha256 of prepare.py), "
+            raise InvalidInput(f"harness_hash must be 64 lowercase hex characters (the harness pin: sha256 of "
+                               f"prepare.py), "
                                f"got {job.harness_hash!r}")
         if not (isinstance(job.timeout_s, (int, float)) and 0 < job.timeout_s < 10 * 86400):
             raise InvalidInput(f"timeout_s must be a positive number of seconds below 10 days, got {job.timeout_s!r}")

@@ -40,7 +40,7 @@ def stage_run(state_dir: Path, job: JobSpec, key: str) -> Path:
     src = Path(job.run_dir).resolve()
     if not src.is_dir():
         raise InvalidInput(f"run directory {src} does not exist; export the snapshot before submit")
-    missing = [n for n in ("train.py", "prepare.py") if not (src / n).is_file()]
+    missing = [n for n in (runner.TRAIN_SCRIPT, *runner.harness_files(src)) if not (src / n).is_file()]
     if missing:
         raise InvalidInput(f"run directory {src} lacks {', '.join(missing)}")
     if (src / runner.RESULT_FILE).exists():

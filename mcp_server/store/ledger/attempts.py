@@ -13,6 +13,7 @@ False / None. The experiment row and its attempt row change in the same transact
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,11 @@ class AttemptsMixin(LedgerBase):
                       (status.value, ended_at, busy, started_at, exp_id, attempt))
             if metrics is not None:
                 vals = metrics.model_dump()
-                c.execute(f"UPDATE experiments SET {', '.join(f'{k}=?' for k in METRIC_FIELDS)} WHERE id=?",
-                          (*[vals[k] for k in METRIC_FIELDS], exp_id))
+                extra = metrics.model_extra or {}
+                c.execute(f"UPDATE experiments SET {', '.join(f'{k}=?' for k in METRIC_FIELDS)}, metrics_extra=? "
+                          "WHERE id=?",
+                          (*[vals[k] for k in METRIC_FIELDS], json.dumps(extra, sort_keys=True) if extra else None,
+                           exp_id))
             if started_at is not None and c.execute(   # when the runner really started (unless mark_started said)
                     "SELECT 1 FROM events WHERE experiment_id=? AND kind='started' AND detail=?",
                     (exp_id, f"attempt {attempt}")).fetchone() is None:

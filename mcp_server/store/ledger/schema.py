@@ -120,6 +120,13 @@ MIGRATIONS: list[str] = [
     UPDATE attempts SET started_at = submitted_at;
     ALTER TABLE experiments ADD COLUMN waiting_for_slot INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: a task's own metrics (domain/task.py): experiments.metrics_extra holds the summary keys
+    # beyond the fixed metric columns, as a JSON object (NULL: none); experiments.imported is 1 for
+    # history loaded from an earlier results.tsv (import-results), whose seed is unknown.
+    """
+    ALTER TABLE experiments ADD COLUMN metrics_extra TEXT;
+    ALTER TABLE experiments ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -133,7 +140,7 @@ EXP_COLUMNS = [
     "seq", "id", "description", "kind", "wave_id", "parent_id", "parent_commit", "commit_sha",
     "code_hash", "parent_code_hash", "harness_hash", "overrides", "seed", "gpu_type", "priority",
     "status", "decision", "cluster", "ran_on_gpu", "attempts", *METRIC_FIELDS, "error",
-    "log_path", "handle", "created_at", "started_at", "ended_at", "waiting_for_slot",
+    "log_path", "handle", "created_at", "started_at", "ended_at", "waiting_for_slot", "metrics_extra", "imported",
 ]
 EXP_SELECT = ", ".join(EXP_COLUMNS)
 
@@ -146,20 +153,21 @@ _STATUS = {s.value: s for s in Status}
 _DECISION = {d.value: d for d in Decision}
 
 
-def _fast_model(cls: Any, values: dict[str, Any]) -> Any:
+def _fast_model(cls: Any, values: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
     """Build a pydantic model from trusted, complete values without validation (what
     `model_construct` does, minus its per-field default handling: ~10x faster at 10k rows)."""
     obj = cls.__new__(cls)
     object.__setattr__(obj, "__dict__", values)
     object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_extra__", extra)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj
 
 
 def row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
     d = dict(zip(EXP_COLUMNS, row, strict=False))
-    metrics = _fast_model(Metrics, {k: d[k] for k in METRIC_FIELDS})
+    extra = d["metrics_extra"]
+    metrics = _fast_model(Metrics, {k: d[k] for k in METRIC_FIELDS}, json.loads(extra) if extra else {})
     decision = d["decision"]
     overrides = d["overrides"]
     return _fast_model(Experiment, {
@@ -171,7 +179,7 @@ def row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
         "decision": _DECISION[decision] if decision else None, "cluster": d["cluster"],
         "ran_on_gpu": d["ran_on_gpu"], "attempts": d["attempts"], "metrics": metrics, "error": d["error"],
         "log_path": d["log_path"], "created_at": d["created_at"], "started_at": d["started_at"],
-        "ended_at": d["ended_at"], "waiting_for_slot": bool(d["waiting_for_slot"]),
+        "ended_at": d["ended_at"], "waiting_for_slot": bool(d["waiting_for_slot"]), "imported": bool(d["imported"]),
     })
 
 

@@ -192,11 +192,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if ledger is None:
         return 1
     try:
-        tsv = ledger.export_tsv(paths.report_tsv(args.workspace))
+        from mcp_server.domain.task import load_task
+        metric = load_task(Path(args.workspace)).metric
+        tsv = ledger.export_tsv(paths.report_tsv(args.workspace), metric.name)
         exps = ledger.all_experiments()
         png = paths.report_png(args.workspace)
-        _, summary = plot.render_progress(exps, png)
-        print(analysis.leaderboard_text(analysis.leaderboard(exps, limit=20)))
+        _, summary = plot.render_progress(exps, png, metric)
+        print(analysis.leaderboard_text(analysis.leaderboard(exps, limit=20, metric=metric)))
         print(f"\n{summary}\nwrote {tsv} and {png}")
     finally:
         ledger.close()

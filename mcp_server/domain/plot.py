@@ -1,6 +1,6 @@
-"""progress.png: val_bpb per experiment in launch order, coloured by GPU type, kept experiments
-highlighted, and the running best per GPU type (results on different GPU types are not comparable,
-so each type gets its own best line). Matplotlib's Agg backend: no display needed."""
+"""progress.png: the task's metric (val_bpb by default) per experiment in launch order, coloured by
+GPU type, kept experiments highlighted, and the running best per GPU type (results on different
+GPU types are not comparable, so each type gets its own best line). Matplotlib's Agg backend: no display needed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mcp_server.domain.models import FAILED, Decision, Experiment, Status
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
+from mcp_server.domain.models import FAILED, Decision, Experiment
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 
@@ -29,8 +30,10 @@ def _launch_key(e: Experiment) -> tuple[float, int, str]:
     return (e.created_at or 0.0, int(digits) if digits else 0, e.id)
 
 
-def render_progress(experiments: list[Experiment], path: Path | None = None) -> tuple[bytes, str]:
-    """Draw the chart; write it atomically to `path` when given. Returns (PNG bytes, one-line summary)."""
+def render_progress(experiments: list[Experiment], path: Path | None = None,
+                    metric: Metric = DEFAULT_METRIC) -> tuple[bytes, str]:
+    """Draw the chart of `metric` (the task's; its direction decides the running best and the
+    label); write it atomically to `path` when given. Returns (PNG bytes, one-line summary)."""
     exps = sorted(experiments, key=_launch_key)
     types = sorted({_gpu(e) for e in exps})
     colour = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(types)}
@@ -42,13 +45,13 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
         failed_x: dict[str, list[int]] = defaultdict(list)
         kept: list[tuple[int, float]] = []
         for x, e in enumerate(exps, start=1):
-            bpb = e.metrics.val_bpb
+            bpb = metric.value(e)
             t = _gpu(e)
-            if e.status == Status.done and bpb is not None and math.isfinite(bpb):
+            if bpb is not None:
                 done_by_type[t].append((x, bpb))
                 if e.decision == Decision.keep:
                     kept.append((x, bpb))
-                if t not in best or bpb < best[t][0]:
+                if t not in best or metric.better(bpb, best[t][0]):
                     best[t] = (bpb, e.id)
             elif e.status in FAILED:
                 failed_x[t].append(x)
@@ -59,16 +62,16 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.scatter(xs, ys, s=18, color=colour[t], alpha=0.75, label=f"{t} ({len(pts)} done)", zorder=2)
-                run_x, run_y, cur = [], [], math.inf
+                run_x, run_y, cur = [], [], math.inf if metric.lower_is_better else -math.inf
                 for x, y in pts:
-                    cur = min(cur, y)
+                    cur = metric.best([cur, y])
                     run_x.append(x)
                     run_y.append(cur)
                 run_x.append(len(exps))
                 run_y.append(cur)
                 ax.step(run_x, run_y, where="post", color=colour[t], linewidth=1.6, label=f"{t} running best", zorder=3)
         if failed_x and all_bpb:
-            top = max(all_bpb)
+            top = max(all_bpb) if metric.lower_is_better else min(all_bpb)   # the worst end
             for t, fxs in failed_x.items():
                 ax.scatter(fxs, [top] * len(fxs), marker="x", color=colour[t], s=22, alpha=0.6, zorder=2)
             ax.scatter([], [], marker="x", color="grey", label="failed (drawn at top)")
@@ -79,7 +82,7 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
         if not all_bpb:
             ax.text(0.5, 0.5, "no finished experiments yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("experiment (launch order)")
-        ax.set_ylabel("val_bpb (lower is better)")
+        ax.set_ylabel(metric.describe())
         ax.set_title(f"autoresearch fleet: {len(exps)} experiments, compare within a GPU type only")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -98,5 +101,5 @@ def render_progress(experiments: list[Experiment], path: Path | None = None) -> 
         os.replace(tmp, path)
     n_done = len(all_bpb)
     bests = "; ".join(f"best on {t}: {b:.6f} ({i})" for t, (b, i) in sorted(best.items())) or "no results yet"
-    summary = f"{len(exps)} experiments, {n_done} finished with val_bpb, {len(kept)} kept; {bests}."
+    summary = f"{len(exps)} experiments, {n_done} finished with {metric.name}, {len(kept)} kept; {bests}."
     return png, summary

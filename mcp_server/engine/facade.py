@@ -312,7 +312,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         """Write results.tsv (default `<workspace>/.autoresearch/results.tsv`)."""
         if dest is None:
             self._tsv_pending = False     # before writing: a change during the export re-marks it
-        path = self.ledger.export_tsv(dest or self.results_tsv)
+        path = self.ledger.export_tsv(dest or self.results_tsv, self.metric.name)
         if dest is None:
             self._tsv_at = time.monotonic()
         return path

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.backends.base import Backend
     from mcp_server.domain.analysis import Verdict
     from mcp_server.domain.config import FleetConfig
+    from mcp_server.domain.metric import Metric
     from mcp_server.domain.models import Cluster, Experiment
     from mcp_server.engine.blockers import Blocker
     from mcp_server.engine.checks import Checks
@@ -34,6 +35,7 @@ class EngineParts:
     cache: ExperimentCache
     data: DataPreparation
     notes: list[str]
+    metric: Metric
     profile: str
     time_budget_s: float
     results_tsv: Path

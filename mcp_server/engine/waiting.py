@@ -224,10 +224,10 @@ class WaitingMixin(EngineParts):
                      "type.")))
         return out
 
-    @staticmethod
-    def _progress_message(e: Experiment) -> str:
+    def _progress_message(self, e: Experiment) -> str:
         where = f" ({e.ran_on_gpu})" if e.ran_on_gpu else ""
-        if e.status == Status.done and e.metrics.val_bpb is not None:
-            return f"{e.id} done val_bpb={e.metrics.val_bpb:.4f}{where}"
+        value = self.metric.raw(e) if e.status == Status.done else None
+        if value is not None:
+            return f"{e.id} done {self.metric.name}={value:.4f}{where}"
         reason = (e.error or "").splitlines()[0][:160] if e.error else ""
         return f"{e.id} {e.status.value}{where}" + (f": {reason}" if reason else "")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.domain import ids, limits
 from mcp_server.domain.errors import FleetError, LimitExceeded, NotFound
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
 
@@ -181,6 +182,8 @@ class ExperimentBrief(BaseModel):
     decision: str | None = Field(None, description="keep | discard once you decided.")
     gpu_type: str | None = Field(None, description="GPU type it ran on (or was requested for, while queued).")
     val_bpb: float | None = Field(None, description="Lower is better. Compare only within one GPU type.")
+    value: float | None = Field(None, description="Its value of the task's metric (the leaderboard's `metric` names "
+                                "it and its direction; the built-in task's is val_bpb).")
     num_steps: int | None = None
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; "
@@ -188,7 +191,7 @@ class ExperimentBrief(BaseModel):
     error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
 
     @classmethod
-    def of(cls, e: Experiment) -> ExperimentBrief:
+    def of(cls, e: Experiment, metric: Metric = DEFAULT_METRIC) -> ExperimentBrief:
         return cls(
             id=e.id,
             description=clip(e.description, 160),
@@ -198,6 +201,7 @@ class ExperimentBrief(BaseModel):
             decision=None if e.decision is None else Decision(e.decision).value,
             gpu_type=e.ran_on_gpu or e.gpu_type,
             val_bpb=e.metrics.val_bpb,
+            value=metric.raw(e),
             num_steps=e.metrics.num_steps,
             seed=e.seed,
             overrides=e.overrides,

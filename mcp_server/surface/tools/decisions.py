@@ -31,7 +31,7 @@ def keep_experiment(
     verdict of 'improvement' (beyond the noise floor) on the GPU type you care about."""
     kept = engine(ctx).keep(experiment_id, force=force)
     return DecisionResult(
-        experiment=ExperimentBrief.of(kept.experiment), branch=kept.branch, commit=kept.commit,
+        experiment=ExperimentBrief.of(kept.experiment, engine(ctx).metric), branch=kept.branch, commit=kept.commit,
         next_step="train.py now holds the kept code. Re-measure the baseline noise if the model changed a lot, "
         "then launch the next wave from it.",
     )
@@ -42,7 +42,7 @@ def discard_experiment(ctx: Context, experiment_id: ExperimentId) -> DecisionRes
     """Record that a finished experiment is not adopted (the branch and train.py do not move; the
     result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
     discarded = engine(ctx).discard(experiment_id)
-    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment),
+    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment, engine(ctx).metric),
                           next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")
 
 

@@ -105,7 +105,7 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
     if len(wave.experiment_ids) > MAX_LISTED:
         hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
-                      experiments=[ExperimentBrief.of(e) for e in listed],
+                      experiments=[ExperimentBrief.of(e, eng.metric) for e in listed],
                       experiment_count=len(wave.experiment_ids), next_step=hint)
 
 
@@ -177,7 +177,7 @@ def launch_experiment(
     )
     # replicates form a wave whose design records whether the server chose their GPU type
     chosen = _chosen_type(eng.get_wave(exps[0].wave_id).design) if exps[0].wave_id else ""
-    return LaunchResult(experiments=[ExperimentBrief.of(e) for e in exps],
+    return LaunchResult(experiments=[ExperimentBrief.of(e, eng.metric) for e in exps],
                         next_step=chosen + _wait_hint([e.id for e in exps]))
 
 
@@ -292,7 +292,7 @@ async def wait_for_experiments(
         where = f"wave_id='{wave_id}', " if wave_id else ""
         hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
                  f"them all; {Tool.FETCH_RESULTS}({where}status='done') pages through them.")
-    return WaitResult(finished=[ExperimentBrief.of(e) for e in rows],
+    return WaitResult(finished=[ExperimentBrief.of(e, eng.metric) for e in rows],
                       verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
                       finished_count=len(res.finished), omitted=omitted,
                       still_running=res.still_running, timed_out=res.timed_out,
@@ -318,7 +318,8 @@ def cancel_experiments(
         raise ToolError(f"{Tool.CANCEL_EXPERIMENTS} needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
     done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
-    return CancelResult(cancelled=[ExperimentBrief.of(e) for e in done[:MAX_LISTED]], cancelled_count=len(done),
+    return CancelResult(cancelled=[ExperimentBrief.of(e, engine(ctx).metric) for e in done[:MAX_LISTED]],
+                        cancelled_count=len(done),
                         next_step=f"Their clusters are free for the next launch; "
                         f"{Tool.FETCH_RESULTS}(status='cancelled') lists them.")
 

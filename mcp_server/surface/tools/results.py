@@ -116,7 +116,8 @@ def fetch_results(
         hint = f"{total - nxt} more: call {Tool.FETCH_RESULTS}(offset={nxt}{args}, limit={limit})."
     else:
         hint = "End of results." if total else f"No experiments match. {Tool.LAUNCH_EXPERIMENT} starts one."
-    return ResultsPage(experiments=[ExperimentBrief.of(e) for e in exps], total=total, offset=offset,
+    metric = engine(ctx).metric
+    return ResultsPage(experiments=[ExperimentBrief.of(e, metric) for e in exps], total=total, offset=offset,
                        next_offset=nxt, next_step=hint)
 
 
@@ -152,7 +153,7 @@ def plot_progress(ctx: Context) -> list[TextContent | Image]:
         if not page or len(exps) >= total:
             break
     path = fleet(ctx).config.workspace / "progress.png"
-    png, summary = plot.render_progress(exps, path)
+    png, summary = plot.render_progress(exps, path, eng.metric)
     return [TextContent(type="text", text=f"{summary} Written to {path}."), Image(data=png, format="png")]
 
 

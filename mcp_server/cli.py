@@ -4,6 +4,8 @@
     autoresearch-fleet demo  [--workspace DIR] [--time-budget S]
     autoresearch-fleet status [--workspace DIR]
     autoresearch-fleet report [--workspace DIR]
+    autoresearch-fleet init PATH                      (write an existing repo's autoresearch.toml)
+    autoresearch-fleet import-results FILE --workspace DIR --gpu-type TYPE   (earlier results as history)
 
 In stdio mode nothing but the MCP protocol goes to stdout: logs go to stderr.
 """
@@ -74,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     _session_args(status)
     report = sub.add_parser("report", help=f"write results.tsv and progress.png, print the {Tool.LEADERBOARD}")
     _session_args(report)
+    init = sub.add_parser("init", help="write the task description (autoresearch.toml) of an existing repo, "
+                                       "deciding everything from what is there (asks nothing)")
+    init.add_argument("path", type=Path, help="the repository (karpathy's layout: train.py, prepare.py)")
+    imp = sub.add_parser("import-results", help="load an earlier results.tsv into the ledger as history")
+    imp.add_argument("results", type=Path, help="the results.tsv (karpathy's columns, or any with commit, "
+                                                "<metric>, status, description)")
+    _session_args(imp)
+    imp.add_argument("--gpu-type", required=True, help="the GPU type the imported runs ran on, e.g. H100")
     return parser
 
 
@@ -217,7 +227,31 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command in ("init", "import-results"):
+        return cmd_adopt(args)
     return 2
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """`init` and `import-results`: one line per decision; a refusal is one line on stderr."""
+    from mcp_server.engine import adoption
+
+    try:
+        if args.command == "init":
+            task, why, written = adoption.init_task(args.path)
+            print(f"{'wrote' if written else 'kept'} {task.source}:")
+            for line in why:
+                print(f"  {line}")
+            print(f"next: autoresearch-fleet serve --workspace {args.path}")
+        else:
+            metric, new, old = adoption.import_results(args.results, args.workspace, args.gpu_type, args.tag)
+            print(f"imported {new} row(s) of {args.results} (metric {metric}, GPU type {args.gpu_type}); "
+                  f"{old} already imported before. They show on the {Tool.LEADERBOARD} as history, marked "
+                  "imported, and never count as a noise estimate.")
+    except FleetError as exc:
+        print(f"autoresearch-fleet: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

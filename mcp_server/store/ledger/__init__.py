@@ -27,7 +27,8 @@ The package, one concern per module (each layer only uses those above it in this
 * `records`: meta, clusters, experiments, waves, decisions, events;
 * `attempts`: the state machine of an attempt (begin / started / handle / finish / lose / cancel);
 * `accounting`: GPU-hours, cost, measured throughput;
-* `export`: results.tsv.
+* `export`: results.tsv;
+* `imports`: history from an earlier results.tsv (import-results).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from mcp_server.store.ledger.accounting import AccountingMixin
 from mcp_server.store.ledger.attempts import AttemptsMixin
 from mcp_server.store.ledger.connection import ChangeListener
 from mcp_server.store.ledger.export import TSV_COLUMNS, ExportMixin
+from mcp_server.store.ledger.imports import ImportMixin
 from mcp_server.store.ledger.records import RecordsMixin
 from mcp_server.store.ledger.schema import EVENT_KINDS, METRIC_FIELDS, MIGRATIONS, SCHEMA_VERSION, LedgerError
 
 
-class Ledger(RecordsMixin, AttemptsMixin, AccountingMixin, ExportMixin):
+class Ledger(RecordsMixin, AttemptsMixin, AccountingMixin, ExportMixin, ImportMixin):
     """The SQLite ledger of one research workspace. Safe to share between threads."""
 
 

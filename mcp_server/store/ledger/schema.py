@@ -122,10 +122,13 @@ MIGRATIONS: list[str] = [
     """,
     # 3: a task's own metrics (domain/task.py): experiments.metrics_extra holds the summary keys
     # beyond the fixed metric columns, as a JSON object (NULL: none); experiments.imported is 1 for
-    # history loaded from an earlier results.tsv (import-results), whose seed is unknown.
+    # history loaded from an earlier results.tsv (import-results), whose seed is unknown;
+    # experiments.import_key identifies such a row in its file (re-importing adds nothing).
     """
     ALTER TABLE experiments ADD COLUMN metrics_extra TEXT;
     ALTER TABLE experiments ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE experiments ADD COLUMN import_key TEXT;
+    CREATE UNIQUE INDEX experiments_import_key ON experiments(import_key) WHERE import_key IS NOT NULL;
     """,
 ]
 
@@ -133,7 +136,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 EVENT_KINDS = frozenset({
     "queued", "submitted", "started", "finished", "lost", "requeued", "cancelled", "kept",
-    "discarded", "timeout", "submit_failed", "recovered", "note",
+    "discarded", "timeout", "submit_failed", "recovered", "note", "imported",
 })
 
 EXP_COLUMNS = [

@@ -6,7 +6,7 @@ The description is `autoresearch.toml` at the workspace root:
 
     edit = "train.py"                       # the file the agent edits (only train.py for now)
     harness = ["prepare.py"]                # files whose sha256 every run checks (one or more)
-    prepare = ["python", "prepare.py"]      # run once per slot/cluster before the first run
+    prepare = ["python", "prepare.py"]      # run once per slot/cluster before the first run ([] = none)
     run = ["python", "train.py"]            # one run; "python" is the slot's interpreter
     [metric]
     name = "val_bpb"
@@ -85,7 +85,7 @@ class Task(BaseModel):
     edit: str = SUPPORTED_EDIT
     harness: list[str] = Field(default_factory=lambda: ["prepare.py"], min_length=1, max_length=MAX_HARNESS_FILES)
     metric_spec: TaskMetric = Field(default_factory=TaskMetric, alias="metric")
-    prepare: Argv | None = Field(default_factory=lambda: ["python", "prepare.py"])
+    prepare: list[str] | None = Field(default_factory=lambda: ["python", "prepare.py"], max_length=MAX_ARGV)
     run: Argv = Field(default_factory=lambda: ["python", "train.py"])
     budget: dict[str, float] | None = None
     source: str | None = Field(None, description="Where it was read from (None: the built-in default).")
@@ -112,8 +112,8 @@ class Task(BaseModel):
     @field_validator("prepare", "run")
     @classmethod
     def _argv(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
+        if v is None or v == []:
+            return None      # `prepare = []`: the task needs no preparation
         bad = [a for a in v if not isinstance(a, str) or not a or len(a) > MAX_ARG_CHARS or "\0" in a]
         if bad:
             raise ValueError(f"command arguments must be non-empty strings of at most {MAX_ARG_CHARS} characters; "

@@ -22,6 +22,7 @@ from mcp_server.backends.skypilot.staging import stage_run
 from mcp_server.domain import paths
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import InvalidInput
+from mcp_server.domain.task import load_task
 
 DEFAULT_PREFIX = "arf"
 
@@ -98,7 +99,9 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
 
     def launch_task_config(self, gpu_type: str | None, workdir: Path) -> dict[str, Any]:
         """The YAML as launched: pinned GPU type, infra from config, profile/cache envs, workdir."""
-        return sky_task.launch_task_config(self.task_config(), self.config, gpu_type, workdir)
+        task = load_task(self.workspace)
+        prepare: list[str] | None | bool = True if task.is_default else task.prepare
+        return sky_task.launch_task_config(self.task_config(), self.config, gpu_type, workdir, prepare)
 
     def _yaml_envs(self) -> dict[str, str]:
         return sky_task.yaml_envs(self.task_config())

@@ -17,6 +17,7 @@ from mcp_server.backends.skypilot.joblog import SKY_JOB_LOG
 from mcp_server.backends.skypilot.task import RUNS_SUBDIR
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import Conflict, InvalidInput
+from mcp_server.domain.task import load_task
 from mcp_server.runtime import runner
 
 RUNNER_SOURCE = Path(runner.__file__).resolve()
@@ -25,13 +26,25 @@ MAX_STAGE_BYTES = 64 << 20
 
 
 def stage_prepare(state_dir: Path, workspace: Path, config: FleetConfig) -> Path:
-    """A clean launch workdir: prepare.py (the harness the setup runs) and nothing else."""
-    src = workspace / "prepare.py"
-    if not src.is_file():
-        src = Path(config.template_dir) / "prepare.py"
+    """A clean launch workdir: the harness the setup runs and nothing else: prepare.py for the
+    built-in task; every harness file of a task with its own description (domain/task.py)."""
+    task = load_task(workspace)
     stage = state_dir / "stage" / f"launch-{uuid.uuid4().hex[:8]}"
+    if task.is_default:
+        src = workspace / "prepare.py"
+        if not src.is_file():
+            src = Path(config.template_dir) / "prepare.py"
+        stage.mkdir(parents=True)
+        shutil.copyfile(src, stage / "prepare.py")
+        return stage
+    missing = [n for n in task.harness if not (workspace / n).is_file()]
+    if missing:
+        raise InvalidInput(f"the task's harness files {', '.join(missing)} are missing from {workspace}; "
+                           "restore them (git checkout -- <file>) before provisioning")
     stage.mkdir(parents=True)
-    shutil.copyfile(src, stage / "prepare.py")
+    for name in task.harness:
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(workspace / name, stage / name)
     return stage
 
 

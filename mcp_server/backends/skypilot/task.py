@@ -104,10 +104,38 @@ def pin_accelerators(resources: dict[str, Any], gpu_type: str) -> dict[str, Any]
     return out
 
 
+#: the template YAML's preparation line (its setup's last step), replaced by a task's own command
+TEMPLATE_PREPARE_LINE = '"$PY" prepare.py'
+
+
+def setup_with_prepare(setup: str | None, prepare: list[str] | None) -> str:
+    """The YAML's setup with the template's preparation line replaced by a task's own command
+    (each argument quoted; "python" is the setup's interpreter), or removed when the task has
+    none; appended when the YAML has no such line."""
+    command = "" if not prepare else " ".join(
+        ['"$PY"' if i == 0 and a == "python" else shlex.quote(a) for i, a in enumerate(prepare)])
+    lines = (setup or "").splitlines()
+    out, replaced = [], False
+    for line in lines:
+        if line.strip() == TEMPLATE_PREPARE_LINE:
+            replaced = True
+            if command:
+                out.append(line[: len(line) - len(line.lstrip())] + command)
+            continue
+        out.append(line)
+    if not replaced and command:
+        out += ['PY=$(cat ~/.arf/python 2>/dev/null || command -v python3)', command]
+    return "\n".join(out) + "\n"
+
+
 def launch_task_config(task: dict[str, Any], config: FleetConfig, gpu_type: str | None,
-                       workdir: Path) -> dict[str, Any]:
-    """The YAML as launched: pinned GPU type, infra from config, profile/cache envs, workdir."""
+                       workdir: Path, prepare: list[str] | None | bool = True) -> dict[str, Any]:
+    """The YAML as launched: pinned GPU type, infra from config, profile/cache envs, workdir.
+    `prepare`: True = the YAML's setup as it is (the built-in task); else a task's own preparation
+    command (None: it has none), which replaces the template's `"$PY" prepare.py` line."""
     cfg = copy.deepcopy(task)
+    if prepare is not True:
+        cfg["setup"] = setup_with_prepare(cfg.get("setup"), prepare or None)
     res = dict(cfg.get("resources") or {})
     if gpu_type is not None:
         if not _GPU_RE.match(gpu_type):

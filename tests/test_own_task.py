@@ -138,3 +138,12 @@ def test_runner_rejects_a_change_to_any_harness_file(tmp_path: Path) -> None:
         result = json.loads((d / "result.json").read_text())
         assert result["status"] == "rejected" and f"{changed} was modified" in result["error"]
         assert not (d / "started").exists()
+
+
+async def test_tool_descriptions_name_the_tasks_metric(tmp_path: Path) -> None:
+    repo = digits_repo(tmp_path / "digits")
+    async with stdio_session(serve_args(repo, tmp_path / "cache"), tmp_path / "server.log") as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert "ranked by val_accuracy" in (tools["leaderboard"].description or "")
+    assert "A chart of val_accuracy" in (tools["plot_progress"].description or "")
+    assert not any("val_bpb" in (t.description or "") for t in tools.values())

@@ -94,7 +94,7 @@ class Experiment(BaseModel):
     waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
                                    "it starts (and costs GPU time) when that one ends.")
     imported: bool = Field(False, description="History loaded from an earlier results.tsv (import-results): "
-                           "shown on the leaderboard, never used as a noise estimate; its seed is unknown.")
+                           "ranked with the rest, never used as a noise estimate; its seed is unknown.")
 
 
 class Wave(BaseModel):

@@ -3,20 +3,24 @@ as the tools in `mcp_server/tools/`. Transport-agnostic; `cli.py` picks stdio or
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, Icon, TextContent, ToolAnnotations
 from pydantic import ValidationError
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import FleetError
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
+from mcp_server.domain.task import load_task
 from mcp_server.domain.tool_names import Tool
 from mcp_server.surface.tools import register_all
 from mcp_server.surface.tools.common import FleetContext
@@ -53,10 +57,32 @@ def _describe_validation(tool: str, exc: ValidationError, schema: dict[str, Any]
             + f"\nNothing was changed. Fix these and call {tool} again.")
 
 
+def for_metric(text: str, metric: Metric) -> str:
+    """A text written for the built-in task's val_bpb (lower is better), said of the task's metric."""
+    if metric == DEFAULT_METRIC:
+        return text
+    text = text.replace("val_bpb (lower is better)", metric.describe())
+    text = text.replace("lower is better", f"{metric.direction} is better")
+    return text.replace("val_bpb", metric.name)
+
+
 class FleetServer(MCPServer[FleetContext]):
     """MCPServer whose argument errors tell the model what to fix: unknown tools list the valid
     ones, unknown argument names list the valid ones, and validation errors quote the field's
-    description. Nothing reaches a tool function until its arguments are valid."""
+    description. Nothing reaches a tool function until its arguments are valid. Tool descriptions
+    name the task's metric (`metric`: the workspace's, read when the server is built)."""
+
+    metric: Metric = DEFAULT_METRIC
+
+    def add_tool(self, fn: Callable[..., Any], name: str | None = None, title: str | None = None,
+                 description: str | None = None, annotations: ToolAnnotations | None = None,
+                 icons: list[Icon] | None = None, meta: dict[str, Any] | None = None,
+                 structured_output: bool | None = None) -> None:
+        if self.metric != DEFAULT_METRIC:     # (the built-in task's descriptions stay exactly the SDK's)
+            text = description or inspect.getdoc(fn) or ""
+            description = for_metric(text, self.metric) if text else None
+        super().add_tool(fn, name=name, title=title, description=description,
+                         annotations=annotations, icons=icons, meta=meta, structured_output=structured_output)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         schema = self._tool_input_schema(name)
@@ -123,8 +149,10 @@ def build_server(config: FleetConfig, engine_factory: EngineFactory = _default_e
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(engine.close)
 
-    server = FleetServer(SERVER_NAME, title="autoresearch fleet", instructions=INSTRUCTIONS,
+    metric = load_task(Path(config.workspace).expanduser()).metric   # (a bad description: refused here)
+    server = FleetServer(SERVER_NAME, title="autoresearch fleet", instructions=for_metric(INSTRUCTIONS, metric),
                          version=_version(), lifespan=lifespan)
+    server.metric = metric
     register_all(server)
     return server
 

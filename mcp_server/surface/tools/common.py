@@ -182,8 +182,8 @@ class ExperimentBrief(BaseModel):
     decision: str | None = Field(None, description="keep | discard once you decided.")
     gpu_type: str | None = Field(None, description="GPU type it ran on (or was requested for, while queued).")
     val_bpb: float | None = Field(None, description="Lower is better. Compare only within one GPU type.")
-    value: float | None = Field(None, description="Its value of the task's metric (the leaderboard's `metric` names "
-                                "it and its direction; the built-in task's is val_bpb).")
+    value: float | None = Field(None, description=f"Its value of the task's metric (the {Tool.LEADERBOARD}'s "
+                                "`metric` names it and its direction; the built-in task's is val_bpb).")
     num_steps: int | None = None
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; "

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from mcp_server.domain import limits
 from mcp_server.domain.analysis import Verdict
-from mcp_server.domain.models import Experiment, Status, Wave
+from mcp_server.domain.metric import DEFAULT_METRIC, Metric
+from mcp_server.domain.models import Experiment, Wave
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import Progress
 from mcp_server.engine.blockers import Blocker
@@ -116,19 +117,14 @@ def _chosen_type(design: dict[str, Any]) -> str:
             "so they compare with each other and measure that type's noise. ")
 
 
-def _val_bpb(e: Experiment) -> float:
-    assert e.metrics.val_bpb is not None  # a sort key only for experiments filtered on having one
-    return e.metrics.val_bpb
-
-
-def _pick_rows(finished: list[Experiment]) -> list[Experiment]:
-    """All of them when few; else every failure (up to a third) and the best by val_bpb."""
+def _pick_rows(finished: list[Experiment], metric: Metric = DEFAULT_METRIC) -> list[Experiment]:
+    """All of them when few; else every failure (up to a third) and the best by the task's metric."""
     if len(finished) <= MAX_WAIT_ROWS:
         return finished
-    failed = [e for e in finished if e.status != Status.done or e.metrics.val_bpb is None][: MAX_WAIT_ROWS // 3]
+    failed = [e for e in finished if metric.value(e) is None][: MAX_WAIT_ROWS // 3]
     failed_ids = {e.id for e in failed}
-    done = sorted((e for e in finished if e.id not in failed_ids and e.metrics.val_bpb is not None),
-                  key=_val_bpb)
+    done = sorted((e for e in finished if e.id not in failed_ids and metric.value(e) is not None),
+                  key=lambda e: metric.sort_key(metric.value(e)))  # type: ignore[arg-type]
     keep = failed_ids | {e.id for e in done[: MAX_WAIT_ROWS - len(failed)]}
     return [e for e in finished if e.id in keep]
 
@@ -260,7 +256,7 @@ async def wait_for_experiments(
         abandon_on_cancel=True,
     )
     waited = round(time.monotonic() - t0, 1)
-    rows = _pick_rows(res.finished)
+    rows = _pick_rows(res.finished, eng.metric)
     shown = {e.id for e in rows}
     omitted = len(res.finished) - len(rows)
     if res.interrupted:

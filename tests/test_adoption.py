@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mcp_harness import REPO, git, ledger_experiments
 from own_tasks import karpathy_repo, make_repo
 
@@ -115,3 +116,25 @@ def test_a_malformed_results_tsv_is_refused_with_its_line_and_nothing_imported(t
     out = cli("import-results", str(short), "--workspace", str(repo), "--gpu-type", "H100")
     assert out.returncode == 1 and "line 2" in out.stderr
     assert ledger_experiments(repo) == {}
+
+
+@pytest.mark.anyio
+async def test_serve_before_init_is_told_to_init_and_init_then_serve_runs_the_task(tmp_path: Path) -> None:
+    """A karpathy repo served as it is: the budget status says to describe it first; after `init`,
+    the next start pins the task's harness (nothing ran yet) and a baseline finishes."""
+    from mcp_harness import ok, serve_args, stdio_session
+
+    repo = karpathy_repo(tmp_path / "theirs", with_toml=False)
+    cache = tmp_path / "cache"
+    async with stdio_session(serve_args(repo, cache), tmp_path / "server.log") as client:
+        budget = await ok(client, "budget_status")
+        assert any("autoresearch-fleet init" in n for n in budget["notes"]), budget["notes"]
+    assert cli("init", str(repo)).returncode == 0
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text().replace(
+        'harness = ["prepare.py"]', 'harness = ["prepare.py", "utils.py"]'))
+    async with stdio_session(serve_args(repo, cache), tmp_path / "server.log") as client:
+        base = await ok(client, "launch_experiment", {"description": "baseline"})
+        out = await ok(client, "wait_for_experiments", {"experiment_ids": [base["experiments"][0]["id"]],
+                                                        "timeout_s": 300})
+        assert out["finished"][0]["status"] == "done", out["finished"][0]
+        assert out["finished"][0]["value"] is not None

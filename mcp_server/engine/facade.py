@@ -45,11 +45,11 @@ from typing import Any
 from mcp_server.backends.base import Backend
 from mcp_server.domain import paths
 from mcp_server.domain.config import FleetConfig
-from mcp_server.domain.errors import Conflict, InvalidInput
+from mcp_server.domain.errors import Conflict, FleetError, InvalidInput
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.domain.profiles import DEFAULT_BUDGETS_S, budgets_from_harness
-from mcp_server.domain.task import Task, load_task
+from mcp_server.domain.task import TASK_FILE, Task, load_task
 from mcp_server.engine.checks import Checks
 from mcp_server.engine.clusters import ClustersMixin
 from mcp_server.engine.data_prep import DataPreparation
@@ -102,15 +102,30 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             self.harness_files = {n: self.workspace.harness_hash_at(head, n) for n in self.task.harness}
             template_hash = task_harness_pin(self.harness_files)
             own = self.workspace.path / "prepare.py"
-            budgets = (dict(self.task.budget) if self.task.budget
-                       else budgets_from_harness(own) if own.is_file() else dict(DEFAULT_BUDGETS_S))
+            budgets = budgets_from_harness(own) if own.is_file() else dict(DEFAULT_BUDGETS_S)
+            budgets.update(self.task.budget or {})
         profile = config.profile or self._detect_profile()
         if profile not in budgets:
             raise InvalidInput(f"profile must be one of {sorted(budgets)} (or omitted), got {profile!r}.")
         meta = self.ledger.init_session(harness_hash=template_hash, profile=profile, tag=config.tag,
                                         backend=self.backend.name)
         self.notes: list[str] = []
+        if (meta["harness_hash"] != template_hash and not self.task.is_default
+                and self.ledger.max_experiment_seq() == 0):
+            # described (autoresearch-fleet init) after a first start that ran nothing: pin this task's harness
+            self.ledger.set_meta("harness_hash", template_hash)
+            meta["harness_hash"] = template_hash
         self.harness_hash = meta["harness_hash"]
+        if self.task.is_default:
+            try:
+                own_prepare = self.workspace.harness_hash_at(self.workspace.head_commit())
+            except FleetError:
+                own_prepare = template_hash
+            if own_prepare != template_hash:
+                self.notes.append(
+                    f"This workspace's prepare.py is not the built-in template's and it has no {TASK_FILE}, so runs "
+                    f"are checked against the template's harness and rejected: describe its task first with "
+                    f"`autoresearch-fleet init {self.workspace.path}` (docs/task.md), then restart the server.")
         if self.harness_hash != template_hash and not self.task.is_default:
             self.notes.append(
                 f"The task's harness ({', '.join(self.task.harness)}: pin {template_hash[:12]}) differs from the one "

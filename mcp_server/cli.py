@@ -183,12 +183,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"clusters {len(clusters)}: " + ", ".join(f"{c.name} ({c.gpu_type}, {c.state})" for c in clusters))
         print(f"GPU-hours {usage['gpu_hours'] + usage['gpu_hours_in_flight']:.3f}, "
               f"est. cost ${usage['cost_usd'] + usage['cost_usd_in_flight']:.2f}")
-        board = analysis.leaderboard(exps, limit=1)
+        from mcp_server.domain.task import load_task
+        metric = load_task(Path(args.workspace)).metric
+        board = analysis.leaderboard(exps, limit=1, metric=metric)
         for gpu, rows in board.by_gpu_type.items():
             if rows:
                 r = rows[0]
                 noise = board.noise_floor.get(gpu)
-                print(f"best on {gpu}: {r.val_bpb:.6f} over {r.seeds} seed(s), {r.experiment_id} ({r.description}); "
+                named = "" if metric.name == "val_bpb" else f"{metric.name} "
+                print(f"best on {gpu}: {named}{r.val_bpb:.6f} over {r.seeds} seed(s), {r.experiment_id} "
+                      f"({r.description}); "
                       f"noise floor {'n/a' if noise is None else f'{noise:.5f}'}")
     finally:
         ledger.close()

@@ -149,8 +149,7 @@ class Task(BaseModel):
             f"edit = {_q(self.edit)}",
             f"harness = {arr(self.harness)}",
         ]
-        if self.prepare is not None:
-            lines.append(f"prepare = {arr(self.prepare)}")
+        lines.append(f"prepare = {arr(self.prepare or [])}" + ("" if self.prepare else "   # none"))
         lines += [f"run = {arr(self.run)}", "", "[metric]", f"name = {_q(self.metric_spec.name)}",
                   f"direction = {_q(self.metric_spec.direction)}"]
         if self.budget:

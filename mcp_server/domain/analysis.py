@@ -110,13 +110,14 @@ class _Group:
     """Finished runs of one code on one GPU type. Statistics are computed once, on demand, and
     again only after a member is added or removed."""
 
-    __slots__ = ("gpu", "code_hash", "members", "values", "n_kept", "n_discarded", "first", "_first_key", "_stats")
+    __slots__ = ("gpu", "code_hash", "members", "values", "n_kept", "n_discarded", "n_imported", "first", "_first_key",
+                 "_stats")
 
     def __init__(self, gpu: str, code_hash: str | None) -> None:
         self.gpu, self.code_hash = gpu, code_hash
         self.members: list[Experiment] = []
         self.values: list[float] = []
-        self.n_kept = self.n_discarded = 0
+        self.n_kept = self.n_discarded = self.n_imported = 0
         self.first: Experiment | None = None  # earliest created member: the group's face
         self._first_key: tuple[float, str] | None = None
         self._stats: tuple[float, float] | None = None
@@ -127,6 +128,7 @@ class _Group:
             self.first, self._first_key = e, key
         self.members.append(e)
         self.values.append(value)
+        self.n_imported += e.imported
         if e.decision == Decision.keep:
             self.n_kept += 1
         elif e.decision == Decision.discard:
@@ -137,6 +139,7 @@ class _Group:
         i = next(i for i, m in enumerate(self.members) if m.id == exp_id)
         m = self.members.pop(i)
         del self.values[i]
+        self.n_imported -= m.imported
         if m.decision == Decision.keep:
             self.n_kept -= 1
         elif m.decision == Decision.discard:
@@ -185,7 +188,7 @@ class _Group:
     def noise_sq_dev(self) -> tuple[float, int]:
         """Squared deviations from the mean and degrees of freedom over the members measured here
         (imported history has unknown seeds: it never counts as a noise estimate)."""
-        if not any(m.imported for m in self.members):
+        if not self.n_imported:
             return self.sq_dev(), self.n - 1
         vals = [v for m, v in zip(self.members, self.values, strict=True) if not m.imported]
         if len(vals) < 2:
@@ -529,7 +532,7 @@ class Index:
         live = self._live
         if live:
             notes.append(f"{live} experiment{'s are' if live != 1 else ' is'} still queued or running.")
-        if any(m.imported for gs in self._by_gpu.values() for g in gs.values() for m in g.members):
+        if any(g.n_imported for gpu in types for g in self._by_gpu[gpu].values()):
             notes.append("Rows include imported history (import-results): seeds unknown, "
                          "never used as a noise estimate.")
         return Leaderboard(by_gpu_type=table, noise_floor=noise_floor_by_type, notes=notes, reference=reference_ids,

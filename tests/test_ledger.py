@@ -12,6 +12,7 @@ import pytest
 
 from mcp_server.domain.ids import format_exp_id
 from mcp_server.domain.models import Cluster, Decision, Experiment, Metrics, Status, Wave
+from mcp_server.domain.results_import import parse_results_tsv
 from mcp_server.store.ledger import MIGRATIONS, SCHEMA_VERSION, TSV_COLUMNS, Ledger, LedgerError
 
 
@@ -265,6 +266,9 @@ def _every_write(ledger: Ledger, tmp_path) -> list[tuple[str, object]]:
         ("add_event", lambda: ledger.add_event("e0004", "note", "hello")),
         ("begin_attempt (crash)", lambda: ledger.begin_attempt("e0005", 1, "c", "H100", 1, 2.0, run)),
         ("finish_attempt (crash)", lambda: ledger.finish_attempt("e0005", 1, Status.crash, error="boom")),
+        ("import_history", lambda: ledger.import_history(
+            parse_results_tsv("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc1234\t0.99\t1.0\tkeep\told\n")[1],
+            "val_bpb", "H100", lambda _c: None)),
     ]
 
 

@@ -122,9 +122,10 @@ def test_ledger_at_previous_version_opens_and_upgrades(tmp_path):
 
     lg = Ledger(path)
     try:
-        assert lg.schema_version == SCHEMA_VERSION == 2
+        assert lg.schema_version == SCHEMA_VERSION == 3     # 3: metrics_extra, imported (the own-task issue)
         e = lg.get("e0001")
         assert e.status == Status.running and not e.waiting_for_slot and e.started_at == pytest.approx(now - 3600)
+        assert not e.imported and e.metrics.model_extra == {}
         # an attempt opened before the upgrade counts from its submission, as it did
         assert lg.attempts("e0001")[0]["started_at"] == pytest.approx(now - 3600)
         assert lg.usage()["gpu_hours_in_flight"] == pytest.approx(1.0, abs=0.01)

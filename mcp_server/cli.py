@@ -4,6 +4,7 @@
     autoresearch-fleet demo  [--workspace DIR] [--time-budget S]
     autoresearch-fleet status [--workspace DIR]
     autoresearch-fleet report [--workspace DIR]
+    autoresearch-fleet dashboard [--workspace DIR] [--port P]   (read-only, http://127.0.0.1:P/dashboard)
 
 In stdio mode nothing but the MCP protocol goes to stdout: logs go to stderr.
 """
@@ -21,6 +22,7 @@ from mcp_server.domain.errors import FleetError
 from mcp_server.domain.tool_names import Tool
 
 DEFAULT_HTTP_PORT = 8765
+DEFAULT_DASHBOARD_PORT = 8766
 
 
 def _tiers(text: str) -> list[str]:
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     _session_args(status)
     report = sub.add_parser("report", help=f"write results.tsv and progress.png, print the {Tool.LEADERBOARD}")
     _session_args(report)
+    dash = sub.add_parser("dashboard", help="a read-only live dashboard of a workspace in the browser (loopback)")
+    _session_args(dash)
+    dash.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dash.add_argument("--gpu-hour-budget", type=float, default=None, help="shown against the GPU-hours spent")
     return parser
 
 
@@ -203,6 +209,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard of a workspace on loopback, reading its ledger (no workspace lock: a
+    server may be running the session at the same time)."""
+    setup_logging("WARNING")
+    import uvicorn
+
+    from mcp_server.surface.dashboard import DashboardData, standalone_app
+
+    ledger = _open_ledger(args.workspace)
+    if ledger is None:
+        return 1
+    data = DashboardData(ledger, args.workspace, gpu_hour_budget=args.gpu_hour_budget)
+    print(f"dashboard of {args.workspace} at http://127.0.0.1:{args.port}/dashboard (read-only; Ctrl-C stops it)",
+          file=sys.stderr)
+    try:
+        uvicorn.run(standalone_app(data), host="127.0.0.1", port=args.port, log_level="warning")
+    finally:
+        ledger.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -215,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     return 2
 
 

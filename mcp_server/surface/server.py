@@ -58,6 +58,9 @@ class FleetServer(MCPServer[FleetContext]):
     ones, unknown argument names list the valid ones, and validation errors quote the field's
     description. Nothing reaches a tool function until its arguments are valid."""
 
+    #: the running engine (set by the lifespan while it runs): the HTTP dashboard reads through it
+    engine: Any = None
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         schema = self._tool_input_schema(name)
         if schema is None:
@@ -116,9 +119,11 @@ def build_server(config: FleetConfig, engine_factory: EngineFactory = _default_e
             await anyio.to_thread.run_sync(engine.close)
             raise
         log.info("engine started")
+        server.engine = engine          # the HTTP transport's dashboard reads through it
         try:
             yield FleetContext(engine=engine, config=config)
         finally:
+            server.engine = None
             log.info("closing engine")
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(engine.close)

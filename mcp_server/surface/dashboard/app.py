@@ -7,6 +7,8 @@ CDN, no network)."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -32,6 +34,24 @@ def _static(name: str) -> bytes:
     return resources.files("mcp_server.surface.dashboard").joinpath("static", name).read_bytes()
 
 
+def _json(answer: Any) -> bytes:
+    """Strict JSON (a NaN or infinity, which browsers cannot parse, becomes null)."""
+    try:
+        return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(answer), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _int(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -52,13 +72,22 @@ def routes(get_data: Callable[[], DashboardData | None], prefix: str = PREFIX) -
     server is still starting: the endpoints then answer 503)."""
 
     def api(build: Callable[[DashboardData, Request], Any]) -> Callable[[Request], Response]:
+        last: dict[str, tuple[Any, bytes]] = {}     # url -> (answer, its JSON): an unchanged answer is not re-encoded
+
         def endpoint(request: Request) -> Response:
             data = get_data()
             if data is None:
                 return JSONResponse({"error": "starting", "detail": "the engine is starting; retry in a moment"},
                                     status_code=503, headers=_HEADERS)
             try:
-                return JSONResponse(build(data, request), headers=_HEADERS)
+                answer = build(data, request)
+                url = str(request.url)
+                hit = last.get(url)
+                if hit is None or hit[0] is not answer:
+                    if len(last) > 128:
+                        last.clear()
+                    hit = last[url] = (answer, _json(answer))
+                return Response(hit[1], media_type="application/json", headers=_HEADERS)
             except NotFound as exc:
                 return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404, headers=_HEADERS)
             except FleetError as exc:

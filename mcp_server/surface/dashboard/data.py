@@ -17,6 +17,8 @@ clusters' last update), so repeated polls of an idle ledger cost one indexed que
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import math
 import re
 import threading
@@ -29,10 +31,11 @@ from typing import Any
 from mcp_server.domain import analysis
 from mcp_server.domain.errors import InvalidInput, NotFound
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
-from mcp_server.domain.models import FAILED, LIVE, Decision, Experiment, Status
+from mcp_server.domain.models import FAILED, LIVE, Decision, Experiment, Metrics, Status
 from mcp_server.engine.experiment_cache import ExperimentCache
 from mcp_server.store.ledger import Ledger
 
+log = logging.getLogger("autoresearch.dashboard")
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _ID = re.compile(r"^[a-z]\d{1,9}$")
 #: the note every per-GPU-type section carries
@@ -43,6 +46,21 @@ SORT_KEYS = ("seq", "id", "status", "gpu", "value", "seed", "wave", "decision", 
 
 def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _value_fn(metric: Metric) -> Callable[[Experiment], float | None]:
+    """`metric.value`, without its generality when the metric is a declared field of `Metrics`
+    (the same answer: a finite number of a done run, else None), for loops over every experiment."""
+    if metric.name not in Metrics.model_fields:
+        return metric.value
+    name, done = metric.name, Status.done
+
+    def value(e: Experiment) -> float | None:
+        if e.status is not done:
+            return None
+        v = e.metrics.__dict__.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    return value
 
 
 class DashboardData:
@@ -62,6 +80,7 @@ class DashboardData:
         self._lock = threading.Lock()
         self._seen_event = -1
         self._memo: dict[Any, tuple[Any, Any]] = {}
+        self._building: set[Any] = set()
 
     # -- following the ledger ----------------------------------------------------------------------
     def _token(self) -> tuple[int, float]:
@@ -82,18 +101,47 @@ class DashboardData:
         return seq, upd
 
     def _memoised(self, key: Any, token: Any, build: Callable[[], Any]) -> Any:
+        """The answer for `key` at `token`. When the ledger has moved since the last answer, that
+        answer is served while a background thread computes the new one (stale by one recompute,
+        a fraction of a second at 10,000 experiments), so a poll never waits for a recompute; the
+        first answer for a key is computed in the request."""
         hit = self._memo.get(key)
         if hit is not None and hit[0] == token:
             return hit[1]
+        if hit is not None:
+            self._rebuild(key, token, build)
+            return hit[1]
         value = build()
+        self._store(key, token, value)
+        return value
+
+    def _store(self, key: Any, token: Any, value: Any) -> None:
         if len(self._memo) > 256:
             self._memo.clear()
         self._memo[key] = (token, value)
-        return value
+
+    def _rebuild(self, key: Any, token: Any, build: Callable[[], Any]) -> None:
+        with self._lock:
+            if key in self._building:
+                return
+            self._building.add(key)
+
+        def run() -> None:
+            try:
+                self._store(key, token, build())
+            except Exception:  # noqa: BLE001 - the next request computes it in the request and says why
+                log.exception("dashboard: recomputing %r failed", key)
+                self._memo.pop(key, None)
+            finally:
+                with self._lock:
+                    self._building.discard(key)
+        threading.Thread(target=run, name="dashboard-rebuild", daemon=True).start()
 
     def version(self) -> dict[str, Any]:
+        """The ledger's position; `settled` is False while answers are being recomputed after a change
+        (the page polls again until it is True)."""
         seq, upd = self._token()
-        return {"version": f"{seq}:{upd}"}
+        return {"version": f"{seq}:{upd}", "settled": not self._building}
 
     # -- overview -----------------------------------------------------------------------------------
     def overview(self) -> dict[str, Any]:
@@ -160,33 +208,40 @@ class DashboardData:
         if not 0 <= offset <= 10**9 or not 1 <= limit <= 1000:
             raise InvalidInput("offset must be >= 0 and limit from 1 to 1000.")
         token = self._token()
-        rows = self._memoised(("rows", status, wave, gpu, sort, order), token,
-                              lambda: self._rows(status, wave, gpu, sort, order))
-        return {"total": len(rows), "offset": offset, "rows": rows[offset:offset + limit],
+        ordered = self._memoised(("rows", status, wave, gpu, sort, order), token,
+                                 lambda: self._select(status, wave, gpu, sort, order))
+        page = ordered[offset:offset + limit]
+        with self.cache.indexed() as idx:       # verdicts for the page only: O(page), not O(ledger)
+            verdicts = {v.experiment_id: v for v in idx.verdicts([e for e in page if e.status == Status.done])}
+        return {"total": len(ordered), "offset": offset, "rows": [self._row(e, verdicts.get(e.id)) for e in page],
                 "metric": self.metric.model_dump()}
 
-    def _rows(self, status: str | None, wave: str | None, gpu: str | None, sort: str, order: str) -> list[dict]:
-        exps = self.cache.all()
+    def _select(self, status: str | None, wave: str | None, gpu: str | None, sort: str, order: str) -> list[Experiment]:
         failed = {s.value for s in FAILED}
-        sel = [e for e in exps
+        sel = [e for e in self.cache.all()
                if (status is None or e.status.value == status or (status == "failed" and e.status.value in failed))
                and (wave is None or e.wave_id == wave)
                and (gpu is None or (e.ran_on_gpu or e.gpu_type or "any") == gpu)]
-        with self.cache.indexed() as idx:
-            verdicts = {v.experiment_id: v for v in idx.verdicts([e for e in sel if e.status == Status.done])}
-        rows = [self._row(e, verdicts.get(e.id)) for e in sel]
-        metric = self.metric
-        keyf: dict[str, Callable[[dict], Any]] = {
-            "seq": lambda r: r["seq"], "id": lambda r: r["seq"], "status": lambda r: (r["status"], r["seq"]),
-            "gpu": lambda r: (r["gpu"] or "", r["seq"]), "seed": lambda r: (r["seed"], r["seq"]),
-            "wave": lambda r: (r["wave"] or "", r["seq"]), "decision": lambda r: (r["decision"] or "", r["seq"]),
-            "steps": lambda r: (r["steps"] is None, r["steps"] or 0, r["seq"]),
-            # best first (whatever the metric's direction); runs without a value last
-            "value": lambda r: (r["value"] is None, metric.sort_key(r["value"]) if r["value"] is not None else 0,
-                                r["seq"]),
+        value = _value_fn(self.metric)
+        sign = 1.0 if self.metric.lower_is_better else -1.0
+
+        def seq(e: Experiment) -> tuple[float, str]:
+            return (e.created_at, e.id)
+
+        def value_key(e: Experiment) -> tuple[Any, ...]:
+            v = value(e)             # best first (whatever the metric's direction); runs without a value last
+            return (v is None, sign * v if v is not None else 0.0, e.created_at, e.id)
+
+        keyf: dict[str, Callable[[Experiment], Any]] = {
+            "seq": seq, "id": seq, "status": lambda e: (e.status.value, seq(e)),
+            "gpu": lambda e: (e.ran_on_gpu or e.gpu_type or "", seq(e)), "seed": lambda e: (e.seed, seq(e)),
+            "wave": lambda e: (e.wave_id or "", seq(e)),
+            "decision": lambda e: (e.decision.value if e.decision else "", seq(e)),
+            "steps": lambda e: (e.metrics.num_steps is None, e.metrics.num_steps or 0, seq(e)),
+            "value": value_key,
         }
-        rows.sort(key=keyf[sort], reverse=(order == "desc"))
-        return rows
+        sel.sort(key=keyf[sort], reverse=(order == "desc"))
+        return sel
 
     def _row(self, e: Experiment, v: analysis.Verdict | None) -> dict[str, Any]:
         digits = "".join(ch for ch in e.id if ch.isdigit())
@@ -215,26 +270,46 @@ class DashboardData:
         """Per GPU type: each finished run (launch order, value, kept), and the running best of the
         group means (identical code on that type, averaged over its seeds) as runs finish."""
         metric = self.metric
+        value = _value_fn(metric)
+        sign = 1.0 if metric.lower_is_better else -1.0       # compare sign * value: lower is better
         exps = sorted(self.cache.all(), key=lambda e: (e.created_at, e.id))
         out: dict[str, Any] = {}
+        groups: dict[str, dict[str, list[float]]] = {}
+        best: dict[str, tuple[float, str]] = {}          # GPU type -> (sign * best group mean, its code)
+        keep = Decision.keep
         for x, e in enumerate(exps, start=1):
-            v = metric.value(e)
+            v = value(e)
             if v is None:
                 continue
-            gpu = analysis.gpu_of(e)
-            s = out.setdefault(gpu, {"points": [], "best": [], "_sums": {}, "_cur": None})
-            s["points"].append([x, v, e.id, e.decision == Decision.keep])
+            gpu = e.ran_on_gpu or analysis.UNKNOWN_GPU
+            s = out.get(gpu)
+            if s is None:
+                s = out[gpu] = {"x": [], "y": [], "kept": [], "best_x": [], "best_y": []}
+                groups[gpu] = {}
+            s["x"].append(x)
+            s["y"].append(round(v, 6))
+            if e.decision == keep:
+                s["kept"].append(len(s["x"]) - 1)
+            sums = groups[gpu]
             code = e.code_hash or e.id
-            tot, n = s["_sums"].get(code, (0.0, 0))
-            s["_sums"][code] = (tot + v, n + 1)
-            best = metric.best([t / k for t, k in s["_sums"].values()])
-            if s["_cur"] is None or best != s["_cur"]:
-                s["best"].append([x, best])
-                s["_cur"] = best
+            g = sums.get(code)
+            if g is None:
+                g = sums[code] = [0.0, 0]
+            g[0] += v
+            g[1] += 1
+            key = sign * g[0] / g[1]
+            cur = best.get(gpu)
+            if cur is None or key < cur[0]:
+                best[gpu] = (key, code)
+            elif cur[1] == code:           # the best group itself moved (it got worse): look at them all
+                best[gpu] = min((sign * t / k, c) for c, (t, k) in sums.items())
+            b = sign * best[gpu][0]
+            if not s["best_y"] or s["best_y"][-1] != b:
+                s["best_x"].append(x)
+                s["best_y"].append(b)
         for s in out.values():
-            if s["best"]:
-                s["best"].append([len(exps), s["_cur"]])
-            del s["_sums"], s["_cur"]
+            s["best_x"].append(len(exps))
+            s["best_y"].append(s["best_y"][-1])
         return {"by_gpu_type": out, "n": len(exps), "metric": metric.model_dump(), "note": NOT_COMPARABLE}
 
     # -- waves ------------------------------------------------------------------------------------------
@@ -243,15 +318,17 @@ class DashboardData:
         return self._memoised("waves", token, self._waves)
 
     def _waves(self) -> dict[str, Any]:
-        exps = {e.id: e for e in self.cache.all()}
+        by_wave: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for e in self.cache.all():
+            if e.wave_id is not None:
+                by_wave[e.wave_id][e.status.value] += 1
+        rows = self.ledger._conn().execute(
+            "SELECT id, description, kind, design, created_at FROM waves ORDER BY seq").fetchall()
         out = []
-        for w in self.ledger.waves():
-            members = [exps[i] for i in w.experiment_ids if i in exps]
-            st: dict[str, int] = defaultdict(int)
-            for e in members:
-                st[e.status.value] += 1
-            out.append({"id": w.id, "description": w.description, "kind": w.kind, "design": w.design,
-                        "n": len(members), "by_status": dict(st), "created_at": w.created_at})
+        for wid, description, kind, design, created_at in rows:
+            st = by_wave.get(wid, {})
+            out.append({"id": wid, "description": description, "kind": kind, "design": json.loads(design),
+                        "n": sum(st.values()), "by_status": dict(st), "created_at": created_at})
         return {"waves": out}
 
     def wave(self, wave_id: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 "use strict";
 const API = "/dashboard/api";
 const POLL_MS = 2000;
+const SETTLE_MS = 500;
 const STATUSES = ["queued", "running", "done", "failed", "crash", "oom", "nan", "timeout", "lost", "rejected", "cancelled"];
 const state = { version: null, sort: "seq", order: "desc", offset: 0, limit: 50, selected: null,
   logStart: null, logFollow: true, wave: null, metric: { name: "value", direction: "lower" } };
@@ -100,7 +101,7 @@ async function refreshProgress() {
 function draw(cv, s, n, colour, metric) {
   const g = cv.getContext("2d"), W = cv.width, H = cv.height, L = 70, R = 10, T = 10, B = 30;
   g.fillStyle = "#fff"; g.fillRect(0, 0, W, H);
-  const ys = s.points.map((p) => p[1]);
+  const ys = s.y;
   let lo = Math.min(...ys), hi = Math.max(...ys);
   if (hi - lo < 1e-9) { lo -= 0.01; hi += 0.01; }
   const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
@@ -115,14 +116,15 @@ function draw(cv, s, n, colour, metric) {
   g.fillText(`experiment (launch order, 1..${n}); ${metric.name}, ${metric.direction} is better; ` +
     "line: running best of group means", L, H - 8);
   g.fillStyle = colour; g.globalAlpha = 0.7;
-  for (const [x, y] of s.points) { g.beginPath(); g.arc(X(x), Y(y), 3, 0, 2 * Math.PI); g.fill(); }
+  for (let i = 0; i < s.x.length; i++) { g.beginPath(); g.arc(X(s.x[i]), Y(s.y[i]), 3, 0, 2 * Math.PI); g.fill(); }
   g.globalAlpha = 1; g.strokeStyle = colour; g.lineWidth = 2; g.beginPath();
-  s.best.forEach(([x, y], k) => {
-    if (k === 0) g.moveTo(X(x), Y(y)); else { g.lineTo(X(x), Y(s.best[k - 1][1])); g.lineTo(X(x), Y(y)); }
+  s.best_x.forEach((x, k) => {      // a step line: the running best of the group means
+    const y = s.best_y[k];
+    if (k === 0) g.moveTo(X(x), Y(y)); else { g.lineTo(X(x), Y(s.best_y[k - 1])); g.lineTo(X(x), Y(y)); }
   });
   g.stroke();
   g.fillStyle = "gold"; g.strokeStyle = "#000"; g.lineWidth = 1;
-  for (const [x, y, , kept] of s.points) if (kept) star(g, X(x), Y(y), 8);
+  for (const i of s.kept) star(g, X(s.x[i]), Y(s.y[i]), 8);
 }
 
 function star(g, x, y, r) {
@@ -262,16 +264,22 @@ async function refreshAll() {
 }
 
 async function tick() {
+  let next = POLL_MS;
   try {
     const v = await get("/version");
-    if (v.version !== state.version) { state.version = v.version; await refreshAll(); }
-    else { await refreshOverview(); if (state.selected && state.logFollow) await refreshLog(); }
+    // After a change the server recomputes its answers in the background (the first requests get the
+    // previous ones): refresh at once, then again shortly after, until the server says they have settled.
+    if (v.version !== state.version) {
+      state.version = v.version; state.unsettled = true; next = SETTLE_MS; await refreshAll();
+    } else if (state.unsettled) {
+      state.unsettled = !v.settled; if (state.unsettled) next = SETTLE_MS; await refreshAll();
+    } else { await refreshOverview(); if (state.selected && state.logFollow) await refreshLog(); }
     $("live").className = "";
   } catch (err) {
     $("live").className = "stale";
     $("live").title = String(err);
   }
-  setTimeout(tick, POLL_MS);
+  setTimeout(tick, next);
 }
 
 window.addEventListener("DOMContentLoaded", () => {

@@ -17,7 +17,8 @@ function el(tag, attrs, ...kids) {       // text always goes in as text, never a
   return e;
 }
 const $ = (id) => document.getElementById(id);
-const fmt = (v, d = 5) => (v === null || v === undefined ? "" : typeof v === "number" ? v.toFixed(d) : String(v));
+const fmt = (v, d = 5) => (v === null || v === undefined ? "" :
+  typeof v === "number" ? (Number.isInteger(v) && d !== 2 ? String(v) : v.toFixed(d)) : String(v));
 const sgn = (v) => (v === null || v === undefined ? "" : (v > 0 ? "+" : "") + v.toFixed(5));
 const when = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "");
 

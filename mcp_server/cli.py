@@ -32,6 +32,16 @@ def _tiers(text: str) -> list[str]:
     return labels
 
 
+def _track(text: str) -> str:
+    from mcp_server.trackers import parse_spec
+
+    try:
+        parse_spec(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", type=Path, default=Path(os.environ.get("AUTORESEARCH_WORKSPACE", "research")),
                    help="the research git repo (created from train_template/ when missing); default ./research")
@@ -64,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"cap on one {Tool.WAIT_FOR_EXPERIMENTS} call in seconds (default 50: MCP clients time out "
                             "near 60 s; raise it for clients with a longer timeout, e.g. Claude Code)")
     serve.add_argument("--cache-dir", type=Path, default=None, help="AUTORESEARCH_CACHE for local runs")
+    serve.add_argument("--track", action="append", type=_track, default=None, metavar="mlflow[=URI]|wandb[=PROJECT]",
+                       help="export every finished experiment to an experiment tracker (repeatable): MLflow "
+                            "(default URI $MLFLOW_TRACKING_URI or http://127.0.0.1:5000) or Weights & Biases "
+                            "(WANDB_MODE=offline writes the run files only)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     demo = sub.add_parser("demo", help="a scripted research session through the real server (CPU, < 5 min)")
@@ -85,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     values: dict = {"workspace": args.workspace, "tag": args.tag, "backend": args.backend, "profile": args.profile,
-                    "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir}
+                    "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir,
+                    "trackers": getattr(args, "track", None)}
     for arg, field in (("cpu_slots", "cpu_slots"), ("max_clusters", "max_clusters"),
                        ("max_concurrent", "max_concurrent"), ("gpu_hour_budget", "gpu_hour_budget"),
                        ("max_wait_s", "max_wait_s")):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.scheduling.scheduler import Scheduler
     from mcp_server.store.ledger import Ledger
     from mcp_server.store.workspace import Workspace
+    from mcp_server.trackers import Exporter
 
 
 class EngineParts:
@@ -33,6 +34,7 @@ class EngineParts:
     planner: LaunchPlanner
     cache: ExperimentCache
     data: DataPreparation
+    trackers: Exporter | None
     notes: list[str]
     profile: str
     time_budget_s: float

@@ -116,7 +116,7 @@ def _wait_runs(uri: str, tag: str, ids: set[str], pred=lambda r: True, timeout_s
             runs = _runs(uri, tag)
         except Exception:  # noqa: BLE001 - the server is still coming up
             runs = {}
-        if ids <= set(runs) and all(pred(runs[i]) for i in ids):
+        if ids <= set(runs) and all(runs[i].info.status in ("FINISHED", "FAILED") and pred(runs[i]) for i in ids):
             return runs
         assert time.monotonic() < deadline, f"runs {sorted(ids - set(runs))} missing (have {sorted(runs)})"
         time.sleep(1.0)
@@ -143,7 +143,7 @@ def _check_run(client, run, exp) -> None:
 
 
 @pytest.mark.anyio
-async def test_mlflow_receives_every_experiment_and_survives_an_outage(tmp_path, cache):
+async def test_mlflow_receives_every_experiment_and_survives_an_outage(tmp_path, cache, caplog):
     pytest.importorskip("mlflow", reason="pip install 'autoresearch-fleet[mlflow]'")
     from mlflow.tracking import MlflowClient
 
@@ -197,6 +197,8 @@ async def test_mlflow_receives_every_experiment_and_survives_an_outage(tmp_path,
             await ok(client, f"{Tool.BUDGET_STATUS}")
             time.sleep(3)
         assert len(_runs(server.uri, "trk")) == len(exps)
+        # and the MLflow client never wrote to stdout, the stdio protocol's channel
+        assert "Failed to parse JSONRPC" not in caplog.text
     finally:
         server.kill()
 

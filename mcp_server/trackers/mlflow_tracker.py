@@ -21,6 +21,8 @@ class MlflowTracker:
         self.experiment_name = f"autoresearch/{session_tag}"
         self._client: Any = None
         self._experiment_id: str | None = None
+        # the client prints run links to stdout, which is the MCP protocol's channel in stdio mode
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         # a tracker that is down must fail fast: the exporter retries with its own backoff
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -262,3 +262,17 @@ def test_dashboard_refuses_a_workspace_without_a_session(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mcp_server.cli", "dashboard", "--workspace", str(tmp_path / "none")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "No research session" in proc.stderr
+
+
+def test_the_page_ships_in_the_package():
+    """Every file of the page is package data (a wheel carries it: no CDN, no network)."""
+    import tomllib
+
+    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = shipped["mcp_server.surface.dashboard"]
+    static = REPO / "mcp_server" / "surface" / "dashboard" / "static"
+    files = sorted(p.relative_to(static.parent).as_posix() for p in static.iterdir())
+    assert files and all(any(Path(f).match(g) for g in globs) for f in files), (files, globs)
+    page = (static / "index.html").read_text() + (static / "app.js").read_text()
+    assert "http://" not in page and "https://" not in page          # nothing loaded from elsewhere
+    assert "POST" not in page and "innerHTML" not in page     # GET only; text is never parsed as HTML

@@ -236,6 +236,9 @@ def test_standalone_dashboard_reads_another_process_ledger(tmp_path):
             assert http.get("/waves/w9999").status_code == 404
             for method in ("POST", "PUT", "DELETE", "PATCH"):
                 assert http.request(method, "/overview").status_code == 405
+            # a page of another site rebinding its name to 127.0.0.1 is refused
+            assert http.get("/overview", headers={"host": f"evil.example:{port}"}).status_code == 403
+            assert http.get("/overview", headers={"host": f"localhost:{port}"}).status_code == 200
             assert ledger_dump(ws) == before                           # it changed nothing
 
             # another process keeps an experiment: the dashboard shows it within 5 s

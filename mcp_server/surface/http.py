@@ -104,7 +104,9 @@ def build_app(server: MCPServer, host: str, token: str | None) -> Any:
     check_bind(host, token)
     get_data = dashboard.engine_data(lambda: getattr(server, "engine", None))
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
-    app.router.routes.extend(dashboard.routes(get_data))
+    # loopback without a token: only requests addressed to a loopback name (DNS rebinding); with a
+    # token, the token guards it
+    app.router.routes.extend(dashboard.routes(get_data, allowed_hosts=None if token else dashboard.LOOPBACK_HOSTS))
     return BearerAuth(app, token) if token else app
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mcp_server.surface.dashboard.app import PREFIX, routes, standalone_app
+from mcp_server.surface.dashboard.app import LOOPBACK_HOSTS, PREFIX, routes, standalone_app
 from mcp_server.surface.dashboard.data import DashboardData
 
 
@@ -32,4 +32,4 @@ def engine_data(get_engine: Callable[[], Any]) -> Callable[[], DashboardData | N
     return get
 
 
-__all__ = ["PREFIX", "DashboardData", "engine_data", "routes", "standalone_app"]
+__all__ = ["LOOPBACK_HOSTS", "PREFIX", "DashboardData", "engine_data", "routes", "standalone_app"]

@@ -67,14 +67,33 @@ def _opt(request: Request, name: str) -> str | None:
     return v[:64] if v else None
 
 
-def routes(get_data: Callable[[], DashboardData | None], prefix: str = PREFIX) -> list[Route]:
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+def _host_ok(request: Request, allowed: frozenset[str] | None) -> bool:
+    """On a loopback bind, only requests addressed to a loopback name (a page of another site that
+    rebinds its DNS name to 127.0.0.1 sends its own name: refused)."""
+    if allowed is None:
+        return True
+    host = request.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in allowed
+
+
+def routes(get_data: Callable[[], DashboardData | None], prefix: str = PREFIX,
+           allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> list[Route]:
     """The dashboard's routes under `prefix`. `get_data` returns the data source (None while the
-    server is still starting: the endpoints then answer 503)."""
+    server is still starting: the endpoints then answer 503). `allowed_hosts`: the Host names
+    accepted (loopback names by default; None for any, when a bearer token guards the server)."""
 
     def api(build: Callable[[DashboardData, Request], Any]) -> Callable[[Request], Response]:
         last: dict[str, tuple[Any, bytes]] = {}     # url -> (answer, its JSON): an unchanged answer is not re-encoded
 
         def endpoint(request: Request) -> Response:
+            if not _host_ok(request, allowed_hosts):
+                return JSONResponse({"error": "forbidden", "detail": "open the dashboard at http://127.0.0.1:<port>"
+                                                                    "/dashboard (loopback only)"},
+                                    status_code=403, headers=_HEADERS)
             data = get_data()
             if data is None:
                 return JSONResponse({"error": "starting", "detail": "the engine is starting; retry in a moment"},

@@ -219,7 +219,7 @@ async def _wandb_session(client, ws: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_wandb_offline_writes_the_run_files(tmp_path, cache):
+async def test_wandb_offline_writes_the_run_files(tmp_path, cache, caplog):
     pytest.importorskip("wandb", reason="pip install 'autoresearch-fleet[wandb]'")
     ws = tmp_path / "ws"
     args = serve_args(ws, cache, tag="wb", extra=["--track", "wandb"])
@@ -228,6 +228,7 @@ async def test_wandb_offline_writes_the_run_files(tmp_path, cache):
     with open(tmp_path / "server.log", "a") as errlog, anyio.fail_after(900):
         async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=600) as client:
             await _wandb_session(client, ws)
+    assert "Failed to parse JSONRPC" not in caplog.text               # W&B never wrote to the protocol's stdout
     runs = _offline_runs(ws)
     exp = ledger_experiments(ws)["e0001"]
     assert len(runs) == 1

@@ -69,6 +69,7 @@ class Exporter:
         self._thread: threading.Thread | None = None
         self._scanned = False
         self._unsubscribe: Callable[[], None] | None = None
+        self._drain_s = 5.0
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,6 +81,7 @@ class Exporter:
         """Stop (after a short last try to export what is pending; the rest waits for the next start)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self._drain_s = drain_s
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -141,7 +143,7 @@ class Exporter:
             self._wake.clear()
             if self._stop.is_set():
                 try:
-                    self._export_due(final=True)
+                    self._export_due(final=True, until=time.monotonic() + self._drain_s)
                 except Exception:  # noqa: BLE001
                     log.exception("tracker export on close failed")
                 return
@@ -164,7 +166,7 @@ class Exporter:
                 s.pending |= todo
         self._scanned = True
 
-    def _export_due(self, final: bool = False) -> None:
+    def _export_due(self, final: bool = False, until: float | None = None) -> None:
         now = time.monotonic()
         for s in self._states:
             if not s.pending or (s.next_try > now and not final):
@@ -177,8 +179,8 @@ class Exporter:
                 s.pending -= live          # not finished yet: the hook marks them again when they are
             verdicts = self.verdicts_of(exps) if exps else {}
             for e in exps:
-                if self._stop.is_set() and not final:
-                    return
+                if (self._stop.is_set() and not final) or (until is not None and time.monotonic() > until):
+                    return          # the rest stays pending in the ledger: the next start exports it
                 try:
                     self._export_one(s, e, verdicts.get(e.id))
                 except Exception as exc:  # noqa: BLE001 - down or misconfigured: keep it pending, back off

@@ -25,8 +25,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_harness import REPO, free_port, http_server, ledger_dump, ledger_experiments, ok, seed_ledger, serve_args
 
+from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.models import Decision, Status
 from mcp_server.domain.tool_names import Tool
+from mcp_server.engine.facade import Engine
 from mcp_server.store.ledger import Ledger
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -201,6 +203,10 @@ def test_standalone_dashboard_reads_another_process_ledger(tmp_path):
     ws = tmp_path / "ws"
     seed_ledger(ws, 120, random.Random(3))
     before = ledger_dump(ws)
+    # an engine holds the workspace lock, as a server running the session does
+    engine = Engine(FleetConfig(workspace=ws, tag="bench", profile="cpu", cpu_slots=2))
+    engine.start()
+    before = ledger_dump(ws)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mcp_server.cli", "dashboard", "--workspace", str(ws),
                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -259,6 +265,7 @@ def test_standalone_dashboard_reads_another_process_ledger(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+        engine.close()
 
 
 def test_dashboard_refuses_a_workspace_without_a_session(tmp_path):

@@ -150,6 +150,12 @@ async def test_dashboard_follows_a_live_session(tmp_path, cache):
             shown = await page.locator("#exp-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.id)")
             assert sorted(shown) == sorted(e.id for e in exps.values() if e.wave_id == "w0001")
             await page.select_option("#f-wave", "")
+            # a wave: its design and its cells (mean over seeds, per GPU type)
+            await page.click('#wave-table tr[data-wave="w0001"]')
+            await page.wait_for_selector("#wave-cells tbody tr")
+            cells = await page.locator("#wave-cells tbody tr td:first-child").all_inner_texts()
+            assert cells == [exps["e0001"].ran_on_gpu]                  # one cell: the baseline's 2 seeds
+            assert "replicates" in await page.locator("#wave-detail").inner_text()
             # sortable: by the metric, best first
             await page.click('#exp-table th[data-key="value"]')
             await page.wait_for_selector('#exp-table th.asc[data-key="value"]')

@@ -6,6 +6,7 @@
     autoresearch-fleet report [--workspace DIR]
     autoresearch-fleet init PATH                      (write an existing repo's autoresearch.toml)
     autoresearch-fleet import-results FILE --workspace DIR --gpu-type TYPE   (earlier results as history)
+    autoresearch-fleet dashboard [--workspace DIR] [--port P]   (read-only, http://127.0.0.1:P/dashboard)
 
 In stdio mode nothing but the MCP protocol goes to stdout: logs go to stderr.
 """
@@ -23,6 +24,7 @@ from mcp_server.domain.errors import FleetError
 from mcp_server.domain.tool_names import Tool
 
 DEFAULT_HTTP_PORT = 8765
+DEFAULT_DASHBOARD_PORT = 8766
 
 
 def _tiers(text: str) -> list[str]:
@@ -30,6 +32,16 @@ def _tiers(text: str) -> list[str]:
     if not labels:
         raise argparse.ArgumentTypeError("give GPU type labels separated by commas, e.g. A10G,H100")
     return labels
+
+
+def _track(text: str) -> str:
+    from mcp_server.trackers import parse_spec
+
+    try:
+        parse_spec(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _session_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"cap on one {Tool.WAIT_FOR_EXPERIMENTS} call in seconds (default 50: MCP clients time out "
                             "near 60 s; raise it for clients with a longer timeout, e.g. Claude Code)")
     serve.add_argument("--cache-dir", type=Path, default=None, help="AUTORESEARCH_CACHE for local runs")
+    serve.add_argument("--track", action="append", type=_track, default=None, metavar="mlflow[=URI]|wandb[=PROJECT]",
+                       help="export every finished experiment to an experiment tracker (repeatable): MLflow "
+                            "(default URI $MLFLOW_TRACKING_URI or http://127.0.0.1:5000) or Weights & Biases "
+                            "(WANDB_MODE=offline writes the run files only)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     demo = sub.add_parser("demo", help="a scripted research session through the real server (CPU, < 5 min)")
@@ -84,12 +100,17 @@ def _parser() -> argparse.ArgumentParser:
                                                 "<metric>, status, description)")
     _session_args(imp)
     imp.add_argument("--gpu-type", required=True, help="the GPU type the imported runs ran on, e.g. H100")
+    dash = sub.add_parser("dashboard", help="a read-only live dashboard of a workspace in the browser (loopback)")
+    _session_args(dash)
+    dash.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dash.add_argument("--gpu-hour-budget", type=float, default=None, help="shown against the GPU-hours spent")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     values: dict = {"workspace": args.workspace, "tag": args.tag, "backend": args.backend, "profile": args.profile,
-                    "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir}
+                    "time_budget_s": args.time_budget, "slot_labels": args.simulate_tiers, "cache_dir": args.cache_dir,
+                    "trackers": getattr(args, "track", None)}
     for arg, field in (("cpu_slots", "cpu_slots"), ("max_clusters", "max_clusters"),
                        ("max_concurrent", "max_concurrent"), ("gpu_hour_budget", "gpu_hour_budget"),
                        ("max_wait_s", "max_wait_s")):
@@ -219,6 +240,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard of a workspace on loopback, reading its ledger (no workspace lock: a
+    server may be running the session at the same time)."""
+    setup_logging("WARNING")
+    import uvicorn
+
+    from mcp_server.surface.dashboard import DashboardData, standalone_app
+
+    ledger = _open_ledger(args.workspace)
+    if ledger is None:
+        return 1
+    data = DashboardData(ledger, args.workspace, gpu_hour_budget=args.gpu_hour_budget)
+    print(f"dashboard of {args.workspace} at http://127.0.0.1:{args.port}/dashboard (read-only; Ctrl-C stops it)",
+          file=sys.stderr)
+    try:
+        uvicorn.run(standalone_app(data), host="127.0.0.1", port=args.port, log_level="warning")
+    finally:
+        ledger.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -233,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_report(args)
     if args.command in ("init", "import-results"):
         return cmd_adopt(args)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     return 2
 
 

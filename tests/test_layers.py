@@ -18,12 +18,12 @@ RANK = {
     "runtime": 0,
     "domain": 1,
     "store": 2, "backends": 2,
-    "scheduling": 3,
+    "scheduling": 3, "trackers": 3,
     "engine": 4,
     "surface": 5,
     "demo": 6, "__main__": 6, "cli": 7,
 }
-MCP_FREE = {"runtime", "domain", "store", "backends", "scheduling", "engine"}
+MCP_FREE = {"runtime", "domain", "store", "backends", "scheduling", "trackers", "engine"}
 
 
 def _module_name(path: Path, root: Path = PACKAGE) -> str:

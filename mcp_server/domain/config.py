@@ -49,4 +49,7 @@ class FleetConfig(BaseModel):
     sky_infra: str | None = None
     sky_autostop_minutes: int = 30
     cache_dir: Path | None = Field(None, description="AUTORESEARCH_CACHE for local runs.")
+    trackers: list[str] = Field(default_factory=list,
+                                description="Experiment trackers every finished run is exported to: "
+                                            "'mlflow[=TRACKING_URI]', 'wandb[=PROJECT]'.")
     template_dir: Path = TEMPLATE_DIR

@@ -8,6 +8,8 @@
         prepare.log                data preparation before the first local run
         runs/<exp>-a<n>/           one run directory per attempt (runtime/runner.py's files)
         skypilot/                  the SkyPilot backend's own state
+        trackers.db                what each experiment tracker (MLflow, W&B) has received
+        wandb/                     W&B's run files (offline mode: for `wandb sync`)
       results.tsv, progress.png    the person's copies, written by `autoresearch-fleet report` / the demo
 """
 
@@ -22,6 +24,7 @@ PREPARE_LOG = "prepare.log"
 RUNS_DIR = "runs"
 SKYPILOT_DIR = "skypilot"
 PROGRESS_PNG = "progress.png"
+TRACKERS_DB = "trackers.db"
 
 
 def state_dir(workspace: Path) -> Path:
@@ -55,3 +58,7 @@ def report_tsv(workspace: Path) -> Path:
 
 def report_png(workspace: Path) -> Path:
     return Path(workspace) / PROGRESS_PNG
+
+
+def trackers_db(workspace: Path) -> Path:
+    return state_dir(workspace) / TRACKERS_DB

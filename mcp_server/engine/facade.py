@@ -63,6 +63,8 @@ from mcp_server.runtime.runner import harness_pin as task_harness_pin
 from mcp_server.scheduling.scheduler import Scheduler
 from mcp_server.store.ledger import Ledger
 from mcp_server.store.workspace import Workspace
+from mcp_server.trackers import Exporter, make_trackers
+from mcp_server.trackers import parse_spec as parse_track_spec
 
 log = logging.getLogger("autoresearch.engine")
 
@@ -185,6 +187,10 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         )
         self.scheduler.metric_name = self.metric.name
         self.checks = Checks(self.ledger, self.scheduler, config, self.backend.name)
+        # experiment trackers (serve --track): a background exporter while the engine runs
+        self.trackers: Exporter | None = None
+        for spec in config.trackers:
+            parse_track_spec(spec)      # a bad --track value is refused before anything runs
         self.planner = LaunchPlanner(self.workspace, self.ledger, self.checks, harness_hash=self.harness_hash,
                                  lock=self._launch_lock, all_experiments=self.cache.all,
                                  written=self._launched)
@@ -243,6 +249,12 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             self.scheduler.start()
             self._exporter = threading.Thread(target=self._export_loop, name="autoresearch-export", daemon=True)
             self._exporter.start()
+            if self.config.trackers:
+                self.trackers = Exporter(self.ledger, make_trackers(self.config.trackers, self.config.tag,
+                                                                    self.state_dir),
+                                         paths.trackers_db(self.workspace.path), metric=self.metric,
+                                         session_tag=self.config.tag, verdicts_of=self._verdict_labels)
+                self.trackers.start()
         except BaseException:
             self._release_lock()
             raise
@@ -261,6 +273,9 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             self._exporter.join(10)
             self._exporter = None
         self.data.stop()
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         try:
             self.export_results()
         except Exception:  # noqa: BLE001
@@ -300,6 +315,10 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
+
+    def _verdict_labels(self, exps: list[Experiment]) -> dict[str, str]:
+        """Verdict label per experiment (same-GPU-type reference), for the trackers' tags."""
+        return {v.experiment_id: v.verdict for v in self._verdicts(exps)}
 
     def _export_loop(self) -> None:
         """results.tsv follows the ledger: rewritten at most every 2 s while results arrive

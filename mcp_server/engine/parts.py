@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.scheduling.scheduler import Scheduler
     from mcp_server.store.ledger import Ledger
     from mcp_server.store.workspace import Workspace
+    from mcp_server.trackers import Exporter
 
 
 class EngineParts:
@@ -34,6 +35,7 @@ class EngineParts:
     planner: LaunchPlanner
     cache: ExperimentCache
     data: DataPreparation
+    trackers: Exporter | None
     notes: list[str]
     metric: Metric
     profile: str

@@ -29,6 +29,8 @@ class QueriesMixin(EngineParts):
             notes.append(self.data.error)
         if self.scheduler.last_error:
             notes.append(f"scheduler: {self.scheduler.last_error}")
+        if self.trackers is not None:
+            notes.extend(self.trackers.notes())
         queued, _ = self.ledger.list_experiments(status=Status.queued.value, limit=MAX_LIST_LIMIT)
         return reports.budget_status(self.ledger.usage(), self.ledger.count_by_status(), self.scheduler.slots(),
                                      self.config, notes, waiting_for_slot=self.ledger.count_waiting_for_slot(),

@@ -3,7 +3,12 @@
 Binds 127.0.0.1 by default. Binding any other address exposes the server (it can launch training
 runs and tear down clusters), so it REQUIRES a token (--token or AUTORESEARCH_FLEET_TOKEN); without
 one the server refuses to start. When a token is set, every HTTP request must carry
-`Authorization: Bearer <token>` or it gets 401 (compared in constant time)."""
+`Authorization: Bearer <token>` or it gets 401 (compared in constant time).
+
+The read-only dashboard is served at /dashboard beside /mcp, behind the same token: its data (every
+/dashboard/api/ endpoint) needs it like /mcp does. Only the page's own static shell (the HTML, script
+and stylesheet, which carry no data) loads without it, so a browser can open the page and send the
+token it is given with every data request."""
 
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ class BearerAuth:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket") or _public(scope):
             await self.app(scope, receive, send)
             return
         got = b""
@@ -69,6 +74,15 @@ class BearerAuth:
             await _unauthorized(send, "missing bearer token" if not got else "wrong bearer token")
             return
         await self.app(scope, receive, send)
+
+
+def _public(scope: dict[str, Any]) -> bool:
+    """The dashboard's static shell (no data in it) loads without the token; GET only."""
+    from mcp_server.surface.dashboard import PREFIX
+    from mcp_server.surface.dashboard.app import STATIC_PATHS
+
+    return scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and (
+        scope.get("path") in (PREFIX, f"{PREFIX}/") or scope.get("path") in STATIC_PATHS)
 
 
 async def _unauthorized(send: Any, reason: str) -> None:
@@ -83,9 +97,16 @@ async def _unauthorized(send: Any, reason: str) -> None:
 
 
 def build_app(server: MCPServer, host: str, token: str | None) -> Any:
-    """The ASGI app: the SDK's streamable HTTP app at /mcp, behind BearerAuth when a token is set."""
+    """The ASGI app: the SDK's streamable HTTP app at /mcp and the read-only dashboard at /dashboard
+    (over the server's engine once it has started), behind BearerAuth when a token is set."""
+    from mcp_server.surface import dashboard
+
     check_bind(host, token)
+    get_data = dashboard.engine_data(lambda: getattr(server, "engine", None))
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    # loopback without a token: only requests addressed to a loopback name (DNS rebinding); with a
+    # token, the token guards it
+    app.router.routes.extend(dashboard.routes(get_data, allowed_hosts=None if token else dashboard.LOOPBACK_HOSTS))
     return BearerAuth(app, token) if token else app
 
 
@@ -94,6 +115,6 @@ def serve(server: MCPServer, host: str = "127.0.0.1", port: int = 8765, token: s
     import uvicorn
 
     app = build_app(server, host, token)
-    log.info("serving MCP over streamable HTTP at http://%s:%d%s (auth: %s)", host, port, MCP_PATH,
-             "bearer token" if token else "none, loopback only")
+    log.info("serving MCP over streamable HTTP at http://%s:%d%s, dashboard at %s (auth: %s)", host, port, MCP_PATH,
+             "/dashboard", "bearer token" if token else "none, loopback only")
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

@@ -84,6 +84,9 @@ class FleetServer(MCPServer[FleetContext]):
         super().add_tool(fn, name=name, title=title, description=description,
                          annotations=annotations, icons=icons, meta=meta, structured_output=structured_output)
 
+    #: the running engine (set by the lifespan while it runs): the HTTP dashboard reads through it
+    engine: Any = None
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         schema = self._tool_input_schema(name)
         if schema is None:
@@ -142,9 +145,11 @@ def build_server(config: FleetConfig, engine_factory: EngineFactory = _default_e
             await anyio.to_thread.run_sync(engine.close)
             raise
         log.info("engine started")
+        server.engine = engine          # the HTTP transport's dashboard reads through it
         try:
             yield FleetContext(engine=engine, config=config)
         finally:
+            server.engine = None
             log.info("closing engine")
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(engine.close)

@@ -251,7 +251,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     ledger = _open_ledger(args.workspace)
     if ledger is None:
         return 1
-    data = DashboardData(ledger, args.workspace, gpu_hour_budget=args.gpu_hour_budget)
+    from mcp_server.domain.task import load_task
+    data = DashboardData(ledger, args.workspace, metric=load_task(Path(args.workspace)).metric,
+                         gpu_hour_budget=args.gpu_hour_budget)
     print(f"dashboard of {args.workspace} at http://127.0.0.1:{args.port}/dashboard (read-only; Ctrl-C stops it)",
           file=sys.stderr)
     try:

@@ -20,6 +20,7 @@ MAX_SEED = 2**31 - 1
 #: the first replicate's seed: the others count up from it and stay <= MAX_SEED
 MAX_FIRST_SEED = MAX_SEED - MAX_REPLICATES
 MAX_SOURCE_PATH = 200          # characters of a `source` path in the workspace
+MAX_REASON = 300               # characters of a one-line hypothesis (launch) or reason (keep/discard)
 
 # -- train.py variants (rewritten through the AST) -----------------------------------------------
 MAX_OVERRIDES = 32             # constants per experiment; a wave cell has at most MAX_AXES anyway
@@ -60,3 +61,4 @@ TOOL_ROW_IDS = 5               # experiment ids shown per leaderboard row
 # -- analysis --------------------------------------------------------------------------------------
 MAX_LEADERBOARD_ROWS = 1000
 MAX_IDS_PER_ROW = 20
+MAX_DIGEST_CHARS = 10_000      # the session digest (~2,500 tokens), whatever the ledger's size

@@ -90,6 +90,9 @@ class Experiment(BaseModel):
     ended_at: float | None = None
     waiting_for_slot: bool = Field(False, description="Running, but queued ahead on its slot behind another job: "
                                    "it starts (and costs GPU time) when that one ends.")
+    hypothesis: str | None = Field(None, description="What the launch tests, as the agent stated it.")
+    reason: str | None = Field(None, description="Why it was kept or discarded, as the agent stated it.")
+    time_budget_s: float | None = Field(None, description="Training budget (s) of the session that launched it.")
 
 
 class Wave(BaseModel):

@@ -546,4 +546,4 @@ def improvements(result: WaveAnalysis) -> int:
 
 
 __all__ = ["ALPHA", "AxisEffects", "CellResult", "GpuWaveAnalysis", "Interaction", "LevelEffect", "WaveAnalysis",
-           "analyze_wave", "improvements", "pooled_noise"]
+           "improvements", "pooled_noise"]

@@ -1,7 +1,8 @@
 """The `results.tsv` export (`ExportMixin`, TSV_COLUMNS).
 
 The columns of karpathy/autoresearch's file (commit, val_bpb, memory_gb, status, description)
-followed by id, wave, gpu, cluster, seed, steps, decision. Rules: one row per experiment that is no
+followed by id, wave, gpu, cluster, seed, steps, decision, and the agent's hypothesis (launch) and
+reason (keep/discard). Rules: one row per experiment that is no
 longer live, in launch order; a field never holds a tab or newline; the file is replaced
 atomically (written beside it, then renamed).
 """
@@ -17,7 +18,7 @@ from mcp_server.domain.models import Status
 from mcp_server.store.ledger.connection import LedgerBase
 
 TSV_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description",
-               "id", "wave", "gpu", "cluster", "seed", "steps", "decision"]
+               "id", "wave", "gpu", "cluster", "seed", "steps", "decision", "hypothesis", "reason"]
 
 
 def _clean_tsv(text: Any) -> str:
@@ -30,10 +31,11 @@ class ExportMixin(LedgerBase):
     def tsv_rows(self) -> list[list[str]]:
         rows = self._conn().execute(
             "SELECT commit_sha, val_bpb, peak_vram_mb, status, decision, description, id, wave_id, ran_on_gpu, "
-            "cluster, seed, num_steps FROM experiments WHERE status NOT IN ('queued', 'running') ORDER BY seq"
+            "cluster, seed, num_steps, hypothesis, reason FROM experiments WHERE status NOT IN ('queued', 'running') "
+            "ORDER BY seq"
         ).fetchall()
         out = []
-        for commit, bpb, vram, status, decision, desc, eid, wave, gpu, cluster, seed, steps in rows:
+        for commit, bpb, vram, status, decision, desc, eid, wave, gpu, cluster, seed, steps, hyp, why in rows:
             ok = status == Status.done.value and bpb is not None
             out.append([
                 (commit or "")[:7],
@@ -42,7 +44,7 @@ class ExportMixin(LedgerBase):
                 decision or status,
                 _clean_tsv(desc),
                 eid, wave or "", gpu or "", cluster or "", str(seed), "" if steps is None else str(steps),
-                decision or "",
+                decision or "", _clean_tsv(hyp or ""), _clean_tsv(why or ""),
             ])
         return out
 

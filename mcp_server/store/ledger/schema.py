@@ -120,6 +120,13 @@ MIGRATIONS: list[str] = [
     UPDATE attempts SET started_at = submitted_at;
     ALTER TABLE experiments ADD COLUMN waiting_for_slot INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the agent's reasons on record: what a launch tests (hypothesis), why a result was kept or
+    # discarded (reason); the training budget a launch ran under (the rerun guard compares it).
+    """
+    ALTER TABLE experiments ADD COLUMN hypothesis TEXT;
+    ALTER TABLE experiments ADD COLUMN reason TEXT;
+    ALTER TABLE experiments ADD COLUMN time_budget_s REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -134,6 +141,7 @@ EXP_COLUMNS = [
     "code_hash", "parent_code_hash", "harness_hash", "overrides", "seed", "gpu_type", "priority",
     "status", "decision", "cluster", "ran_on_gpu", "attempts", *METRIC_FIELDS, "error",
     "log_path", "handle", "created_at", "started_at", "ended_at", "waiting_for_slot",
+    "hypothesis", "reason", "time_budget_s",
 ]
 EXP_SELECT = ", ".join(EXP_COLUMNS)
 
@@ -172,6 +180,7 @@ def row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
         "ran_on_gpu": d["ran_on_gpu"], "attempts": d["attempts"], "metrics": metrics, "error": d["error"],
         "log_path": d["log_path"], "created_at": d["created_at"], "started_at": d["started_at"],
         "ended_at": d["ended_at"], "waiting_for_slot": bool(d["waiting_for_slot"]),
+        "hypothesis": d["hypothesis"], "reason": d["reason"], "time_budget_s": d["time_budget_s"],
     })
 
 

@@ -1,0 +1,59 @@
+"""Research memory: analyze_wave (the statistics of a factorial wave) and session_digest (the
+session so far, bounded, for an agent that lost its context)."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
+
+from mcp_server.domain.digest import SessionDigest
+from mcp_server.domain.tool_names import Tool
+from mcp_server.domain.wave_analysis import WaveAnalysis
+from mcp_server.surface.tools.common import READ_ONLY, WaveId, engine, tool_errors
+
+
+class WaveAnalysisResult(BaseModel):
+    analysis: WaveAnalysis
+    next_step: str
+
+
+@tool_errors
+def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
+    """The statistics of a factorial wave, per GPU type, so you never do them by hand: per axis and
+    level the marginal mean of the metric, its standard error (noise floor and runs behind it) and
+    the effect vs the control's level with a verdict; every two-way interaction table, flagged when
+    the best level of one axis changes with the other; the best cell and the best combination by
+    main effects; crashed cells (an unbalanced design says so). Verdicts are Holm-corrected for the
+    number of comparisons, and `chance` says how many 'improvements' chance alone would give. Use
+    it after every wave, before keep/promote/next wave."""
+    res = engine(ctx).analyze_wave(wave_id)
+    wins = []
+    for gpu, g in res.by_gpu_type.items():
+        for ax in g.axes:
+            wins += [f"{ax.axis}={lv.level!r} on {gpu}" for lv in ax.levels if lv.verdict == "improvement"]
+    if res.live:
+        hint = f"Partial: call {Tool.WAIT_FOR_EXPERIMENTS}(wave_id='{wave_id}') and analyse again."
+    elif wins:
+        hint = (f"Main effects beyond the noise: {', '.join(wins[:6])}. Launch the best combination with replicates "
+                f"(or {Tool.PROMOTE} the best cell) to confirm before {Tool.KEEP_EXPERIMENT}.")
+    else:
+        hint = ("No main effect beyond the noise: do not keep a cell on its own luck; replicate the most "
+                f"promising one, or move to another axis ({Tool.SESSION_DIGEST} lists what was tried).")
+    return WaveAnalysisResult(analysis=res, next_step=hint)
+
+
+@tool_errors
+def session_digest(ctx: Context) -> SessionDigest:
+    """The whole session in at most ~2,500 tokens, built from the ledger: per GPU type the baseline
+    and best with seeds and noise, the kept chain (what changed, effect +- noise, your reasons),
+    every train.py constant explored with its levels and best level, code changes and verdicts,
+    near misses, crash classes, what is live and when it ends, budget, and the next step. Call it
+    after a context compaction or whenever you doubt what was tried; it replaces paging through
+    fetch_results."""
+    return engine(ctx).session_digest()
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(analyze_wave, name=Tool.ANALYZE_WAVE, title="Analyse a factorial wave", annotations=READ_ONLY)
+    server.add_tool(session_digest, name=Tool.SESSION_DIGEST, title="Session digest (research memory)",
+                    annotations=READ_ONLY)

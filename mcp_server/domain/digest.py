@@ -177,7 +177,7 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
         for name, val in e.overrides.items():
             c = consts.setdefault(name, {"levels": {}, "bases": set(), "runs": 0})
             c["levels"].setdefault(json.dumps(val, sort_keys=True), val)
-            c["bases"].add(e.parent_id or (e.parent_commit or "")[:7] or "?")
+            c["bases"].add(e.parent_id or (f"code {e.parent_code_hash[:7]}" if e.parent_code_hash else "?"))
             c["runs"] += 1
     out.append(f"== constants explored ({len(consts)}) ==")
     names = sorted(consts)
@@ -202,7 +202,7 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
     out.append(f"== code changes, not constants ({len(changes)}) ==")
     ch = sorted(changes.values(), key=_order)
     for e in ch[-CAPS["code"]:]:
-        st = e.status.value if metric.value(e) is None else eff_text(e)
+        st = f"failed ({e.status.value})" if metric.value(e) is None else eff_text(e)
         out.append(_clip(f"{e.id} [{e.ran_on_gpu or e.gpu_type or '?'}] {e.description}: {st}"
                          + (f" ({e.decision.value})" if e.decision else "")))
     if len(ch) > CAPS["code"]:

@@ -47,8 +47,8 @@ def session_digest(ctx: Context) -> SessionDigest:
     """The whole session in at most ~2,500 tokens, built from the ledger: per GPU type the baseline
     and best with seeds and noise, the kept chain (what changed, effect +- noise, your reasons),
     every train.py constant explored with its levels and best level, code changes and verdicts,
-    near misses, crash classes, what is live and when it ends, budget, and the next step. Call it
-    after a context compaction or whenever you doubt what was tried; it replaces paging through
+    near misses, crash classes, what is live and when it ends, budget, and the next step. Use it
+    after a context compaction or whenever you doubt what was tried, instead of paging through
     fetch_results."""
     return engine(ctx).session_digest()
 

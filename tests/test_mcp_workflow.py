@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from mcp_harness import (
     REPO,
+    err,
     free_port,
     git,
     http_server,

@@ -54,11 +54,14 @@ def test_mcp_inspector_cli_lists_the_tools_and_calls_each_read_only_tool(tmp_pat
     launched = inspect("--method", "tools/call", "--tool-name", "launch_experiment",
                        "--tool-arg", "description=inspector: baseline")
     exp_id = launched["structuredContent"]["experiments"][0]["id"]
+    wave = inspect("--method", "tools/call", "--tool-name", "launch_wave", "--tool-arg",
+                   "description=inspector: a wave", "axes={\"MATRIX_LR\": [0.02]}")
+    wave_id = wave["structuredContent"]["wave_id"]
     read_only = sorted(n for n, t in listed.items() if t.get("annotations", {}).get("readOnlyHint"))
     assert {"get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard", "budget_status",
-            "plot_progress"} <= set(read_only)
+            "plot_progress", "analyze_wave", "session_digest"} <= set(read_only)
     for name in read_only:
-        args = {"get_experiment": [f"experiment_id={exp_id}"],
+        args = {"get_experiment": [f"experiment_id={exp_id}"], "analyze_wave": [f"wave_id={wave_id}"],
                 "wait_for_experiments": [f"experiment_ids=[\"{exp_id}\"]", "timeout_s=1"]}.get(name, [])
         res = inspect("--method", "tools/call", "--tool-name", name, *(["--tool-arg", *args] if args else []))
         assert not res.get("isError"), (name, res)

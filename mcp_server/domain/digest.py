@@ -85,12 +85,13 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
                  noise: Mapping[str, float | None], gpu_hours: float, gpu_hour_budget: float | None,
                  time_budget_s: float) -> SessionDigest:
     exps = sorted(experiments, key=_order)
+    values: dict[str, float | None] = {}
     groups: dict[tuple[str, str], _G] = {}
     parents: set[str] = set()
     for e in exps:
         if e.parent_code_hash:
             parents.add(e.parent_code_hash)
-        v = metric.value(e)
+        v = values[e.id] = metric.value(e)
         if v is None:
             continue
         key = (e.ran_on_gpu or UNKNOWN_GPU, e.code_hash or f"<{e.id}>")
@@ -174,20 +175,29 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
     # constants explored ------------------------------------------------------------------------
     consts: dict[str, dict[str, Any]] = {}
     for e in exps:
+        if not e.overrides:
+            continue
+        v = values[e.id]
+        gpu = e.ran_on_gpu or UNKNOWN_GPU
         for name, val in e.overrides.items():
-            c = consts.setdefault(name, {"levels": {}, "bases": set(), "runs": 0})
-            c["levels"].setdefault(json.dumps(val, sort_keys=True), val)
+            c = consts.get(name)
+            if c is None:
+                c = consts[name] = {"levels": {}, "bases": set(), "runs": 0, "per": {}}
+            k = _level_key(val)
+            c["levels"].setdefault(k, val)
             c["bases"].add(e.parent_id or (f"code {e.parent_code_hash[:7]}" if e.parent_code_hash else "?"))
             c["runs"] += 1
+            if v is not None:
+                c["per"].setdefault(gpu, {}).setdefault(k, []).append(v)
     out.append(f"== constants explored ({len(consts)}) ==")
     names = sorted(consts)
     for name in names[: CAPS["constants"]]:
         c = consts[name]
-        levels = sorted(c["levels"])
+        levels = sorted(c["levels"])   # (type name, value): numbers in order, types apart
         shown_levels = ", ".join(_value_text(c["levels"][k]) for k in levels[: CAPS["levels"]])
         if len(levels) > CAPS["levels"]:
             shown_levels += f", and {len(levels) - CAPS['levels']} more"
-        best_txt = _best_level(exps, name, metric)
+        best_txt = _best_level(c["per"], c["levels"], metric)
         bases = sorted(c["bases"])
         base_text = ", ".join(bases[:3]) + (f" +{len(bases) - 3}" if len(bases) > 3 else "")
         out.append(_clip(f"{name}: tried {shown_levels} ({c['runs']} runs; bases {base_text}); best {best_txt}"))
@@ -202,7 +212,7 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
     out.append(f"== code changes, not constants ({len(changes)}) ==")
     ch = sorted(changes.values(), key=_order)
     for e in ch[-CAPS["code"]:]:
-        st = f"failed ({e.status.value})" if metric.value(e) is None else eff_text(e)
+        st = f"failed ({e.status.value})" if values[e.id] is None else eff_text(e)
         out.append(_clip(f"{e.id} [{e.ran_on_gpu or e.gpu_type or '?'}] {e.description}: {st}"
                          + (f" ({e.decision.value})" if e.decision else "")))
     if len(ch) > CAPS["code"]:
@@ -290,25 +300,23 @@ def _error_class(error: str | None) -> str:
     return _clip(_HEX.sub("N", line), 90)
 
 
-def _best_level(exps: list[Experiment], name: str, metric: Metric) -> str:
+def _level_key(v: Any) -> Any:
+    """A hashable identity of a level that tells 1, 1.0 and True apart (cheap for scalars)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return (type(v).__name__, v)
+    return ("json", json.dumps(v, sort_keys=True))
+
+
+def _best_level(per: dict[str, dict[Any, list[float]]], shown: dict[Any, Any], metric: Metric) -> str:
     """Best level of a constant: on the GPU type with the most finished runs that set it, the level
     whose runs have the best mean."""
-    per: dict[str, dict[str, list[float]]] = {}
-    for e in exps:
-        if name not in e.overrides:
-            continue
-        v = metric.value(e)
-        if v is None:
-            continue
-        per.setdefault(e.ran_on_gpu or UNKNOWN_GPU, {}).setdefault(
-            json.dumps(e.overrides[name], sort_keys=True), []).append(v)
     if not per:
         return "n/a (no finished run)"
     gpu = min(per, key=lambda t: (-sum(len(v) for v in per[t].values()), t))
     levels = per[gpu]
     best = min(levels, key=lambda k: (metric.sort_key(math.fsum(levels[k]) / len(levels[k])), k))
     mean = math.fsum(levels[best]) / len(levels[best])
-    return f"{_clip(best, 40)} on {gpu} (mean {mean:.6f}, n={len(levels[best])})"
+    return f"{_value_text(shown[best])} on {gpu} (mean {mean:.6f}, n={len(levels[best])})"
 
 
 def _utc(t: float) -> str:

@@ -45,7 +45,7 @@ UNKNOWN_GPU = "unknown"
 ALPHA = 0.05                     # family-wise error rate of each family of comparisons
 #: P(one comparison looks like an improvement at 2 standard errors by chance): one tail of N(0, 1)
 ONE_TAIL_2SE = float(special.ndtr(-2.0))
-MAX_IDS_SHOWN = 8                # experiment ids listed per cell
+MAX_IDS_SHOWN = 3                # experiment ids listed per cell
 
 Judgement = Literal["reference", "improvement", "within_noise", "worse", "no_data", "no_noise_estimate"]
 
@@ -77,7 +77,8 @@ class Interaction(BaseModel):
     means: list[list[float | None]] = Field(description="Two-way marginal means, rows x columns.")
     deviation: list[list[float | None]] = Field(
         description="Deviation from additivity per entry: m_ab - m_a - m_b + m (0 = no interaction).")
-    deviation_se: list[list[float | None]]
+    deviation_se: float | None = Field(None, description="Standard error of a deviation (the largest over the "
+                                       "entries; in a balanced design they are all equal).")
     largest_deviation: float | None = None
     beyond_noise: bool | None = Field(None, description="Largest |deviation| beyond the noise "
                                       "(Bonferroni over the (rows-1)(cols-1) independent entries).")
@@ -176,7 +177,7 @@ def _gpu(e: Experiment) -> str:
 
 
 class _Cell:
-    __slots__ = ("failed", "ids", "levels", "live", "statuses", "values")
+    __slots__ = ("_mean", "failed", "ids", "levels", "live", "statuses", "values")
 
     def __init__(self, levels: tuple[str, ...]) -> None:
         self.levels = levels
@@ -184,6 +185,7 @@ class _Cell:
         self.ids: list[str] = []
         self.failed = self.live = 0
         self.statuses: list[str] = []
+        self._mean: float | None = None
 
     @property
     def n(self) -> int:
@@ -191,7 +193,10 @@ class _Cell:
 
     @property
     def mean(self) -> float:
-        return math.fsum(self.values) / len(self.values)
+        """Computed once (call it only after every run was added)."""
+        if self._mean is None:
+            self._mean = math.fsum(self.values) / len(self.values)
+        return self._mean
 
 
 class _Contrast:
@@ -407,30 +412,28 @@ def _analyze_gpu(gpu: str, exps: list[Experiment], names: list[str], axes: dict[
             continue
         means: list[list[float | None]] = []
         devs: list[list[float | None]] = []
-        dses: list[list[float | None]] = []
+        se_max: float | None = None
         largest: tuple[float, float | None] | None = None
         for la in keyed[a]:
             mrow: list[float | None] = []
             drow: list[float | None] = []
-            srow: list[float | None] = []
             for lb in keyed[b]:
                 ks = [k for k in have if k[i] == la and k[j] == lb]
                 if not ks:
                     mrow.append(None)
                     drow.append(None)
-                    srow.append(None)
                     continue
                 m_ab = _mean_of(ks)
                 mrow.append(m_ab.value(have))
                 dev = m_ab - marg[a][la] - marg[b][lb] + grand
                 dv, ds = dev.value(have), dev.se(have, noise)
                 drow.append(dv)
-                srow.append(ds)
+                if ds is not None:
+                    se_max = ds if se_max is None else max(se_max, ds)
                 if largest is None or abs(dv) > abs(largest[0]):
                     largest = (dv, ds)
             means.append(mrow)
             devs.append(drow)
-            dses.append(srow)
         best_row_by_col = [_best_index(metric, [means[r][c] for r in range(len(keyed[a]))], axes[a])
                            for c in range(len(keyed[b]))]
         best_col_by_row = [_best_index(metric, means[r], axes[b]) for r in range(len(keyed[a]))]
@@ -442,7 +445,7 @@ def _analyze_gpu(gpu: str, exps: list[Experiment], names: list[str], axes: dict[
             m_ind = (len(keyed[a]) - 1) * (len(keyed[b]) - 1)
             beyond = p is not None and p * m_ind < ALPHA
         inters.append(Interaction(
-            axes=(a, b), row_levels=axes[a], col_levels=axes[b], means=means, deviation=devs, deviation_se=dses,
+            axes=(a, b), row_levels=axes[a], col_levels=axes[b], means=means, deviation=devs, deviation_se=se_max,
             largest_deviation=largest[0] if largest else None, beyond_noise=beyond,
             best_row_by_col=best_row_by_col, best_col_by_row=best_col_by_row, best_level_changes=changes))
         if changes:

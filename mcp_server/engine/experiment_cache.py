@@ -87,6 +87,13 @@ class ExperimentCache:
             assert self._by_id is not None
             return self.changes, list(self._by_id.values())
 
+    def some(self, ids: list[str]) -> tuple[int, list[Experiment]]:
+        """(changes, the experiments with these ids that exist) read together under the lock."""
+        with self.lock:
+            self._load()
+            assert self._by_id is not None
+            return self.changes, [self._by_id[i] for i in ids if i in self._by_id]
+
     def all(self) -> list[Experiment]:
         """Every experiment (loads the cache on first use)."""
         with self.lock:

@@ -4,16 +4,17 @@ the ledger changes (the experiment cache's `changes` counter), like the leaderbo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mcp_server.domain import variants
 from mcp_server.domain.digest import SessionDigest, build_digest
-from mcp_server.domain.errors import FleetError
 from mcp_server.domain.metric import Metric
 from mcp_server.domain.wave_analysis import WaveAnalysis, analyze_wave, pooled_noise
 from mcp_server.engine.parts import EngineParts
 
 _MAX_CACHED_WAVES = 64
+log = logging.getLogger("autoresearch.engine")
 
 
 class ResearchMixin(EngineParts):
@@ -25,39 +26,47 @@ class ResearchMixin(EngineParts):
         hit = self._research_cache.get(key)
         return hit if hit is not None else (-1, None)
 
-    def _noise_of(self, changes: int, exps: list[Any]) -> dict[str, tuple[float, int]]:
+    def _noise_of(self, changes: int) -> dict[str, tuple[float, int]]:
+        """The noise floor per GPU type with its degrees of freedom, as of `changes` or later."""
         at, noise = self._research_cached("noise")
-        if at == changes and noise is not None:
+        if at >= changes and noise is not None:
             return noise
+        now, exps = self.cache.snapshot()
         noise = pooled_noise(exps, self.metric)
-        self._research_cache["noise"] = (changes, noise)
+        self._research_cache["noise"] = (now, noise)
         return noise
 
     def analyze_wave(self, wave_id: str) -> WaveAnalysis:
         """Main effects, two-way interactions and cells vs the control of a factorial wave, per GPU
-        type, against the noise floor, Holm-corrected (see domain/wave_analysis)."""
+        type, against the noise floor, Holm-corrected (see domain/wave_analysis). The answer is
+        shared with later calls until the ledger changes: copy it before editing it."""
         wave = self.checks.wave(wave_id)
-        changes, exps = self.cache.snapshot()
+        changes, mine = self.cache.some(wave.experiment_ids)
         at, hit = self._research_cached(("wave", wave.id))
         if at == changes and hit is not None:
-            return hit.model_copy(deep=True)
-        ids = set(wave.experiment_ids)
-        mine = [e for e in exps if e.id in ids]
-        result = analyze_wave(wave, mine, self.metric, self._noise_of(changes, exps),
-                              control_levels=self._control_levels(mine))
+            return hit
+        result = analyze_wave(wave, mine, self.metric, self._noise_of(changes),
+                              control_levels=self._control_levels(wave.id, mine))
         if len(self._research_cache) > _MAX_CACHED_WAVES:
             self._research_cache.clear()
         self._research_cache[("wave", wave.id)] = (changes, result)
-        return result.model_copy(deep=True)
+        return result
 
-    def _control_levels(self, exps: list[Any]) -> dict[str, Any] | None:
-        """The base code's constants: the wave's control snapshot's train.py (None without one)."""
+    def _control_levels(self, wave_id: str, exps: list[Any]) -> dict[str, Any] | None:
+        """The base code's constants: the wave's control snapshot's train.py (None without one;
+        read from git once per wave: a snapshot never changes)."""
         control = next((e for e in exps if not e.overrides and e.commit), None)
         if control is None:
             return None
+        _, known = self._research_cached(("control", wave_id))
+        if known is not None:
+            return known
         try:
-            return variants.list_constants(self.workspace.file_at(control.commit, "train.py"))
-        except (FleetError, OSError, ValueError):
+            levels = variants.list_constants(self.workspace.file_at(control.commit, "train.py"))
+            self._research_cache[("control", wave_id)] = (0, levels)
+            return levels
+        except Exception:  # noqa: BLE001 - without the base's values, effects are vs each axis's first level
+            log.warning("could not read the control's constants of %s", control.id, exc_info=True)
             return None
 
     def session_digest(self) -> SessionDigest:
@@ -66,7 +75,7 @@ class ResearchMixin(EngineParts):
         at, hit = self._research_cached("digest")
         if at == changes and hit is not None:
             return hit.model_copy()
-        noise = {g: v[0] for g, v in self._noise_of(changes, exps).items()}
+        noise = {g: v[0] for g, v in self._noise_of(changes).items()}
         usage = self.ledger.usage()
         digest = build_digest(exps, self.ledger.waves(), self.metric, noise=noise, gpu_hours=usage["gpu_hours"],
                               gpu_hour_budget=self.config.gpu_hour_budget, time_budget_s=self.time_budget_s)

@@ -3,9 +3,12 @@ session so far, bounded, for an agent that lost its context)."""
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import Context, MCPServer
-from pydantic import BaseModel
+from collections.abc import Callable
 
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+from mcp_server.domain import limits
 from mcp_server.domain.digest import SessionDigest
 from mcp_server.domain.tool_names import Tool
 from mcp_server.domain.wave_analysis import WaveAnalysis
@@ -14,7 +17,29 @@ from mcp_server.surface.tools.common import READ_ONLY, WaveId, engine, tool_erro
 
 class WaveAnalysisResult(BaseModel):
     analysis: WaveAnalysis
+    cells_omitted: dict[str, int] = Field(
+        default_factory=dict, description=f"GPU type -> cells not listed (at most {limits.TOOL_WAVE_CELLS} are: those "
+        "with an improvement/worse verdict, then the best, then those without a result).")
     next_step: str
+
+
+def _compact(res: WaveAnalysis, sort_key: Callable[[float], float]) -> tuple[WaveAnalysis, dict[str, int]]:
+    """At most TOOL_WAVE_CELLS cells per GPU type, in design order: the decisive ones, then the
+    best. A new object: the engine's answer is shared with later calls."""
+    omitted: dict[str, int] = {}
+    by_gpu = {}
+    n = limits.TOOL_WAVE_CELLS
+    for gpu, g in res.by_gpu_type.items():
+        if len(g.cells) > n:
+            cells = g.cells
+            order = sorted(range(len(cells)), key=lambda i: (
+                cells[i].verdict not in ("improvement", "worse"), cells[i].mean is None,
+                sort_key(cells[i].mean) if cells[i].mean is not None else 0.0, i))  # type: ignore[arg-type]
+            keep = set(order[:n])
+            g = g.model_copy(update={"cells": [c for i, c in enumerate(cells) if i in keep]})
+            omitted[gpu] = len(cells) - n
+        by_gpu[gpu] = g
+    return (res.model_copy(update={"by_gpu_type": by_gpu}) if omitted else res), omitted
 
 
 @tool_errors
@@ -26,7 +51,8 @@ def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
     main effects; crashed cells (an unbalanced design says so). Verdicts are Holm-corrected for the
     number of comparisons, and `chance` says how many 'improvements' chance alone would give. Use
     it after every wave, before keep/promote/next wave."""
-    res = engine(ctx).analyze_wave(wave_id)
+    eng = engine(ctx)
+    res, omitted = _compact(eng.analyze_wave(wave_id), eng.metric.sort_key)
     wins = []
     for gpu, g in res.by_gpu_type.items():
         for ax in g.axes:
@@ -39,7 +65,10 @@ def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
     else:
         hint = ("No main effect beyond the noise: do not keep a cell on its own luck; replicate the most "
                 f"promising one, or move to another axis ({Tool.SESSION_DIGEST} lists what was tried).")
-    return WaveAnalysisResult(analysis=res, next_step=hint)
+    if omitted:
+        hint += (f" {sum(omitted.values())} cells are not listed (see cells_omitted); "
+                 f"{Tool.FETCH_RESULTS}(wave_id='{wave_id}') lists every run.")
+    return WaveAnalysisResult(analysis=res, cells_omitted=omitted, next_step=hint)
 
 
 @tool_errors

@@ -31,9 +31,9 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from itertools import combinations, product
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer
 from scipy import special
 
 from mcp_server.domain.errors import InvalidInput
@@ -47,18 +47,25 @@ ALPHA = 0.05                     # family-wise error rate of each family of comp
 ONE_TAIL_2SE = float(special.ndtr(-2.0))
 MAX_IDS_SHOWN = 3                # experiment ids listed per cell
 
+def _round(v: float) -> float:
+    """Seven significant digits in JSON (tool results stay small; the models keep full precision)."""
+    return float(f"{v:.7g}")
+
+
+Num = Annotated[float, PlainSerializer(_round, return_type=float, when_used="json")]
+
 Judgement = Literal["reference", "improvement", "within_noise", "worse", "no_data", "no_noise_estimate"]
 
 
 class LevelEffect(BaseModel):
     level: Any
-    mean: float | None = Field(None, description="Marginal mean of the metric over the cells with this level.")
-    se: float | None = Field(None, description="Standard error of that mean (noise floor and runs behind it).")
+    mean: Num | None = Field(None, description="Marginal mean of the metric over the cells with this level.")
+    se: Num | None = Field(None, description="Standard error of that mean (noise floor and runs behind it).")
     runs: int = Field(0, description="Finished runs behind the mean.")
-    delta: float | None = Field(None, description="mean - mean of the reference level (metric units).")
-    delta_se: float | None = None
-    p_value: float | None = Field(None, description="Two-sided, uncorrected.")
-    p_holm: float | None = Field(None, description="Holm-corrected over the wave's main-effect levels.")
+    delta: Num | None = Field(None, description="mean - mean of the reference level (metric units).")
+    delta_se: Num | None = None
+    p_value: Num | None = Field(None, description="Two-sided, uncorrected.")
+    p_holm: Num | None = Field(None, description="Holm-corrected over the wave's main-effect levels.")
     verdict: Judgement
 
 
@@ -74,12 +81,12 @@ class Interaction(BaseModel):
     axes: tuple[str, str]
     row_levels: list[Any] = Field(description="Levels of the first axis (table rows).")
     col_levels: list[Any] = Field(description="Levels of the second axis (table columns).")
-    means: list[list[float | None]] = Field(description="Two-way marginal means, rows x columns.")
-    deviation: list[list[float | None]] = Field(
+    means: list[list[Num | None]] = Field(description="Two-way marginal means, rows x columns.")
+    deviation: list[list[Num | None]] = Field(
         description="Deviation from additivity per entry: m_ab - m_a - m_b + m (0 = no interaction).")
-    deviation_se: float | None = Field(None, description="Standard error of a deviation (the largest over the "
+    deviation_se: Num | None = Field(None, description="Standard error of a deviation (the largest over the "
                                        "entries; in a balanced design they are all equal).")
-    largest_deviation: float | None = None
+    largest_deviation: Num | None = None
     beyond_noise: bool | None = Field(None, description="Largest |deviation| beyond the noise "
                                       "(Bonferroni over the (rows-1)(cols-1) independent entries).")
     best_row_by_col: list[Any] = Field(description="Best level of the first axis at each level of the second.")
@@ -89,28 +96,28 @@ class Interaction(BaseModel):
 
 class CellResult(BaseModel):
     overrides: dict[str, Any]
-    mean: float | None = None
+    mean: Num | None = None
     runs: int = Field(0, description="Finished runs.")
     failed: int = Field(0, description="Runs that ended without a result (crash, oom, nan, ...).")
     live: int = Field(0, description="Runs still queued or running.")
     experiment_ids: list[str] = Field(default_factory=list)
-    delta: float | None = Field(None, description="mean - control mean (metric units).")
-    delta_se: float | None = None
-    p_value: float | None = None
-    p_holm: float | None = Field(None, description="Holm-corrected over the wave's cells.")
+    delta: Num | None = Field(None, description="mean - control mean (metric units).")
+    delta_se: Num | None = None
+    p_value: Num | None = None
+    p_holm: Num | None = Field(None, description="Holm-corrected over the wave's cells.")
     verdict: Judgement
 
 
 class BestCombination(BaseModel):
     overrides: dict[str, Any] = Field(description="The best level of every axis, by main effects.")
     ran: bool = Field(description="Whether this combination is one of the wave's cells with a result.")
-    mean: float | None = Field(None, description="Its cell mean, when it ran.")
-    predicted_mean: float | None = Field(None, description="Additive prediction from the main effects.")
+    mean: Num | None = Field(None, description="Its cell mean, when it ran.")
+    predicted_mean: Num | None = Field(None, description="Additive prediction from the main effects.")
 
 
 class GpuWaveAnalysis(BaseModel):
     gpu_type: str
-    noise: float | None = Field(None, description="Noise floor on this GPU type (pooled std of replicated code).")
+    noise: Num | None = Field(None, description="Noise floor on this GPU type (pooled std of replicated code).")
     noise_dof: int = Field(0, description="Degrees of freedom of the noise floor.")
     control: CellResult | None = None
     axes: list[AxisEffects]

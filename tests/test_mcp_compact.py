@@ -57,7 +57,7 @@ async def test_results_stay_compact_and_paginate(tmp_path):
 
         analysis = (await call("analyze_wave", {"wave_id": "w0003"})).structured_content["analysis"]
         assert set(analysis["by_gpu_type"]) == {"CPU", "H100", "H200"}
-        assert all(len(g["cells"]) <= 24 for g in analysis["by_gpu_type"].values())
+        assert all(len(g["cells"]) <= 8 for g in analysis["by_gpu_type"].values())
         digest = (await call("session_digest")).structured_content
         assert digest["experiments"] == 1000 and digest["chars"] <= 10_000
 

@@ -4,6 +4,7 @@ session so far, bounded, for an agent that lost its context)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
@@ -16,7 +17,18 @@ from mcp_server.surface.tools.common import READ_ONLY, WaveId, engine, tool_erro
 
 
 class WaveAnalysisResult(BaseModel):
-    analysis: WaveAnalysis
+    # A plain object in the schema on purpose: the full model (domain/wave_analysis.WaveAnalysis)
+    # has ~60 nullable numbers, and a client that validates results against the output schema
+    # (the Python SDK's does, with jsonschema) spends ~30 ms on it per call at 10k experiments.
+    analysis: dict[str, Any] = Field(description=(
+        "wave_id, metric, method (the multiple-comparison correction), live, notes, and by_gpu_type: GPU type -> "
+        "{noise, noise_dof, balanced, crashed_cells, chance (false 'improvements' chance alone would give), "
+        "expected_false_improvements, axes: [{axis, reference_level, reference_is_control, best_level, levels: "
+        "[{level, mean, se, runs, delta, delta_se, p_value, p_holm, verdict}]}], interactions: [{axes, row_levels, "
+        "col_levels, means, deviation, deviation_se, best_row_by_col, best_col_by_row, best_level_changes, "
+        "beyond_noise}], control, cells: [{overrides, mean, runs, failed, delta, p_holm, verdict, experiment_ids}], "
+        "best_cell, best_combination: {overrides, ran, mean, predicted_mean}, notes}. Verdicts: improvement | "
+        "within_noise | worse | reference | no_data | no_noise_estimate; delta = mean - reference (metric units)."))
     cells_omitted: dict[str, int] = Field(
         default_factory=dict, description=f"GPU type -> cells not listed (at most {limits.TOOL_WAVE_CELLS} are: those "
         "with an improvement/worse verdict, then the best, then those without a result).")
@@ -68,7 +80,7 @@ def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
     if omitted:
         hint += (f" {sum(omitted.values())} cells are not listed (see cells_omitted); "
                  f"{Tool.FETCH_RESULTS}(wave_id='{wave_id}') lists every run.")
-    return WaveAnalysisResult(analysis=res, cells_omitted=omitted, next_step=hint)
+    return WaveAnalysisResult(analysis=res.model_dump(mode="json"), cells_omitted=omitted, next_step=hint)
 
 
 @tool_errors

@@ -252,3 +252,12 @@ def test_a_planted_effect_of_two_noise_units_is_found():
         found += a.levels[1].verdict == "improvement" and a.best_level == 2
     print(f"planted 2-sigma effect found in {found}/10")
     assert found >= 9
+
+
+def test_live_runs_without_a_gpu_type_count_as_live_only():
+    wave, exps = build_wave(known_values(), control=[1.0, 1.003, 0.998])
+    queued = exps[-1].model_copy(update={"id": "e9999", "status": Status.queued, "ran_on_gpu": None,
+                                         "gpu_type": None, "metrics": Metrics()})
+    wave = wave.model_copy(update={"experiment_ids": [*wave.experiment_ids, "e9999"]})
+    res = analyze_wave(wave, [*exps, queued], DEFAULT_METRIC, pooled_noise(exps, DEFAULT_METRIC))
+    assert set(res.by_gpu_type) == {"H100"} and res.live == 1 and any("partial" in n for n in res.notes)

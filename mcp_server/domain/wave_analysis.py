@@ -297,6 +297,8 @@ def analyze_wave(wave: Wave, experiments: Iterable[Experiment], metric: Metric,
     live = sum(1 for e in exps if e.status in LIVE)
     by_gpu: dict[str, list[Experiment]] = {}
     for e in exps:
+        if e.status in LIVE and not (e.ran_on_gpu or e.gpu_type):
+            continue        # not on a slot yet and no type asked for: counted in `live` only
         by_gpu.setdefault(_gpu(e), []).append(e)
     out: dict[str, GpuWaveAnalysis] = {}
     notes: list[str] = []

@@ -52,6 +52,11 @@ async def measure(workspace: Path, n: int, iterations: int, rng: random.Random, 
         "fetch_results": lambda: {"offset": rng.randrange(0, n - 20), "limit": 20},
         "fetch_results(status)": lambda: {"status": "crash", "offset": rng.randrange(0, 50), "limit": 20},
         "leaderboard": lambda: {"limit": 10},
+        # a random wave each call: mostly cache misses (the analysis is computed); then one wave
+        # asked again, as an agent does after a wave (cached until the ledger changes)
+        "analyze_wave": lambda: {"wave_id": f"w{rng.randrange(1, max(2, n // 100 + 1)):04d}"},
+        "analyze_wave(same wave)": lambda: {"wave_id": "w0001"},
+        "session_digest": lambda: {},
         "plot_progress": lambda: {},
     }
     out: dict[str, dict] = {}

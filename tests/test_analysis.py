@@ -105,11 +105,12 @@ def test_failed_and_pending_targets():
     assert vq.verdict == "pending" and "queued" in vq.note
 
 
-def test_control_is_within_noise_with_zero_delta():
+def test_control_is_the_reference_with_zero_delta():
     base = replicates("base", [1.0, 1.003], parent=None)
     control = exp("base", 1.004, parent="base")
     [v] = verdicts(base + [control], [control])
-    assert v.verdict == "within_noise" and v.delta == 0.0 and "control" in v.note
+    # one word for a control, in the wait's verdicts and on the leaderboard: 'reference'
+    assert v.verdict == "reference" and v.delta == 0.0 and "control" in v.note
 
 
 def test_without_noise_estimate_the_verdict_says_so():

@@ -50,15 +50,18 @@ def test_mcp_inspector_cli_lists_the_tools_and_calls_each_read_only_tool(tmp_pat
         return json.loads(out.stdout)
 
     listed = {t["name"]: t for t in inspect("--method", "tools/list")["tools"]}
-    assert len(listed) == 16 and sum(1 for t in listed.values() if t.get("outputSchema")) >= 15
+    assert len(listed) == 18 and sum(1 for t in listed.values() if t.get("outputSchema")) >= 17
     launched = inspect("--method", "tools/call", "--tool-name", "launch_experiment",
                        "--tool-arg", "description=inspector: baseline")
     exp_id = launched["structuredContent"]["experiments"][0]["id"]
+    wave = inspect("--method", "tools/call", "--tool-name", "launch_wave", "--tool-arg",
+                   "description=inspector: a wave", "axes={\"MATRIX_LR\": [0.02]}")
+    wave_id = wave["structuredContent"]["wave_id"]
     read_only = sorted(n for n, t in listed.items() if t.get("annotations", {}).get("readOnlyHint"))
     assert {"get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard", "budget_status",
-            "plot_progress"} <= set(read_only)
+            "plot_progress", "analyze_wave", "session_digest"} <= set(read_only)
     for name in read_only:
-        args = {"get_experiment": [f"experiment_id={exp_id}"],
+        args = {"get_experiment": [f"experiment_id={exp_id}"], "analyze_wave": [f"wave_id={wave_id}"],
                 "wait_for_experiments": [f"experiment_ids=[\"{exp_id}\"]", "timeout_s=1"]}.get(name, [])
         res = inspect("--method", "tools/call", "--tool-name", name, *(["--tool-arg", *args] if args else []))
         assert not res.get("isError"), (name, res)
@@ -79,7 +82,7 @@ def test_typescript_sdk_client_finishes_a_wave_longer_than_its_request_timeout(t
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # every tool with an outputSchema (all but plot_progress, which returns an image) validated
-    assert result["tools"] == 16 and result["validated"] >= 15 and result["schema_errors"] == [], result
+    assert result["tools"] == 18 and result["validated"] >= 17 and result["schema_errors"] == [], result
     assert result["wave_seconds"] > 90, result["wave_seconds"]
     assert [status for _, status, _ in result["finished"]] == ["done"] * 4
     assert result["kept"] == result["best"] and result["kept_decision"] == "keep"

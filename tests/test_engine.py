@@ -98,7 +98,7 @@ def test_factorial_wave_ledger_tsv_and_git_agree(tmp_path, cache, engines):
 
     # keep the best: the branch moves to its snapshot, the working tree follows; discard another
     best = min((e for e in exps.values() if e.overrides), key=lambda e: e.metrics.val_bpb)
-    kept = eng.keep(best.id)
+    kept = eng.keep(best.id, reason="best of the screen")   # a reason: it may be within the noise
     assert kept.experiment.decision == Decision.keep
     assert git(ws, "rev-parse", "HEAD").strip() == best.commit
     assert (ws / "train.py").read_text() == git(ws, "show", f"{best.commit}:train.py")

@@ -80,7 +80,7 @@ async def test_token_required_on_every_request(tmp_path, cache):
                                          timeout=httpx2.Timeout(30, read=300))
         async with http_client, Client(streamable_http_client(url, http_client=http_client)) as client:
             tools = await client.list_tools()
-            assert len(tools.tools) == 16
+            assert len(tools.tools) == 18
             clusters = await ok(client, "list_clusters")
             assert clusters["total"] == 2
 

@@ -128,13 +128,14 @@ def test_cancel_and_decisions(ledger, tmp_path):
 
 
 def test_results_tsv(ledger, tmp_path):
-    ledger.insert_launch([_exp(1, description="tab\there\nnewline", wave_id=None), _exp(2), _exp(3)])
+    ledger.insert_launch([_exp(1, description="tab\there\nnewline", wave_id=None),
+                          _exp(2, hypothesis="deeper\nhelps"), _exp(3)])
     for n, status in ((1, Status.done), (2, Status.crash)):
         ledger.begin_attempt(format_exp_id(n), 1, f"local-cpu{n}", "CPU", 1, None, str(tmp_path))
         ledger.finish_attempt(format_exp_id(n), 1, status,
                               metrics=Metrics(val_bpb=1.2345678, peak_vram_mb=3072, num_steps=77)
                               if status == Status.done else None)
-    ledger.set_decision("e0001", Decision.keep)
+    ledger.set_decision("e0001", Decision.keep, reason="simpler\tcode,\nsame loss")
     path = ledger.export_tsv(tmp_path / "out" / "results.tsv")
     rows = list(csv.reader(path.open(), delimiter="\t"))
     assert rows[0] == TSV_COLUMNS
@@ -143,8 +144,10 @@ def test_results_tsv(ledger, tmp_path):
     r1 = dict(zip(TSV_COLUMNS, rows[1], strict=False))
     assert r1 == {"commit": f"{1:040x}"[:7], "val_bpb": "1.234568", "memory_gb": "3.0", "status": "keep",
                   "description": "tab here newline", "id": "e0001", "wave": "", "gpu": "CPU",
-                  "cluster": "local-cpu1", "seed": "42", "steps": "77", "decision": "keep"}
+                  "cluster": "local-cpu1", "seed": "42", "steps": "77", "decision": "keep",
+                  "hypothesis": "", "reason": "simpler code, same loss"}
     r2 = dict(zip(TSV_COLUMNS, rows[2], strict=False))
+    assert r2["hypothesis"] == "deeper helps" and r2["reason"] == ""
     assert (r2["val_bpb"], r2["memory_gb"], r2["status"], r2["decision"]) == ("0.000000", "0.0", "crash", "")
 
 
@@ -332,3 +335,24 @@ def test_change_hook_announces_committed_writes_only(ledger, tmp_path):
     t.start()
     t.join()
     assert heard[-1] == ["e0004"]
+
+
+def test_a_version_2_ledger_gains_the_reason_columns(tmp_path):
+    """Migration 3 on a ledger written before it: its experiments read with no hypothesis/reason."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+    conn.execute("INSERT INTO experiments(seq, id, description, status, created_at) VALUES(1, 'e0001', 'old', "
+                 "'done', 1.0)")
+    conn.commit()
+    conn.close()
+    led = Ledger(path)
+    try:
+        e = led.get("e0001")
+        assert e is not None and e.hypothesis is None and e.reason is None and e.time_budget_s is None
+        assert led.set_decision("e0001", Decision.keep, reason="on record")
+        assert led.get("e0001").reason == "on record"
+        assert led._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        led.close()

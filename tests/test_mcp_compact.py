@@ -55,6 +55,12 @@ async def test_results_stay_compact_and_paginate(tmp_path):
         steps = {t["gpu_type"]: t["measured"]["mean_steps"] for t in info["gpu_types"] if t["measured"]}
         assert steps["H200"] > steps["H100"] > steps["CPU"]  # measured throughput shows the faster tier
 
+        analysis = (await call("analyze_wave", {"wave_id": "w0003"})).structured_content["analysis"]
+        assert set(analysis["by_gpu_type"]) == {"CPU", "H100", "H200"}
+        assert all(len(g["cells"]) <= 8 for g in analysis["by_gpu_type"].values())
+        digest = (await call("session_digest")).structured_content
+        assert digest["experiments"] == 1000 and digest["chars"] <= 10_000
+
         await call("get_experiment", {"experiment_id": "e0500"})
         await call("budget_status")
         pic = await client.call_tool("plot_progress", {})

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from mcp_harness import (
     REPO,
+    err,
     free_port,
     git,
     http_server,
@@ -95,6 +96,17 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     best = min(cells, key=lambda e: e["val_bpb"])
     other = max(cells, key=lambda e: e["val_bpb"])
 
+    # the wave's statistics, computed by the server (no hand arithmetic)
+    analysis = (await ok(client, "analyze_wave", {"wave_id": wave["wave_id"]}))["analysis"]
+    cpu = analysis["by_gpu_type"]["CPU"]
+    (lr,) = cpu["axes"]
+    assert lr["axis"] == "MATRIX_LR" and [lv["level"] for lv in lr["levels"]] == [0.02, 0.08]
+    assert all(lv["runs"] == 1 and lv["se"] is not None for lv in lr["levels"])   # the baseline measured noise
+    assert cpu["control"]["runs"] == 1 and cpu["balanced"] and "Holm" in analysis["method"]
+    assert cpu["best_cell"]["overrides"] == best["overrides"] and "chance alone" in cpu["chance"]
+    refused = await err(client, "analyze_wave", {"wave_id": base["experiments"][0]["wave_id"]})
+    assert "not a factorial" in refused
+
     # pagination: 5 experiments, pages of 2
     page = await ok(client, "fetch_results", {"limit": 2})
     assert page["total"] == 5 and [e["id"] for e in page["experiments"]] == ["e0001", "e0002"]
@@ -126,7 +138,7 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
 
     # 5. decisions: keep moves the branch, discard does not
     branch_before = git(workspace, "rev-parse", "autoresearch/t")
-    kept = await ok(client, "keep_experiment", {"experiment_id": best["id"]})
+    kept = await ok(client, "keep_experiment", {"experiment_id": best["id"], "reason": "best of the lr screen"})
     assert kept["experiment"]["decision"] == "keep" and kept["branch"] == "autoresearch/t"
     assert git(workspace, "rev-parse", "autoresearch/t") == kept["commit"] != branch_before
     assert f"MATRIX_LR = {best['overrides']['MATRIX_LR']}" in (workspace / "train.py").read_text()
@@ -149,8 +161,14 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     assert "1 kept" in pic.content[0].text
     budget = await ok(client, "budget_status")
     assert budget["gpu_hours_spent"] > 0 and budget["experiments_live"] == 0 and budget["clusters_alive"] == 2
+
+    # 8. the research memory an agent reads after a compaction
+    digest = await ok(client, "session_digest")
+    assert digest["chars"] == len(digest["text"]) <= 10_000 and digest["experiments"] == 8
+    assert best["id"] in digest["text"] and "best of the lr screen" in digest["text"]
+    assert "MATRIX_LR: tried 0.02, 0.08" in digest["text"] and "CPU: noise" in digest["text"]
     return {"best": best["id"], "other": other["id"], "cancelled": doomed_id, "kept_commit": kept["commit"],
-            "promoted": [e["id"] for e in promo["experiments"]]}
+            "promoted": [e["id"] for e in promo["experiments"]], "digest": digest["text"]}
 
 
 def check_session_left_behind(workspace: Path, ids: dict[str, Any]) -> None:
@@ -178,6 +196,10 @@ async def test_workflow_over_stdio(tmp_path, cache):
         ids = await run_workflow(client, ws)
     check_session_left_behind(ws, ids)
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+    # a restarted server gives the same digest, byte for byte (built from the ledger alone)
+    async with stdio_session(serve_args(ws, cache), tmp_path / "server2.log") as client:
+        assert (await ok(client, "session_digest"))["text"] == ids["digest"]
 
     # the CLI reads the same ledger once the server is gone
     status = cli(["status", "--workspace", str(ws)])

@@ -22,7 +22,7 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
 
 # The names are a contract (DESIGN.md): skills and tests call them.
 READ_ONLY = {"get_gpu_info", "list_clusters", "get_experiment", "fetch_results", "leaderboard",
-             "budget_status", "plot_progress"}
+             "budget_status", "plot_progress", "analyze_wave", "session_digest"}
 ACTING = {"provision_clusters", "teardown_clusters", "launch_experiment", "launch_wave", "promote",
           "wait_for_experiments", "cancel_experiments", "keep_experiment", "discard_experiment"}
 DESTRUCTIVE = {"teardown_clusters", "cancel_experiments", "keep_experiment"}

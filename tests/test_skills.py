@@ -153,7 +153,7 @@ def live_tools(tmp_path_factory) -> dict[str, Any]:
         env=server_env(workspace),
     )
     tools = {t.name: t for t in list_tools(params)}
-    assert len(tools) >= 16, f"the server lists only {sorted(tools)}"
+    assert len(tools) >= 18, f"the server lists only {sorted(tools)}"
     return tools
 
 

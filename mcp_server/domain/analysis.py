@@ -64,7 +64,8 @@ class Verdict(BaseModel):
         None, description="mean val_bpb of its group - mean of the reference group (negative = better when lower "
                           "is better, as for val_bpb; see `metric`).")
     noise: float | None = Field(None, description="Noise floor (pooled std of replicated groups) on this GPU type.")
-    verdict: Literal["improvement", "within_noise", "worse", "no_reference", "failed", "pending"]
+    verdict: Literal["improvement", "within_noise", "worse", "reference", "no_reference", "failed", "pending"] = Field(
+        description=f"'reference' = a control: the same code as its reference (the word {Tool.LEADERBOARD} uses).")
     note: str = ""
     # additions beyond the first stub
     mean_val_bpb: float | None = Field(None, description="Mean val_bpb over its replicates (same code, same GPU type).")
@@ -434,10 +435,11 @@ class Index:
             return Verdict(**base, verdict="no_reference", note=note)
 
         delta = mean_t - ref.mean
-        label, threshold = _classify(delta, base["noise"], n_t, ref.n, metric)
+        comparison, threshold = _classify(delta, base["noise"], n_t, ref.n, metric)
+        label: Literal["improvement", "within_noise", "worse", "reference"] = comparison
         notes: list[str] = []
         if t.code_hash == t.parent_code_hash:
-            label, delta = "within_noise", 0.0
+            label, delta = "reference", 0.0
             notes.append("This is a control: same code as its parent (its own reference), so no change.")
         elif base["noise"] is None:
             notes.append(_no_noise_note(gpu))

@@ -20,6 +20,7 @@ MAX_SEED = 2**31 - 1
 #: the first replicate's seed: the others count up from it and stay <= MAX_SEED
 MAX_FIRST_SEED = MAX_SEED - MAX_REPLICATES
 MAX_SOURCE_PATH = 200          # characters of a `source` path in the workspace
+MAX_REASON = 300               # characters of a one-line hypothesis (launch) or reason (keep/discard)
 
 # -- train.py variants (rewritten through the AST) -----------------------------------------------
 MAX_OVERRIDES = 32             # constants per experiment; a wave cell has at most MAX_AXES anyway
@@ -56,6 +57,7 @@ TOOL_LISTED = 64               # experiments listed in a launch / cancel result
 TOOL_WAIT_ROWS = 30            # finished experiments (with verdicts) listed in a wait result
 TOOL_PLOT_PAGE = 500
 TOOL_ROW_IDS = 5               # experiment ids shown per leaderboard row
+TOOL_WAVE_CELLS = 8            # cells per GPU type in an analyze_wave result (the decisive and best first)
 
 # -- analysis --------------------------------------------------------------------------------------
 MAX_LEADERBOARD_ROWS = 1000
@@ -64,3 +66,4 @@ MAX_IDS_PER_ROW = 20
 #: karpathy's extra summary lines), and the longest key / string value kept
 MAX_EXTRA_METRICS = 32
 MAX_EXTRA_CHARS = 64
+MAX_DIGEST_CHARS = 10_000      # the session digest (~2,500 tokens), whatever the ledger's size

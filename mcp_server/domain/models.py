@@ -95,6 +95,9 @@ class Experiment(BaseModel):
                                    "it starts (and costs GPU time) when that one ends.")
     imported: bool = Field(False, description="History loaded from an earlier results.tsv (import-results): "
                            "ranked with the rest, never used as a noise estimate; its seed is unknown.")
+    hypothesis: str | None = Field(None, description="What the launch tests, as the agent stated it.")
+    reason: str | None = Field(None, description="Why it was kept or discarded, as the agent stated it.")
+    time_budget_s: float | None = Field(None, description="Training budget (s) of the session that launched it.")
 
 
 class Wave(BaseModel):

@@ -17,6 +17,8 @@ class Tool(StrEnum):
     LEADERBOARD = "leaderboard"
     BUDGET_STATUS = "budget_status"
     PLOT_PROGRESS = "plot_progress"
+    ANALYZE_WAVE = "analyze_wave"
+    SESSION_DIGEST = "session_digest"
     # acting
     PROVISION_CLUSTERS = "provision_clusters"
     TEARDOWN_CLUSTERS = "teardown_clusters"

@@ -21,6 +21,7 @@ from mcp_server.domain.limits import (
     MAX_DESCRIPTION,
     MAX_IDS,
     MAX_QUEUED,
+    MAX_REASON,
 )
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.domain.tool_names import Tool
@@ -61,6 +62,24 @@ def check_description(description: Any) -> str:
                            "in one line; details belong in train.py comments.")
     if _CONTROL_CHARS.search(text):
         raise InvalidInput("description contains control characters; use plain text.")
+    return text
+
+
+def check_reason(value: Any, name: str) -> str | None:
+    """An optional one-line text (hypothesis, reason): None or at most MAX_REASON characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be one line of text (or omitted), got {short(value)}.")
+    if "\n" in value.strip() or "\r" in value.strip():
+        raise InvalidInput(f"{name} must be one line; put the details in the description or train.py comments.")
+    text = " ".join(value.split())
+    if not text:
+        return None
+    if len(text) > MAX_REASON:
+        raise InvalidInput(f"{name} is {len(text)} characters; at most {MAX_REASON}. Say it in one line.")
+    if _CONTROL_CHARS.search(text):
+        raise InvalidInput(f"{name} contains control characters; use plain text.")
     return text
 
 

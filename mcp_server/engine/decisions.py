@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from mcp_server.domain.errors import Conflict, NotFound
 from mcp_server.domain.models import LIVE, Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
-from mcp_server.engine.checks import check_bool
+from mcp_server.engine.checks import check_bool, check_reason
 from mcp_server.engine.parts import EngineParts
 
 
@@ -19,6 +19,8 @@ class DecisionOutcome(BaseModel):
     branch: str | None = Field(None, description="The session branch (keep only).")
     commit: str | None = Field(None, description="The commit the branch points to now (keep only).")
     fast_forward: bool | None = Field(None, description="False when the keep reset the branch (force).")
+    verdict: str | None = Field(None, description="Its verdict vs its reference when decided.")
+    within_noise: bool = Field(False, description="True when it was within the noise of its reference.")
 
 
 class DecisionsMixin(EngineParts):
@@ -43,15 +45,25 @@ class DecisionsMixin(EngineParts):
                            f"Call {Tool.FETCH_RESULTS}(wave_id='{wave.id}') to read them.")
         return self.cancel(live)
 
-    def keep(self, experiment_id: str, force: bool = False) -> DecisionOutcome:
+    def keep(self, experiment_id: str, force: bool = False, reason: str | None = None) -> DecisionOutcome:
         """Keep a done experiment: the session branch moves to its snapshot (fast-forward; `force`
-        resets when the branch moved since) and the working tree is updated. Records decision keep."""
+        resets when the branch moved since) and the working tree is updated. Records decision keep
+        and the agent's `reason`. A result within the noise of its reference needs a reason."""
         exp = self.checks.experiment(experiment_id)
         force = check_bool("force", force)
+        why_kept = check_reason(reason, "reason")
         if exp.status != Status.done:
             why = f" ({(exp.error or '').splitlines()[0][:200]})" if exp.error else ""
             raise Conflict(f"{exp.id} is {exp.status.value}{why}: only done experiments can be kept. "
                            f"Keep a done one (see {Tool.LEADERBOARD}), or fix the code and launch again.")
+        [verdict] = self._verdicts([exp])
+        noisy = verdict.verdict == "within_noise"
+        if noisy and why_kept is None:
+            raise Conflict(
+                f"{exp.id} is within_noise of its reference {verdict.reference_id} (delta {verdict.delta:+.6f}, "
+                f"threshold {verdict.threshold if verdict.threshold is None else f'{verdict.threshold:.6f}'}): "
+                "it may be seed luck. Nothing was changed. Keep it only for a reason (e.g. simpler code): "
+                f"{Tool.KEEP_EXPERIMENT}(experiment_id='{exp.id}', reason='...'); or launch replicates to tell.")
         # every experiment is inserted with its snapshot's commit (launch), and the ledger never clears it
         assert exp.commit is not None
         with self._launch_lock:
@@ -59,14 +71,17 @@ class DecisionsMixin(EngineParts):
             detail = f"branch {result.get('branch')} -> {str(result.get('commit'))[:12]}"
             if not result.get("fast_forward", True):
                 detail += " (reset: not a fast-forward)"
-            self.ledger.set_decision(exp.id, Decision.keep, detail)
+            self.ledger.set_decision(exp.id, Decision.keep, detail, reason=why_kept)
         return DecisionOutcome(experiment=self.checks.experiment(exp.id), branch=result.get("branch"),
-                               commit=result.get("commit"), fast_forward=bool(result.get("fast_forward", True)))
+                               commit=result.get("commit"), fast_forward=bool(result.get("fast_forward", True)),
+                               verdict=verdict.verdict, within_noise=noisy)
 
-    def discard(self, experiment_id: str) -> DecisionOutcome:
-        """Record decision discard for a done experiment (the branch does not move). Refused for a
-        kept experiment while the session branch holds its commit (ledger and git would disagree)."""
+    def discard(self, experiment_id: str, reason: str | None = None) -> DecisionOutcome:
+        """Record decision discard (and the agent's `reason`) for a done experiment (the branch does
+        not move). Refused for a kept experiment while the session branch holds its commit (ledger
+        and git would disagree)."""
         exp = self.checks.experiment(experiment_id)
+        why_discarded = check_reason(reason, "reason")
         if exp.status != Status.done:
             raise Conflict(f"{exp.id} is {exp.status.value}: only done experiments take a keep/discard decision "
                            "(failed ones are already out of the running).")
@@ -80,5 +95,7 @@ class DecisionsMixin(EngineParts):
                     f"another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one does not descend "
                     f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch "
                     "to it.")
-        self.ledger.set_decision(exp.id, Decision.discard)
-        return DecisionOutcome(experiment=self.checks.experiment(exp.id))
+        self.ledger.set_decision(exp.id, Decision.discard, reason=why_discarded)
+        [verdict] = self._verdicts([exp])
+        return DecisionOutcome(experiment=self.checks.experiment(exp.id), verdict=verdict.verdict,
+                               within_noise=verdict.verdict == "within_noise")

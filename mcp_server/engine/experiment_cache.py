@@ -33,6 +33,9 @@ class ExperimentCache:
         self._index: analysis.Index | None = None
         self._boards: dict[tuple[Any, ...], tuple[analysis.Index, int, Leaderboard]] = {}
         self._throughput: tuple[analysis.Index, int, dict[str, dict[str, Any]]] | None = None
+        #: grows on every change the cache hears of (any field, a dispatch too) and on every reload:
+        #: answers that read fields the index ignores (reasons, live states) are cached on it
+        self.changes = 0
         self.unsubscribe = ledger.subscribe(self.refresh)
 
     def refresh(self, ids: list[str]) -> None:
@@ -50,6 +53,7 @@ class ExperimentCache:
                 self._put(exps)
 
     def _put(self, exps: list[Experiment]) -> None:
+        self.changes += 1
         if self._by_id is None or self._index is None:
             return
         try:
@@ -64,6 +68,7 @@ class ExperimentCache:
         """Load the cache and build the index (with the lock held) if not loaded."""
         if self._by_id is None or self._index is None:
             exps = self.ledger.all_experiments()
+            self.changes += 1
             self._index = analysis.Index(exps, self.metric)
             self._by_id = {e.id: e for e in exps}
 
@@ -76,6 +81,20 @@ class ExperimentCache:
             self._load()
             assert self._index is not None
             yield self._index
+
+    def snapshot(self) -> tuple[int, list[Experiment]]:
+        """(changes, every experiment) read together under the lock."""
+        with self.lock:
+            self._load()
+            assert self._by_id is not None
+            return self.changes, list(self._by_id.values())
+
+    def some(self, ids: list[str]) -> tuple[int, list[Experiment]]:
+        """(changes, the experiments with these ids that exist) read together under the lock."""
+        with self.lock:
+            self._load()
+            assert self._by_id is not None
+            return self.changes, [self._by_id[i] for i in ids if i in self._by_id]
 
     def all(self) -> list[Experiment]:
         """Every experiment (loads the cache on first use)."""

@@ -11,7 +11,7 @@ It composes the layers below it:
 * `analysis`: noise floors, verdicts and leaderboards per GPU type.
 
 The engine itself is the facade: life cycle, clusters, waiting, decisions and queries. Its parts,
-one concern each: the mixins `clusters`, `waiting`, `decisions` and `queries` (over the parts
+one concern each: the mixins `clusters`, `waiting`, `decisions`, `queries` and `research` (over the parts
 declared in `parts`), `checks` (argument validation), `launch_planning` (planning and writing
 launches), `data_prep` (prepare.py before the first local run), `rundirs` (run directories and
 jobs), `experiment_cache` (every experiment and the analysis index, in memory), `reports` (GPU
@@ -57,6 +57,7 @@ from mcp_server.engine.decisions import DecisionOutcome, DecisionsMixin
 from mcp_server.engine.experiment_cache import ExperimentCache
 from mcp_server.engine.launch_planning import LaunchPlanner
 from mcp_server.engine.queries import QueriesMixin
+from mcp_server.engine.research import ResearchMixin
 from mcp_server.engine.rundirs import RunDirs
 from mcp_server.engine.waiting import Progress, WaitingMixin, WaitResult
 from mcp_server.runtime.runner import harness_pin as task_harness_pin
@@ -74,7 +75,7 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
+class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin, ResearchMixin):
     """The research engine of one workspace. Thread-safe: the MCP layer may call it from worker
     threads while the scheduler thread runs."""
 
@@ -153,6 +154,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         # Every experiment and the analysis index over them: loaded once, then kept current by the
         # ledger's change hook (every committed write that changes experiments, whoever writes)
         self.cache = ExperimentCache(self.ledger, self.metric)
+        self._research_cache: dict[Any, tuple[int, Any]] = {}   # analyze_wave / session_digest answers
         # ... and so do results.tsv and the waiters: every committed change reaches _on_change
         self.ledger.subscribe(self._on_change)
         self._tsv_pending = True
@@ -193,7 +195,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
             parse_track_spec(spec)      # a bad --track value is refused before anything runs
         self.planner = LaunchPlanner(self.workspace, self.ledger, self.checks, harness_hash=self.harness_hash,
                                  lock=self._launch_lock, all_experiments=self.cache.all,
-                                 written=self._launched)
+                                 written=self._launched, time_budget_s=self.time_budget_s)
 
     @staticmethod
     def _make_backend(config: FleetConfig) -> Backend:
@@ -379,14 +381,20 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         replicates: int = 1,
         seed: int | None = None,
         priority: int = 0,
+        hypothesis: str | None = None,
+        allow_rerun: bool = False,
     ) -> list[Experiment]:
         """Snapshot code and queue it: `replicates` experiments with the same code and seeds
-        seed, seed+1, ... (default 42, 43, ...). The code is the working train.py (default), another
+        seed, seed+1, ... (default: the smallest seeds from 42 up not yet used for this code on this
+        GPU type). An explicit seed that this code already ran with on this GPU type (same harness
+        and budget) is refused (Conflict naming that experiment) unless `allow_rerun`. The code is
+        the working train.py (default), another
         workspace file (`source`), or an experiment's/commit's train.py (`commit`), with `overrides`
         (train.py constants -> literal values) applied through the AST. Its reference for verdicts
         (`parent_code_hash`) is the code at the parent commit (the branch head, or `commit`).
         Several replicates form a wave of kind 'replicates'. Returns the queued experiments."""
-        return self.planner.experiment(description, overrides, source, commit, gpu_type, replicates, seed, priority)
+        return self.planner.experiment(description, overrides, source, commit, gpu_type, replicates, seed, priority,
+                                       hypothesis, allow_rerun)
 
 
     def launch_wave(
@@ -398,12 +406,13 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin):
         base: str | None = None,          # experiment id or commit the wave derives from
         #                                   (default: branch head + working train.py)
         gpu_type: str | None = None,
+        hypothesis: str | None = None,
     ) -> Wave:
         """A full factorial over `axes` (constant -> levels), each cell `replicates` times with
         seeds 42, 43, ... (the same seeds in every cell), plus the unmodified base as a control
         with the same seeds. Every cell's reference is the control's code (`parent_code_hash`),
         so verdicts compare cells with the control on the same GPU type."""
-        return self.planner.wave(description, axes, replicates, include_control, base, gpu_type)
+        return self.planner.wave(description, axes, replicates, include_control, base, gpu_type, hypothesis)
 
 
     def promote(self, experiment_ids: list[str], gpu_type: str, replicates: int = 3) -> Wave:

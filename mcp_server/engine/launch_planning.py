@@ -30,7 +30,15 @@ from mcp_server.domain.limits import (
 )
 from mcp_server.domain.models import LIVE, Experiment, Status, Wave
 from mcp_server.domain.tool_names import Tool
-from mcp_server.engine.checks import Checks, check_bool, check_description, check_int, check_overrides, short
+from mcp_server.engine.checks import (
+    Checks,
+    check_bool,
+    check_description,
+    check_int,
+    check_overrides,
+    check_reason,
+    short,
+)
 from mcp_server.store.ledger import Ledger
 from mcp_server.store.workspace import Workspace
 
@@ -63,6 +71,13 @@ class Planned:
     parent_id: str | None = None
     code_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    hypothesis: str | None = None
+
+
+#: a prior run with one of these statuses already answered "what does this code do with this seed"
+#: (a code failure repeats with the same seed); cancelled, lost and rejected runs never did
+_ANSWERED = frozenset({Status.done, Status.queued, Status.running, Status.crash, Status.nan, Status.oom,
+                       Status.timeout})
 
 
 class LaunchPlanner:
@@ -73,7 +88,8 @@ class LaunchPlanner:
 
     def __init__(self, workspace: Workspace, ledger: Ledger, checks: Checks, *, harness_hash: str,
                  lock: threading.RLock, all_experiments: Callable[[], list[Experiment]],
-                 written: Callable[[list[Experiment]], None]) -> None:
+                 written: Callable[[list[Experiment]], None], time_budget_s: float | None = None) -> None:
+        self.time_budget_s = time_budget_s
         self.workspace = workspace
         self.ledger = ledger
         self.checks = checks
@@ -110,9 +126,12 @@ class LaunchPlanner:
 
     # the three kinds of launch ---------------------------------------------------------------
     def experiment(self, description: Any, overrides: Any, source: Any, commit: Any, gpu_type: Any,
-                   replicates: Any, seed: Any, priority: Any) -> list[Experiment]:
+                   replicates: Any, seed: Any, priority: Any, hypothesis: Any = None,
+                   allow_rerun: Any = False) -> list[Experiment]:
         """See Engine.launch_experiment."""
         desc = check_description(description)
+        hyp = check_reason(hypothesis, "hypothesis")
+        rerun = check_bool("allow_rerun", allow_rerun)
         overrides = check_overrides(overrides)
         n = check_int("replicates", replicates, 1, MAX_REPLICATES)
         seed0 = DEFAULT_SEED if seed is None else check_int("seed", seed, 0, MAX_SEED - MAX_REPLICATES)
@@ -127,24 +146,85 @@ class LaunchPlanner:
             code_hash = self.workspace.blob_sha(text)
             parent_hash = self.workspace.code_hash_at(base.parent_commit)
             label = variants.describe(overrides)
+            prior = self.prior_runs(code_hash, gpu)
+            if seed is None:
+                seeds = self.unused_seeds(prior, n)
+            else:
+                seeds = [seed0 + k for k in range(n)]
+                if not rerun:
+                    self.refuse_rerun(prior, seeds, gpu)
             planned = []
-            for k in range(n):
-                d = desc if n == 1 else f"{desc} [seed {seed0 + k}]"
-                planned.append(Planned(d, text, overrides, seed0 + k, base, parent_hash,
-                                       "replicate" if n > 1 else "single", prio, gpu, code_hash=code_hash))
+            for s in seeds:
+                d = desc if n == 1 else f"{desc} [seed {s}]"
+                planned.append(Planned(d, text, overrides, s, base, parent_hash,
+                                       "replicate" if n > 1 else "single", prio, gpu, code_hash=code_hash,
+                                       hypothesis=hyp))
             wave = None
             if n > 1:
                 wave = {"description": desc, "kind": "replicates",
-                        "design": {"replicates": n, "seeds": [seed0 + k for k in range(n)], "overrides": overrides,
+                        "design": {"replicates": n, "seeds": seeds, "overrides": overrides,
                                    "label": label, "base": base.label, "gpu_type": gpu,
-                                   "gpu_type_chosen": chosen is not None}}
+                                   "gpu_type_chosen": chosen is not None,
+                                   **({"hypothesis": hyp} if hyp else {})}}
             exps, _ = self.write(planned, wave)
         return exps
 
+    # no wasted reruns ------------------------------------------------------------------------
+    def prior_runs(self, code_hash: str, gpu: str | None) -> list[Experiment]:
+        """Runs of this exact code under this harness and budget on the GPU type a launch goes to
+        (`gpu`; None = any slot: in a one-type fleet that type, else the runs that named no type)."""
+        types = self.checks.gpu_types_available()
+        sole = next(iter(types)) if len(types) == 1 else None
+        out = []
+        for e in self.all_experiments():
+            if e.code_hash != code_hash or e.status not in _ANSWERED or e.harness_hash != self.harness_hash:
+                continue
+            if e.time_budget_s is not None and self.time_budget_s is not None and e.time_budget_s != self.time_budget_s:
+                continue
+            where = e.ran_on_gpu or e.gpu_type
+            if gpu is not None:
+                same = where is not None and where.lower() == gpu.lower()
+            elif sole is not None:
+                same = where is None or where.lower() == sole.lower()
+            else:
+                same = e.gpu_type is None
+            if same:
+                out.append(e)
+        return out
+
+    @staticmethod
+    def unused_seeds(prior: list[Experiment], n: int) -> list[int]:
+        """The n smallest seeds from DEFAULT_SEED up that no prior run of the code used."""
+        used = {e.seed for e in prior}
+        seeds: list[int] = []
+        s = DEFAULT_SEED
+        while len(seeds) < n and s <= MAX_SEED:
+            if s not in used:
+                seeds.append(s)
+            s += 1
+        return seeds
+
+    @staticmethod
+    def refuse_rerun(prior: list[Experiment], seeds: list[int], gpu: str | None) -> None:
+        dup = sorted((e for e in prior if e.seed in seeds), key=lambda e: (e.created_at, e.id))
+        if not dup:
+            return
+        first = dup[0]
+        where = gpu or first.ran_on_gpu or first.gpu_type or "any slot"
+        what = f"{first.status.value}" + (f", val_bpb {first.metrics.val_bpb:.6f}"
+                                          if first.metrics.val_bpb is not None else "")
+        others = f" (and {', '.join(e.id for e in dup[1:6])})" if len(dup) > 1 else ""
+        raise Conflict(
+            f"{first.id}{others} already ran this exact code with seed {first.seed} on {where} under the same harness "
+            f"and budget ({what}): launching it again would repeat that run. Nothing was launched. Read it with "
+            f"{Tool.GET_EXPERIMENT}(experiment_id='{first.id}'); for more replicates omit seed (seeds not yet used "
+            "for this code on this GPU type are picked), or pass allow_rerun=true to run it again anyway.")
+
     def wave(self, description: Any, axes: Any, replicates: Any, include_control: Any, base: Any,
-             gpu_type: Any) -> Wave:
+             gpu_type: Any, hypothesis: Any = None) -> Wave:
         """See Engine.launch_wave."""
         desc = check_description(description)
+        hyp = check_reason(hypothesis, "hypothesis")
         n = check_int("replicates", replicates, 1, MAX_REPLICATES)
         control = check_bool("include_control", include_control)
         gpu = self.checks.gpu_type(gpu_type)
@@ -167,17 +247,17 @@ class LaunchPlanner:
                 for s in seeds:
                     d = f"{desc} [control]" + (f" [seed {s}]" if n > 1 else "")
                     planned.append(Planned(d, b.source, {}, s, b, parent_hash, "control", 0, gpu,
-                                           code_hash=parent_hash))
+                                           code_hash=parent_hash, hypothesis=hyp))
             for cell in cells:
                 text = variants.apply_overrides(b.source, cell)
                 code_hash = self.workspace.blob_sha(text)
                 for s in seeds:
                     d = f"{desc} [{variants.describe(cell)}]" + (f" [seed {s}]" if n > 1 else "")
                     planned.append(Planned(d, text, dict(cell), s, b, parent_hash, "factorial", 0, gpu,
-                                           code_hash=code_hash))
+                                           code_hash=code_hash, hypothesis=hyp))
             design = {"axes": axes, "cells": len(cells), "replicates": n, "seeds": seeds,
                       "include_control": control, "base": b.label, "gpu_type": gpu,
-                      "gpu_type_chosen": chosen is not None}
+                      "gpu_type_chosen": chosen is not None, **({"hypothesis": hyp} if hyp else {})}
             _, wave = self.write(planned, {"description": desc, "kind": "factorial", "design": design})
         assert wave is not None
         return wave
@@ -269,7 +349,8 @@ class LaunchPlanner:
                         parent_commit=p.base.parent_commit, commit=sha, code_hash=p.code_hash,
                         parent_code_hash=p.parent_code_hash, harness_hash=self.harness_hash,
                         overrides=p.overrides, seed=p.seed, gpu_type=p.gpu_type, priority=p.priority,
-                        status=Status.queued, created_at=now))
+                        status=Status.queued, created_at=now, hypothesis=p.hypothesis,
+                        time_budget_s=self.time_budget_s))
                 self.ledger.insert_launch(exps, {e.id: p.kind for e, p in zip(exps, planned, strict=True)}, wave_obj)
             except BaseException:
                 for eid in created:

@@ -1,7 +1,8 @@
 """The `results.tsv` export (`ExportMixin`, TSV_COLUMNS).
 
 The columns of karpathy/autoresearch's file (commit, val_bpb, memory_gb, status, description)
-followed by id, wave, gpu, cluster, seed, steps, decision. Rules: one row per experiment that is no
+followed by id, wave, gpu, cluster, seed, steps, decision, and the agent's hypothesis (launch) and
+reason (keep/discard). Rules: one row per experiment that is no
 longer live, in launch order; a field never holds a tab or newline; the file is replaced
 atomically (written beside it, then renamed).
 """
@@ -20,7 +21,7 @@ from mcp_server.store.ledger.connection import LedgerBase
 from mcp_server.store.ledger.schema import METRIC_FIELDS
 
 TSV_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description",
-               "id", "wave", "gpu", "cluster", "seed", "steps", "decision"]
+               "id", "wave", "gpu", "cluster", "seed", "steps", "decision", "hypothesis", "reason"]
 
 
 def tsv_columns(metric: str = "val_bpb") -> list[str]:
@@ -40,11 +41,12 @@ class ExportMixin(LedgerBase):
         column = metric if metric in METRIC_FIELDS else "val_bpb"
         rows = self._conn().execute(
             f"SELECT commit_sha, {column}, peak_vram_mb, status, decision, description, id, wave_id, ran_on_gpu, "
-            "cluster, seed, num_steps, metrics_extra, imported FROM experiments "
+            "cluster, seed, num_steps, metrics_extra, imported, hypothesis, reason FROM experiments "
             "WHERE status NOT IN ('queued', 'running') ORDER BY seq"
         ).fetchall()
         out = []
-        for commit, bpb, vram, status, decision, desc, eid, wave, gpu, cluster, seed, steps, extra, imported in rows:
+        for (commit, bpb, vram, status, decision, desc, eid, wave, gpu, cluster, seed, steps, extra, imported,
+             hyp, why) in rows:
             if metric != column:
                 bpb = json.loads(extra).get(metric) if extra else None
             if isinstance(bpb, bool) or not isinstance(bpb, (int, float)) or not math.isfinite(bpb):
@@ -58,7 +60,7 @@ class ExportMixin(LedgerBase):
                 _clean_tsv(desc),
                 eid, wave or "", gpu or "", cluster or "", "" if imported else str(seed),
                 "" if steps is None else str(steps),
-                decision or "",
+                decision or "", _clean_tsv(hyp or ""), _clean_tsv(why or ""),
             ])
         return out
 

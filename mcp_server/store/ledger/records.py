@@ -101,12 +101,13 @@ class RecordsMixin(LedgerBase):
                 c.execute(
                     f"""INSERT INTO experiments(seq, id, description, kind, wave_id, parent_id,
                         parent_commit, commit_sha, code_hash, parent_code_hash, harness_hash,
-                        overrides, seed, gpu_type, priority, status, attempts, created_at)
-                        VALUES({','.join('?' * 18)})""",
+                        overrides, seed, gpu_type, priority, status, attempts, created_at, hypothesis,
+                        time_budget_s)
+                        VALUES({','.join('?' * 20)})""",
                     (id_seq(e.id), e.id, e.description, kinds.get(e.id, "single"), e.wave_id,
                      e.parent_id, e.parent_commit, e.commit, e.code_hash, e.parent_code_hash,
                      e.harness_hash, json.dumps(e.overrides, sort_keys=True), e.seed, e.gpu_type,
-                     e.priority, Status.queued.value, 0, e.created_at or now))
+                     e.priority, Status.queued.value, 0, e.created_at or now, e.hypothesis, e.time_budget_s))
                 c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",
                           (e.id, now, "queued", e.gpu_type or "any"))
 
@@ -207,9 +208,11 @@ class RecordsMixin(LedgerBase):
         return [w for w in (self.get_wave(i) for i in ids) if w]
 
     # -- decisions & events ----------------------------------------------------------------------
-    def set_decision(self, exp_id: str, decision: Decision, detail: str = "") -> bool:
+    def set_decision(self, exp_id: str, decision: Decision, detail: str = "", reason: str | None = None) -> bool:
+        """Record a keep/discard (and the agent's reason: None clears an earlier one) for a done experiment."""
         with self.tx() as c:
-            cur = c.execute("UPDATE experiments SET decision=? WHERE id=? AND status='done'", (decision.value, exp_id))
+            cur = c.execute("UPDATE experiments SET decision=?, reason=? WHERE id=? AND status='done'",
+                            (decision.value, reason, exp_id))
             if cur.rowcount != 1:
                 return False
             c.execute("INSERT INTO events(experiment_id, t, kind, detail) VALUES(?,?,?,?)",

@@ -130,6 +130,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE experiments ADD COLUMN import_key TEXT;
     CREATE UNIQUE INDEX experiments_import_key ON experiments(import_key) WHERE import_key IS NOT NULL;
     """,
+    # 4: the agent's reasons on record: what a launch tests (hypothesis), why a result was kept or
+    # discarded (reason); the training budget a launch ran under (the rerun guard compares it).
+    """
+    ALTER TABLE experiments ADD COLUMN hypothesis TEXT;
+    ALTER TABLE experiments ADD COLUMN reason TEXT;
+    ALTER TABLE experiments ADD COLUMN time_budget_s REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -144,6 +151,7 @@ EXP_COLUMNS = [
     "code_hash", "parent_code_hash", "harness_hash", "overrides", "seed", "gpu_type", "priority",
     "status", "decision", "cluster", "ran_on_gpu", "attempts", *METRIC_FIELDS, "error",
     "log_path", "handle", "created_at", "started_at", "ended_at", "waiting_for_slot", "metrics_extra", "imported",
+    "hypothesis", "reason", "time_budget_s",
 ]
 EXP_SELECT = ", ".join(EXP_COLUMNS)
 
@@ -183,6 +191,7 @@ def row_to_experiment(row: sqlite3.Row | tuple) -> Experiment:
         "ran_on_gpu": d["ran_on_gpu"], "attempts": d["attempts"], "metrics": metrics, "error": d["error"],
         "log_path": d["log_path"], "created_at": d["created_at"], "started_at": d["started_at"],
         "ended_at": d["ended_at"], "waiting_for_slot": bool(d["waiting_for_slot"]), "imported": bool(d["imported"]),
+        "hypothesis": d["hypothesis"], "reason": d["reason"], "time_budget_s": d["time_budget_s"],
     })
 
 

@@ -16,7 +16,6 @@ clusters' last update), so repeated polls of an idle ledger cost one indexed que
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mcp_server.domain import analysis
+from mcp_server.domain import analysis, wave_analysis
 from mcp_server.domain.errors import InvalidInput, NotFound
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import FAILED, LIVE, Decision, Experiment, Metrics, Status
@@ -76,7 +75,7 @@ class DashboardData:
         self.max_concurrent = max_concurrent
         self._notes = notes
         self._follow_events = cache is None      # standalone: no change hook from the writer's process
-        self.cache = cache if cache is not None else ExperimentCache(ledger)
+        self.cache = cache if cache is not None else ExperimentCache(ledger, metric)
         self._lock = threading.Lock()
         self._seen_event = -1
         self._memo: dict[Any, tuple[Any, Any]] = {}
@@ -372,7 +371,7 @@ class DashboardData:
                                   metric.sort_key(c["mean"]) if c["mean"] is not None else 0))
         return {"id": w.id, "description": w.description, "kind": w.kind, "design": w.design,
                 "cells": table, "experiments": [self._row(e, verdicts.get(e.id)) for e in members],
-                "main_effects": main_effects(w, members, metric), "metric": metric.model_dump(),
+                "main_effects": main_effects(w, members, metric, self.cache.all()), "metric": metric.model_dump(),
                 "note": NOT_COMPARABLE}
 
     # -- one experiment ---------------------------------------------------------------------------------
@@ -437,22 +436,16 @@ class DashboardData:
                 "status": e.status.value}
 
 
-def main_effects(wave: Any, members: list[Experiment], metric: Metric) -> dict[str, Any] | None:
-    """HOOK (issue 12): a factorial wave's main-effects table comes from the research-memory analysis
-    (`mcp_server.domain.wave_analysis`) when that module is present; None otherwise (the page then
-    shows the cells table only). The analysis owns the statistics; the dashboard only shows them."""
+def main_effects(wave: Any, members: list[Experiment], metric: Metric,
+                 everything: list[Experiment]) -> dict[str, Any] | None:
+    """A factorial wave's main effects, interactions and cells vs control, from the research-memory
+    analysis (`domain.wave_analysis`, the same statistics as the analyze_wave tool; effects are taken
+    against each axis's first level here, as the page does not read the base code's constants).
+    None for any other kind of wave. The analysis owns the statistics; the dashboard only shows them."""
     if wave.kind != "factorial":
         return None
     try:
-        wave_analysis = importlib.import_module("mcp_server.domain.wave_analysis")
-    except ImportError:
-        return None
-    analyse = getattr(wave_analysis, "analyze_wave", None) or getattr(wave_analysis, "analyse_wave", None)
-    if analyse is None:
-        return None
-    try:
-        result = analyse(wave, members)
-    except Exception as exc:  # noqa: BLE001 - an analysis that cannot run says why; the page goes on
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    dump = getattr(result, "model_dump", None)
-    return dump(mode="json") if callable(dump) else result
+        result = wave_analysis.analyze_wave(wave, members, metric, wave_analysis.pooled_noise(everything, metric))
+    except InvalidInput as exc:          # a wave without axes: the page says why
+        return {"error": str(exc)}
+    return result.model_dump(mode="json")

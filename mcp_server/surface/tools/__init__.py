@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from mcp_server.surface.tools import clusters, decisions, experiments, results
+from mcp_server.surface.tools import clusters, decisions, experiments, research, results
 
-MODULES = (clusters, experiments, results, decisions)
+MODULES = (clusters, experiments, results, decisions, research)
 
 
 def register_all(server: MCPServer) -> None:

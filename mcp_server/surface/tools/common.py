@@ -158,6 +158,17 @@ Description = Annotated[
           description="One line saying what this changes and why, "
                       "e.g. 'MATRIX_LR 0.04 -> 0.06: faster early descent'."),
 ]
+OptHypothesis = Annotated[
+    str | None,
+    Field(max_length=limits.MAX_REASON, description="One line: what this launch tests and what you expect, "
+          f"e.g. 'a higher LR helps at depth 8'. Kept in the ledger ({Tool.GET_EXPERIMENT}, {Tool.SESSION_DIGEST}, "
+          "results.tsv)."),
+]
+OptReason = Annotated[
+    str | None,
+    Field(max_length=limits.MAX_REASON, description="One line: why you decided this, e.g. 'beyond noise on H100, "
+          f"3 seeds'. Kept in the ledger ({Tool.GET_EXPERIMENT}, {Tool.SESSION_DIGEST}, results.tsv)."),
+]
 OptOverrides = Annotated[
     dict[OverrideName, OverrideValue] | None,
     Field(max_length=limits.MAX_OVERRIDES,

@@ -31,6 +31,7 @@ from mcp_server.surface.tools.common import (
     GpuType,
     OptBaseRef,
     OptGpuType,
+    OptHypothesis,
     OptOverrides,
     OptWaveId,
     OverrideName,
@@ -152,13 +153,18 @@ def launch_experiment(
     gpu_type: OptGpuType = None,
     replicates: Replicates = 1,
     seed: Annotated[int | None, Field(ge=0, le=limits.MAX_FIRST_SEED, description="Seed of the first replicate; "
-                                      "the others use seed+1, seed+2, ... (default 42).")] = None,
+                                      "the others use seed+1, seed+2, ... (default: seeds from 42 up that this "
+                                      "code has not used on this GPU type).")] = None,
     priority: Annotated[int, Field(ge=limits.USER_PRIORITY[0], le=limits.USER_PRIORITY[1],
                                    description="Higher runs first among queued experiments.")] = 0,
+    hypothesis: OptHypothesis = None,
+    allow_rerun: Annotated[bool, Field(description="Run it even when this exact code already ran with this seed "
+                                       "on this GPU type (refused by default: a wasted slot).")] = False,
 ) -> LaunchResult:
     """Snapshot the current train.py (with optional constant overrides) and queue it to run for the
     fixed time budget. Use it for a baseline (replicates=3), a single hand-written change, or a
-    re-run. For several values of several knobs at once use launch_wave instead. The agent's branch
+    re-run. For several values of several knobs at once use launch_wave instead. More replicates of
+    existing code: base='<id>' with no overrides and no seed picks unused seeds. The agent's branch
     does not move; returns at once with ids for wait_for_experiments."""
     if source is not None and base is not None:
         raise ToolError("Give either source (a file in the workspace) or base (an experiment id or commit to "
@@ -169,7 +175,8 @@ def launch_experiment(
     eng = engine(ctx)
     exps = eng.launch_experiment(
         description=description, overrides=overrides or None, source=source, commit=base,
-        gpu_type=gpu_type, replicates=replicates, seed=seed, priority=priority,
+        gpu_type=gpu_type, replicates=replicates, seed=seed, priority=priority, hypothesis=hypothesis,
+        allow_rerun=allow_rerun,
     )
     # replicates form a wave whose design records whether the server chose their GPU type
     chosen = _chosen_type(eng.get_wave(exps[0].wave_id).design) if exps[0].wave_id else ""
@@ -192,13 +199,14 @@ def launch_wave(
                                Field(description="Also run the unchanged base code as the wave's control.")] = True,
     base: OptBaseRef = None,
     gpu_type: OptGpuType = None,
+    hypothesis: OptHypothesis = None,
 ) -> WaveResult:
     """Launch a factorial wave: every combination of the levels of 2-3 knobs (plus a control), all
     at once, so one wave measures main effects and interactions. Use it instead of one-at-a-time
     changes whenever the fleet has free clusters. Returns at once with the wave id."""
     eng = engine(ctx)
     wave = eng.launch_wave(description=description, axes=axes, replicates=replicates,
-                           include_control=include_control, base=base, gpu_type=gpu_type)
+                           include_control=include_control, base=base, gpu_type=gpu_type, hypothesis=hypothesis)
     return wave_result(eng, wave)
 
 

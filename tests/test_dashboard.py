@@ -114,7 +114,8 @@ async def test_dashboard_follows_a_live_session(tmp_path, cache):
                                          timeout=APPEAR_S * 1000)
 
             # keep the variant: the kept chain and the chart's star follow
-            await ok(client, f"{Tool.KEEP_EXPERIMENT}", {"experiment_id": "e0005"})
+            await ok(client, f"{Tool.KEEP_EXPERIMENT}", {"experiment_id": "e0005",
+                                                               "reason": "the dashboard test keeps it"})
             await page.wait_for_selector('#ov-chain a[data-id="e0005"]', timeout=APPEAR_S * 1000)
 
             # one chart per GPU type, each drawn (not blank)

@@ -46,7 +46,8 @@ async def test_karpathy_layout_task_baseline_wave_keep(tmp_path: Path) -> None:
         assert all(verdicts[e["id"]]["verdict"] in {"improvement", "within_noise", "worse"} for e in cells)
         assert all(verdicts[e["id"]]["noise"] is not None for e in cells)   # the baseline's 3 seeds
         best = min(cells, key=lambda e: e["val_bpb"])
-        kept = await ok(client, "keep_experiment", {"experiment_id": best["id"]})
+        kept = await ok(client, "keep_experiment", {"experiment_id": best["id"],
+                                                          "reason": "best cell of the LR x STEPS screen"})
         assert kept["experiment"]["decision"] == "keep"
         assert f"LR = {best['overrides']['LR']}" in (repo / "train.py").read_text()
 

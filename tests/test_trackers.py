@@ -166,7 +166,8 @@ async def test_mlflow_receives_every_experiment_and_survives_an_outage(tmp_path,
             await ok(client, f"{Tool.LAUNCH_EXPERIMENT}", {"description": "deeper", "overrides": {"DEPTH": 3}})
             await ok(client, f"{Tool.LAUNCH_EXPERIMENT}", {"description": "seed 7", "seed": 7})
             await ok(client, f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": 600})
-            await ok(client, f"{Tool.KEEP_EXPERIMENT}", {"experiment_id": "e0003"})
+            await ok(client, f"{Tool.KEEP_EXPERIMENT}", {"experiment_id": "e0003",
+                                                               "reason": "the tracker test keeps it"})
             deadline = time.monotonic() + 60
             while True:
                 notes = (await ok(client, f"{Tool.BUDGET_STATUS}"))["notes"]

@@ -293,3 +293,22 @@ def test_the_page_ships_in_the_package():
     page = (static / "index.html").read_text() + (static / "app.js").read_text()
     assert "http://" not in page and "https://" not in page          # nothing loaded from elsewhere
     assert "POST" not in page and "innerHTML" not in page     # GET only; text is never parsed as HTML
+
+
+def test_a_factorial_waves_main_effects_are_the_wave_analysis():
+    """The wave detail's main-effects table is domain/wave_analysis's answer (the analyze_wave
+    statistics), not a second computation; other kinds of wave have none."""
+    from test_wave_analysis import build_wave, known_values
+
+    from mcp_server.domain.metric import DEFAULT_METRIC
+    from mcp_server.domain.wave_analysis import analyze_wave, pooled_noise
+    from mcp_server.surface.dashboard.data import main_effects
+
+    wave, exps = build_wave(known_values(), control=[1.0, 1.003, 0.998])
+    got = main_effects(wave, exps, DEFAULT_METRIC, exps)
+    want = analyze_wave(wave, exps, DEFAULT_METRIC, pooled_noise(exps, DEFAULT_METRIC)).model_dump(mode="json")
+    assert got == want
+    assert {a["axis"] for a in got["by_gpu_type"]["H100"]["axes"]} == {"A", "B", "C"}
+    assert main_effects(wave.model_copy(update={"kind": "replicates"}), exps, DEFAULT_METRIC, exps) is None
+    no_axes = wave.model_copy(update={"design": {}})
+    assert "no axes" in main_effects(no_axes, exps, DEFAULT_METRIC, exps)["error"]

@@ -242,6 +242,27 @@ async function refreshWaves() {
   if (state.wave) await refreshWave();
 }
 
+// A factorial wave's analysis (domain/wave_analysis, as analyze_wave gives it): per GPU type, one row
+// per axis level with its marginal mean, effect against the reference level, and Holm-corrected verdict.
+function mainEffects(a) {
+  if (a.error) return el("p", { class: "note" }, "Main effects: " + a.error);
+  const parts = [el("h4", {}, "Main effects (" + a.method + ")")];
+  for (const [gpu, g] of Object.entries(a.by_gpu_type)) {
+    const t = el("table", { class: "effects", "data-gpu": gpu });
+    const rows = [];
+    for (const ax of g.axes) for (const lv of ax.levels) rows.push(el("tr", {},
+      el("td", {}, ax.axis), el("td", {}, JSON.stringify(lv.level) + (ax.best_level === lv.level ? " *" : "")),
+      el("td", {}, fmt(lv.mean)), el("td", {}, fmt(lv.se)), el("td", {}, lv.runs), el("td", {}, fmt(lv.delta)),
+      el("td", {}, fmt(lv.p_holm)), el("td", {}, lv.verdict)));
+    table(t, [["a", "axis"], ["l", "level"], ["m", "mean"], ["s", "se"], ["n", "runs"], ["d", "delta"],
+      ["p", "p (Holm)"], ["v", "verdict"]], rows);
+    const flags = g.interactions.filter((i) => i.best_level_changes).map((i) => i.axes.join(" x "));
+    parts.push(el("p", {}, `${gpu}: noise ${fmt(g.noise)}${g.balanced ? "" : " (unbalanced design)"}; ` +
+      (flags.length ? "best level changes with the other axis: " + flags.join(", ") + "; " : "") + g.chance), t);
+  }
+  return el("div", {}, ...parts);
+}
+
 async function refreshWave() {
   const w = await get("/waves/" + encodeURIComponent(state.wave));
   const box = $("wave-detail");
@@ -251,9 +272,7 @@ async function refreshWave() {
     w.cells.map((c) => el("tr", {}, el("td", {}, c.gpu_type), el("td", {}, JSON.stringify(c.overrides)), el("td", {}, c.n),
       el("td", {}, fmt(c.mean)), el("td", {}, fmt(c.std)), el("td", {}, c.live), el("td", {}, c.failed),
       el("td", {}, c.ids.map((i) => exLink(i, " "))))));
-  const effects = w.main_effects === null ? el("p", { class: "note" }, w.kind === "factorial" ?
-    "Main effects: shown here once the research-memory analysis is available." : "") :
-    el("div", {}, el("h4", {}, "Main effects"), el("pre", { class: "diff" }, JSON.stringify(w.main_effects, null, 2)));
+  const effects = w.main_effects === null ? el("p", { class: "note" }, "") : mainEffects(w.main_effects);
   box.replaceChildren(el("h3", {}, `${w.id} (${w.kind}): ${w.description}`),
     el("p", {}, "design: " + JSON.stringify(w.design)), el("p", { class: "note" }, w.note), cells, effects);
 }

@@ -102,7 +102,7 @@ async def test_dashboard_follows_a_live_session(tmp_path, cache):
                 "() => document.querySelector('#d-log').textContent.includes('val_bpb')", timeout=10_000)
             verdict = await page.locator("#d-verdict").inner_text()
             label = verdict.removeprefix("verdict: ").split(" ")[0]
-            assert label in {"improvement", "within_noise", "worse", "no_reference"}, verdict
+            assert label in {"improvement", "within_noise", "worse", "reference", "no_reference"}, verdict
             assert first.id in await page.locator("#d-title").inner_text()
             assert await page.locator("#d-events tr").count() >= 3   # queued, submitted, ..., finished
 

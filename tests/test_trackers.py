@@ -132,7 +132,7 @@ def _check_run(client, run, exp) -> None:
     assert d.metrics["val_bpb"] == pytest.approx(exp.metrics.val_bpb)
     assert d.metrics["num_steps"] == exp.metrics.num_steps
     assert d.tags["status"] == "done" and d.tags["gpu_type"] == exp.ran_on_gpu
-    assert d.tags["verdict"] in {"improvement", "within_noise", "worse", "no_reference"}
+    assert d.tags["verdict"] in {"improvement", "within_noise", "worse", "reference", "no_reference"}
     assert d.tags["decision"] == (exp.decision.value if exp.decision else "none")
     assert "only" in d.tags["comparable_with"]                       # never compared across GPU types
     curve = client.get_metric_history(run.info.run_id, "train/loss")
@@ -237,7 +237,7 @@ async def test_wandb_offline_writes_the_run_files(tmp_path, cache, caplog):
     summary, config, tags = run["summary"], run["config"], run["tags"]
     assert summary["val_bpb"] == pytest.approx(exp.metrics.val_bpb) and summary["num_steps"] == exp.metrics.num_steps
     assert summary["tag.status"] == "done" and summary["tag.gpu_type"] == exp.ran_on_gpu
-    assert summary["tag.verdict"] in {"improvement", "within_noise", "worse", "no_reference"}
+    assert summary["tag.verdict"] in {"improvement", "within_noise", "worse", "reference", "no_reference"}
     assert "only" in summary["tag.comparable_with"]                  # never compared across GPU types
     assert {"status:done", f"gpu_type:{exp.ran_on_gpu}", "decision:none"} <= set(tags)
     assert config["seed"] == str(exp.seed) and config["override.DEPTH"] == "3"

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.ids import format_exp_id, format_wave_id
+from mcp_server.domain.limits import MAX_QUEUED
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.engine.facade import Engine
 
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", default="16", help="slot count, or several comma-separated (16,64,128,256): "
                     "one fleet run each, then a summary")
     ap.add_argument("--experiments", type=int, default=200,
-                    help="experiments per run (with several slot counts: 7 rounds each when not given)")
+                    help="experiments per run (with several slot counts: 7 rounds each when not given, "
+                    "fewer where that would pass the server's cap of live experiments)")
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--ledger-size", type=int, default=10_000, help="0 skips the ledger query part")
     ap.add_argument("--keep", type=Path, default=None, help="keep the workspaces in this directory")
@@ -315,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
               "(timings scale with it)")
         fleets = []
         for slots in slot_counts:
-            n = args.experiments if explicit_n or len(slot_counts) == 1 else 7 * slots
+            # 7 rounds each, within the server's cap on live experiments
+            n = args.experiments if explicit_n or len(slot_counts) == 1 else min(7, MAX_QUEUED // slots) * slots
             print(f"SIMULATION: {slots} local slots, stand-in trainer sleeping {args.budget:g} s, "
                   f"{n} experiments (real engine, runner, LocalBackend, git, SQLite)")
             f = run_fleet(root / f"s{slots}", slots, n, args.budget)

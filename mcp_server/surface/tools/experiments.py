@@ -80,8 +80,8 @@ class WaitResult(BaseModel):
         "what follows the wave's description).")
     verdicts: list[Verdict] = Field(
         description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor (a "
-        "note repeated from an earlier verdict of this result is left out; detail=true gives every note, "
-        "val_bpb and the reference group's mean and size)."
+        "note repeated from an earlier verdict of this result is left out; detail=true gives every note "
+        "and the reference group's mean and size)."
     )
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
     omitted: int = Field(0, description=f"Finished but not listed here "
@@ -324,16 +324,15 @@ async def wait_for_experiments(
 
 
 def _lean_verdicts(verdicts: list[Verdict]) -> list[Verdict]:
-    """Without `detail`: no val_bpb (the finished row has it) and no reference group's mean and
-    size (delta and reference_id say it); a note that repeats an earlier verdict's note in this
-    result is left out (replicates share their group's note)."""
+    """Without `detail`: no reference group's mean and size (delta and reference_id say it); a
+    note that repeats an earlier verdict's note in this result is left out (replicates share
+    their group's note)."""
     seen: set[str] = set()
     out = []
     for v in verdicts:
         note = "" if v.note in seen else v.note
         seen.add(v.note)
-        out.append(v.model_copy(update={"note": note, "val_bpb": None, "reference_val_bpb": None,
-                                        "reference_replicates": 0}))
+        out.append(v.model_copy(update={"note": note, "reference_val_bpb": None, "reference_replicates": 0}))
     return out
 
 

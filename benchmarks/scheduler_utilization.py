@@ -1,14 +1,14 @@
 """Benchmark: how busy the scheduler keeps a fleet, what the engine costs per experiment, and how
 fast ledger queries are at 10,000 experiments.
 
-SIMULATION. The fleet is 16 local slots (LocalBackend, cpu_slots=16) on this machine, and the
+SIMULATION. The fleet is N local slots (default 16) (LocalBackend, cpu_slots=16) on this machine, and the
 trainer is a STAND-IN train.py that sleeps its time budget and prints a result in the contract's
 format (no torch, no data): it measures the engine, the scheduler, the real runner and the real
 LocalBackend -- not training. The harness is a stand-in prepare.py (the runner still checks its
 hash). Everything else is the real engine: git snapshots, SQLite ledger, run directories.
 
-    python benchmarks/scheduler_utilization.py [--slots 16] [--experiments 200] [--budget 2]
-                                               [--ledger-size 10000] [--keep DIR]
+    python benchmarks/scheduler_utilization.py [--slots 16 | --slots 16,64,128,256] [--experiments 200]
+                                               [--budget 2] [--ledger-size 10000 | 0] [--keep DIR]
 
 Prints:
 * utilization = busy slot-seconds / (slots x wall), where busy = the runner's own start..end of
@@ -22,6 +22,9 @@ Prints:
   on the same slot (a job queued ahead -- LocalBackend queue_depth 2 -- starts by a lock
   hand-off; a cold start is result detection + dispatch + runner start), the slots' first starts,
   how long after a run ended its result was recorded, scheduler tick time;
+* engine CPU per experiment (this process's CPU time over the run / experiments), hand-off gap
+  p50/p95, ledger write latency p50/p95 (every write transaction, lock wait and change hooks
+  included), peak RSS of the engine process;
 * ledger query time with 10,000 experiments: leaderboard (target < 50 ms), a list page,
   verdicts, budget status.
 """
@@ -33,17 +36,20 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.ids import format_exp_id, format_wave_id
+from mcp_server.domain.limits import MAX_QUEUED
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.engine.facade import Engine
 
@@ -76,11 +82,32 @@ def _template(root: Path) -> Path:
     return t
 
 
+def _rss_mb() -> float:
+    """This process's resident set now (MB): at the end of a run, with every experiment in the cache."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
     template = _template(root)
     cfg = FleetConfig(workspace=root / "fleet", tag="bench", profile="cpu", time_budget_s=budget,
                       timeout_grace_s=30, cpu_slots=slots, template_dir=template, max_concurrent=slots)
     eng = Engine(cfg)
+    writes: list[float] = []
+    tx = eng.ledger.tx
+
+    @contextmanager
+    def timed_tx():   # every ledger write: write-lock wait + BEGIN IMMEDIATE..COMMIT + change hooks
+        t = time.perf_counter()
+        with tx() as c:
+            yield c
+        writes.append(time.perf_counter() - t)
+    eng.ledger.tx = timed_tx  # type: ignore[method-assign]
     per_call = 16
     t0 = time.perf_counter()
     ids: list[str] = []
@@ -90,9 +117,13 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
                                                     seed=len(ids))]
     launch_s = time.perf_counter() - t0
 
+    writes.clear()
+    cpu0 = time.process_time()   # this process = the engine (runners and trainers are other processes)
     eng.start()
     # data preparation (stand-in) happens before the first dispatch; wall starts at the first submit
     res = eng.wait(ids, timeout_s=max(600.0, 4 * n * budget / slots))
+    engine_cpu = time.process_time() - cpu0
+    rss_mb = _rss_mb()
     ticks_cpu = eng.scheduler.stats["tick_seconds"]
     sched_stats = dict(eng.scheduler.stats, ticks=eng.scheduler.ticks)
     eng.close()
@@ -136,6 +167,9 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
 
     def mean_ms(xs: list[float]) -> float:
         return 1000 * statistics.mean(xs) if xs else float("nan")
+
+    def pct_ms(xs: list[float], q: float) -> float:
+        return 1000 * sorted(xs)[int(q * (len(xs) - 1))] if xs else float("nan")
     return {
         "experiments": len(runs), "slots": slots, "budget_s": budget, "wall_s": wall,
         "busy_slot_s": busy, "utilization": util, "ceiling": ceiling, "utilization_while_queued": util_queue,
@@ -146,6 +180,10 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
         "first_start_ms_mean": mean_ms(first_start), "first_start_ms_max": 1000 * max(first_start),
         "detect_ms_mean": mean_ms(detect), "sched_cpu_ms_per_exp": 1000 * ticks_cpu / n,
         "slots_used": len(by_slot), "scheduler": sched_stats,
+        "handoff_ms_p50": pct_ms(handoff, 0.5), "handoff_ms_p95": pct_ms(handoff, 0.95),
+        "gap_ms_p50": pct_ms(gaps, 0.5), "engine_cpu_ms_per_exp": 1000 * engine_cpu / n,
+        "writes": len(writes), "write_ms_p50": pct_ms(writes, 0.5), "write_ms_p95": pct_ms(writes, 0.95),
+        "rss_mb": rss_mb,
     }
 
 
@@ -233,53 +271,81 @@ def bench_queries(root: Path, size: int) -> dict:
     return out
 
 
+def print_fleet(f: dict) -> None:
+    print(f"  wall {f['wall_s']:.1f} s for {f['experiments']} runs on {f['slots_used']} slots, "
+          f"mean run {f['mean_run_s']:.3f} s (runner start..end)")
+    print(f"  utilization = busy slot-seconds / (slots x wall) = {f['busy_slot_s']:.1f} / "
+          f"({f['slots']} x {f['wall_s']:.2f}) = {f['utilization']:.3f}; ceiling for this workload (last round "
+          f"{f['experiments'] % f['slots'] or f['slots']}/{f['slots']} slots busy) {f['ceiling']:.3f}: "
+          f"{f['utilization'] / f['ceiling']:.3f} of the ceiling; while experiments were queued "
+          f"{f['utilization_while_queued']:.3f}")
+    print(f"  engine CPU {f['engine_cpu_ms_per_exp']:.1f} ms per experiment (this process: scheduler, waiter, "
+          f"ledger, git; runners and trainers excluded); server RSS {f['rss_mb']:.0f} MB at the end of the run")
+    print(f"  engine overhead per experiment: launch {f['launch_ms_per_exp']:.1f} ms (snapshot + ledger); "
+          f"slot gap end->next start {f['gap_ms_mean']:.1f} ms mean / {f['gap_ms_p50']:.1f} p50 / "
+          f"{f['gap_ms_p95']:.1f} ms p95 / {f['gap_ms_max']:.0f} ms max")
+    print(f"    {f['handoffs']} starts were hand-offs to a runner queued ahead ({f['handoff_ms_mean']:.1f} ms mean, "
+          f"{f['handoff_ms_p50']:.1f} p50, {f['handoff_ms_p95']:.1f} p95), {f['cold']} cold starts "
+          f"({f['cold_gap_ms_mean']:.0f} ms mean gap, submit->start {f['cold_start_ms_mean']:.0f} ms); each slot's "
+          f"first start {f['first_start_ms_mean']:.0f} ms mean / {f['first_start_ms_max']:.0f} ms max after the "
+          "first submit")
+    print(f"    results recorded {f['detect_ms_mean']:.0f} ms after the run ended (mean); scheduler tick time "
+          f"{f['sched_cpu_ms_per_exp']:.1f} ms per experiment; {f['writes']} ledger writes "
+          f"{f['write_ms_p50']:.1f} ms p50 / {f['write_ms_p95']:.1f} ms p95 (lock wait + transaction + change hooks)")
+    st = f["scheduler"]
+    print(f"  scheduler: {st['ticks']} ticks, {st['polls']} polls, {st['dispatched']} dispatched, "
+          f"{st['staged_used']} from run dirs staged ahead")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--slots", type=int, default=16)
-    ap.add_argument("--experiments", type=int, default=200)
+    ap.add_argument("--slots", default="16", help="slot count, or several comma-separated (16,64,128,256): "
+                    "one fleet run each, then a summary")
+    ap.add_argument("--experiments", type=int, default=200,
+                    help="experiments per run (with several slot counts: 7 rounds each when not given, "
+                    "fewer where that would pass the server's cap of live experiments)")
     ap.add_argument("--budget", type=float, default=2.0)
-    ap.add_argument("--ledger-size", type=int, default=10_000)
+    ap.add_argument("--ledger-size", type=int, default=10_000, help="0 skips the ledger query part")
     ap.add_argument("--keep", type=Path, default=None, help="keep the workspaces in this directory")
     args = ap.parse_args(argv)
+    slot_counts = [int(x) for x in str(args.slots).split(",") if x.strip()]
+    explicit_n = any(a == "--experiments" or a.startswith("--experiments=") for a in (argv or sys.argv[1:]))
     root = args.keep or Path(tempfile.mkdtemp(prefix="autoresearch-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
               "(timings scale with it)")
-        print(f"SIMULATION: {args.slots} local slots, stand-in trainer sleeping {args.budget:g} s, "
-              f"{args.experiments} experiments (real engine, runner, LocalBackend, git, SQLite)")
-        f = run_fleet(root, args.slots, args.experiments, args.budget)
-        print(f"  wall {f['wall_s']:.1f} s for {f['experiments']} runs on {f['slots_used']} slots, "
-              f"mean run {f['mean_run_s']:.3f} s (runner start..end)")
-        print(f"  utilization = busy slot-seconds / (slots x wall) = {f['busy_slot_s']:.1f} / "
-              f"({f['slots']} x {f['wall_s']:.2f}) = {f['utilization']:.3f}   (target >= 0.95)")
-        print(f"  ceiling for this workload (last round {f['experiments'] % f['slots'] or f['slots']}/{f['slots']} "
-              f"slots busy): {f['ceiling']:.3f}; utilization while experiments were queued: "
-              f"{f['utilization_while_queued']:.3f}")
-        print(f"  engine overhead per experiment: launch {f['launch_ms_per_exp']:.1f} ms (snapshot + ledger); "
-              f"slot gap end->next start {f['gap_ms_mean']:.1f} ms mean / {f['gap_ms_p95']:.1f} ms p95 / "
-              f"{f['gap_ms_max']:.0f} ms max")
-        print(f"    {f['handoffs']} starts were hand-offs to a runner queued ahead ({f['handoff_ms_mean']:.1f} ms mean "
-              f"gap), {f['cold']} cold starts ({f['cold_gap_ms_mean']:.0f} ms mean gap, submit->start "
-              f"{f['cold_start_ms_mean']:.0f} ms); each slot's first start {f['first_start_ms_mean']:.0f} ms mean / "
-              f"{f['first_start_ms_max']:.0f} ms max after the first submit")
-        print(f"    results recorded {f['detect_ms_mean']:.0f} ms after the run ended (mean); scheduler tick time "
-              f"{f['sched_cpu_ms_per_exp']:.1f} ms per experiment")
-        st = f["scheduler"]
-        print(f"  scheduler: {st['ticks']} ticks, {st['polls']} polls, {st['dispatched']} dispatched, "
-              f"{st['staged_used']} from run dirs staged ahead")
-        q = bench_queries(root, args.ledger_size)
-        print(f"ledger queries at {q['experiments']:,} experiments (built in {q['build_s']:.1f} s); "
-              "first call / median of the next 7, ms:")
-        for key in ("leaderboard", "leaderboard_fresh", "leaderboard_h200", "list_page", "list_done_page",
-                    "verdicts_20", "budget_status", "get_experiment", "export_tsv"):
-            first, med = q[key]
-            print(f"  {key:<18} {first:8.1f} / {med:8.1f}")
-        print("  (leaderboard: the first call loads the experiment cache; 'fresh' = recomputed after a ledger "
-              "change; repeated calls between changes are served from the cache)")
-        ok = f["utilization"] >= 0.95 and q["leaderboard"][1] < 50
-        print(f"targets: utilization >= 0.95: {'MET' if f['utilization'] >= 0.95 else 'NOT MET'}; "
-              f"leaderboard < 50 ms: {'MET' if q['leaderboard'][1] < 50 else 'NOT MET'}")
+        fleets = []
+        for slots in slot_counts:
+            # 7 rounds each, within the server's cap on live experiments
+            n = args.experiments if explicit_n or len(slot_counts) == 1 else min(7, MAX_QUEUED // slots) * slots
+            print(f"SIMULATION: {slots} local slots, stand-in trainer sleeping {args.budget:g} s, "
+                  f"{n} experiments (real engine, runner, LocalBackend, git, SQLite)")
+            f = run_fleet(root / f"s{slots}", slots, n, args.budget)
+            print_fleet(f)
+            fleets.append(f)
+        if len(fleets) > 1:
+            print("summary: slots | util/ceiling | engine CPU ms/exp | gap p50/p95 ms | hand-off p50/p95 ms | "
+                  "write p95 ms | RSS MB")
+            for f in fleets:
+                print(f"  {f['slots']:>5} | {f['utilization'] / f['ceiling']:.3f} | {f['engine_cpu_ms_per_exp']:.1f} | "
+                      f"{f['gap_ms_p50']:.1f}/{f['gap_ms_p95']:.1f} | {f['handoff_ms_p50']:.1f}/"
+                      f"{f['handoff_ms_p95']:.1f} | {f['write_ms_p95']:.1f} | {f['rss_mb']:.0f}")
+        ok = all(f["utilization"] / f["ceiling"] >= 0.96 and f["handoff_ms_p95"] <= 30 for f in fleets)
+        print(f"targets: utilization >= 0.96 of the ceiling and hand-off p95 <= 30 ms: {'MET' if ok else 'NOT MET'}")
+        if args.ledger_size:
+            q = bench_queries(root, args.ledger_size)
+            print(f"ledger queries at {q['experiments']:,} experiments (built in {q['build_s']:.1f} s); "
+                  "first call / median of the next 7, ms:")
+            for key in ("leaderboard", "leaderboard_fresh", "leaderboard_h200", "list_page", "list_done_page",
+                        "verdicts_20", "budget_status", "get_experiment", "export_tsv"):
+                first, med = q[key]
+                print(f"  {key:<18} {first:8.1f} / {med:8.1f}")
+            print("  (leaderboard: the first call loads the experiment cache; 'fresh' = recomputed after a ledger "
+                  "change; repeated calls between changes are served from the cache)")
+            lb_ok = q["leaderboard"][1] < 50
+            print(f"target: leaderboard < 50 ms: {'MET' if lb_ok else 'NOT MET'}")
+            ok = ok and lb_ok
         return 0 if ok else 1
     finally:
         if args.keep is None:

@@ -114,11 +114,11 @@ async def run_session(session: Session, slots: int) -> dict[str, Any]:
     wave = await s.call(f"{Tool.LAUNCH_WAVE}", {"description": "lr x depth screen", "axes": DEMO_AXES,
                                         "include_control": True})
     _say(f"{s.elapsed()}    wave {wave['wave_id']}: " + ", ".join(
-        f"{e['id']} {e['overrides'] or 'control'}" for e in wave["experiments"]))
+        f"{e['id']} {e.get('overrides') or 'control'}" for e in wave["experiments"]))
     out = await s.wait(f"wave {wave['wave_id']}", wave_id=wave["wave_id"])
     _print_verdicts(out)
     cells = [v for v in out["verdicts"] if v.get("val_bpb") is not None
-             and any(e["id"] == v["experiment_id"] and e["overrides"] for e in out["finished"])]
+             and any(e["id"] == v["experiment_id"] and e.get("overrides") for e in out["finished"])]
     cells.sort(key=lambda v: v["val_bpb"])
     best2 = [v["experiment_id"] for v in cells[:2]]
     if not best2:

@@ -83,12 +83,12 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
                                             "include_control": True})
     assert wave["kind"] == "factorial" and wave["design"]["axes"] == {"MATRIX_LR": [0.02, 0.08]}
     assert (len(wave["experiments"]) == 3
-            and sorted(e["overrides"].get("MATRIX_LR", 0) for e in wave["experiments"]) == [0, 0.02, 0.08])
+            and sorted(e.get("overrides", {}).get("MATRIX_LR", 0) for e in wave["experiments"]) == [0, 0.02, 0.08])
     assert f"wave_id='{wave['wave_id']}'" in wave["next_step"]
     progress = Progress()
     out = await wait_all(client, progress, wave_id=wave["wave_id"])
     assert len(out["finished"]) == 3 and len(progress.events) == 3
-    cells = [e for e in out["finished"] if e["overrides"]]
+    cells = [e for e in out["finished"] if e.get("overrides", {})]
     assert all(e["status"] == "done" for e in cells)
     verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
     assert all(verdicts[e["id"]]["verdict"] in {"improvement", "within_noise", "worse"} for e in cells)
@@ -112,7 +112,7 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     assert page["total"] == 5 and [e["id"] for e in page["experiments"]] == ["e0001", "e0002"]
     assert page["next_offset"] == 2 and "offset=2" in page["next_step"]
     last = await ok(client, "fetch_results", {"limit": 2, "offset": 4})
-    assert [e["id"] for e in last["experiments"]] == ["e0005"] and last["next_offset"] is None
+    assert [e["id"] for e in last["experiments"]] == ["e0005"] and last.get("next_offset") is None
     in_wave = await ok(client, "fetch_results", {"wave_id": wave["wave_id"], "status": "done"})
     assert in_wave["total"] == 3
 
@@ -124,14 +124,15 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     # 3. promote the best cell (same CPU tier here) with replicates
     promo = await ok(client, "promote", {"experiment_ids": [best["id"]], "gpu_type": "CPU", "replicates": 2})
     assert promo["kind"] == "promotion" and len(promo["experiments"]) >= 2
-    assert all(e["overrides"] == best["overrides"] for e in promo["experiments"] if e["overrides"])
+    assert all(e.get("overrides", {}) == best.get("overrides", {})
+               for e in promo["experiments"] if e.get("overrides", {}))
     out = await wait_all(client, wave_id=promo["wave_id"])
     assert all(e["status"] == "done" for e in out["finished"])
 
     # 4. log paging, one experiment in full
     detail = await ok(client, "get_experiment", {"experiment_id": best["id"], "log_limit": 600})
     assert detail["experiment"]["id"] == best["id"] and detail["experiment"]["commit"]
-    assert "RESULT_JSON" in detail["log"] and len(detail["log"]) <= 600 and detail["next_log_offset"] is None
+    assert "RESULT_JSON" in detail["log"] and len(detail["log"]) <= 600 and detail.get("next_log_offset") is None
     assert detail["verdict"]["experiment_id"] == best["id"]
     head = await ok(client, "get_experiment", {"experiment_id": best["id"], "log_offset": 0, "log_limit": 100})
     assert head["log_offset"] == 0 and head["next_log_offset"] == 100 and "log_offset=100" in head["next_step"]

@@ -55,7 +55,7 @@ def main_effects(cells: list[dict[str, Any]], axes: dict[str, list[Any]]) -> dic
     for name, levels in axes.items():
         effects[name] = {}
         for level in levels:
-            values = [c["val_bpb"] for c in cells if c["overrides"].get(name) == level]
+            values = [c["val_bpb"] for c in cells if c.get("overrides", {}).get(name) == level]
             effects[name][level] = sum(values) / len(values)
     return effects
 
@@ -90,7 +90,7 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
             baseline[gpu] = [e["id"] for e in res["experiments"]]
             assert len(baseline[gpu]) == REPLICATES
         out = await wait_done(client, experiment_ids=baseline[common] + baseline[fast])
-        assert {e["status"] for e in out["finished"]} == {"done"}, [e["error"] for e in out["finished"]]
+        assert {e["status"] for e in out["finished"]} == {"done"}, [e.get("error") for e in out["finished"]]
         for e in out["finished"]:
             assert e["gpu_type"] == (common if e["id"] in baseline[common] else fast)
         board = (await ok(client, "leaderboard", {}))["leaderboard"]
@@ -108,7 +108,7 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
         assert {e["gpu_type"] for e in wave["experiments"]} == {common}
         out = await wait_done(client, wave_id=wave["wave_id"])
         finished = {e["id"]: e for e in out["finished"]}
-        cells = [e for e in finished.values() if e["overrides"]]
+        cells = [e for e in finished.values() if e.get("overrides", {})]
         assert len(cells) == 4 and all(e["status"] == "done" and e["gpu_type"] == common for e in cells)
         screen_verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
         for c in cells:
@@ -121,12 +121,12 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
         # -- 4. promote the top 2 to the fast tier with replicates ----------------------------
         promo = await ok(client, "promote", {"experiment_ids": top, "gpu_type": fast, "replicates": REPLICATES})
         assert promo["kind"] == "promotion"
-        promoted = [e for e in promo["experiments"] if e["overrides"]]
+        promoted = [e for e in promo["experiments"] if e.get("overrides", {})]
         # The baseline already has REPLICATES runs on the fast tier: it is the reference, no extra control.
         assert len(promo["experiments"]) == len(promoted) == TOP * REPLICATES
         assert {e["gpu_type"] for e in promo["experiments"]} == {fast}
-        assert sorted(map(str, (e["overrides"] for e in promoted))) == sorted(
-            map(str, (finished[i]["overrides"] for i in top for _ in range(REPLICATES))))
+        assert sorted(map(str, (e.get("overrides", {}) for e in promoted))) == sorted(
+            map(str, (finished[i].get("overrides", {}) for i in top for _ in range(REPLICATES))))
         out = await wait_done(client, wave_id=promo["wave_id"])
         assert {e["status"] for e in out["finished"]} == {"done"}
 
@@ -140,7 +140,7 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
             assert ref.code_hash == exps[baseline[fast][0]].code_hash
         print(f"screen on {common}: main effects {effects}; top {top}")
         print("promoted on", fast, [(v["experiment_id"], v["verdict"], round(v["delta"], 5), round(v["threshold"], 5))
-                                   for v in verdicts.values() if v["delta"] is not None])
+                                   for v in verdicts.values() if v.get("delta") is not None])
         wins = [v for v in verdicts.values() if v["verdict"] == "improvement" and v["replicates"] >= 2]
         kept = min(wins, key=lambda v: v["mean_val_bpb"])["experiment_id"] if wins else None
         if kept:

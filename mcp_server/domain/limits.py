@@ -56,7 +56,7 @@ TOOL_LOG_PAGE_MAX = 16_000     # characters of log per get_experiment call
 TOOL_LISTED = 64               # experiments listed in a launch / cancel result
 TOOL_WAIT_ROWS = 30            # finished experiments (with verdicts) listed in a wait result
 TOOL_PLOT_PAGE = 500
-TOOL_ROW_IDS = 5               # experiment ids shown per leaderboard row
+TOOL_ROW_IDS = 3               # experiment ids shown per leaderboard row
 TOOL_WAVE_CELLS = 8            # cells per GPU type in an analyze_wave result (the decisive and best first)
 
 # -- analysis --------------------------------------------------------------------------------------

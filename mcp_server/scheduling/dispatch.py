@@ -6,7 +6,9 @@ one when there is one) and is submitted; idle slots are filled first. `max_concu
 experiments that RUN at once: a slot trains one job at a time, so it caps the slots in use; a
 job queued ahead on a slot already in use does not count. Where the backend reports real starts
 a job is queued ahead only behind one that has started. A slot whose submit failed rests 5 s and
-the slots are re-read before the next dispatch.
+the slots are re-read before the next dispatch. One dispatch submits for at most DISPATCH_SLICE_S,
+then the loop polls before it places the rest (results are seen while a hundred slots fill), and
+its cost per placed experiment does not grow with the number of slots or of queued experiments.
 
 Rules: functions of the scheduler's state, called on its thread (`open_positions` on the
 stager's); flights are read and changed under `sched._lock`, which `submit` holds throughout
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("autoresearch.scheduler")
 
 SUBMIT_BACKOFF_S = 5.0     # a slot whose submit failed gets no job for this long
+# one dispatch submits for at most this long, then lets the loop poll (and come straight back):
+# filling a hundred slots takes seconds, and results must not wait that long to be seen
+DISPATCH_SLICE_S = 0.25
 
 
 def queue_depth(backend: Backend, cluster: str) -> int:
@@ -62,27 +67,42 @@ def dispatch(sched: Scheduler) -> list[str]:
     if sched.before_dispatch is not None and not sched.before_dispatch():
         return []
     changed: list[str] = []
+    # slots in use = experiments running (a slot trains one at a time); a job queued ahead on a
+    # slot in use does not add one. Kept up to date below rather than recounted per queued
+    # experiment: at a hundred slots and hundreds queued, recounting made a dispatch O(slots x queue).
+    with sched._lock:
+        busy = {f.cluster for f in sched._flights.values()}
+    in_use = len(busy)
+    # the free slots, by (jobs on it, name): idle slots first
+    free = sorted((s for s in slots if outstanding[s.name] < depth[s.name]),
+                  key=lambda s: (outstanding[s.name], s.name))
+    t_end = time.monotonic() + DISPATCH_SLICE_S
     for eid, gpu_type, _prio in queued:
-        if sched._stop.is_set():
+        if sched._stop.is_set() or not free:
             break
-        # slots in use = experiments running (a slot trains one at a time); a job queued
-        # ahead on a slot in use does not add one
-        with sched._lock:
-            in_use = len({f.cluster for f in sched._flights.values()})
-        mono = time.monotonic()
-        free = [s for s in slots if outstanding[s.name] < depth[s.name]
-                and (outstanding[s.name] > 0 or in_use < sched.max_concurrent)
-                and sched._slot_backoff.get(s.name, 0) <= mono]   # a slot whose submit failed rests
-        if not free:
+        if changed and time.monotonic() > t_end:
+            sched._wake.set()    # more to place: the next tick comes at once, after a poll
             break
-        fits = [s for s in free if gpu_type is None or s.gpu_type == gpu_type]
-        if not fits:
+        # a slot whose submit failed rests; an idle slot takes a job only under max_concurrent
+        usable = [s for s in free if (outstanding[s.name] > 0 or in_use < sched.max_concurrent)
+                  and sched._slot_backoff.get(s.name, 0) <= time.monotonic()] \
+            if in_use >= sched.max_concurrent or sched._slot_backoff else free
+        if not usable:
+            break
+        slot = next((s for s in usable if gpu_type is None or s.gpu_type == gpu_type), None)
+        if slot is None:
             continue
-        slot = min(fits, key=lambda s: (outstanding[s.name], s.name))   # idle slots first
-        if submit(sched, eid, slot, outstanding[slot.name] + 1):
+        if submit(sched, eid, slot, outstanding[slot.name] + 1, alone=slot.name not in busy):
             outstanding[slot.name] += 1
+            if slot.name not in busy:
+                busy.add(slot.name)
+                in_use += 1
             if sched._reports_starts and outstanding[slot.name] == 1:
                 depth[slot.name] = 1        # it has not started yet: nothing queued behind it
+        if outstanding[slot.name] >= depth[slot.name] or sched._slot_backoff.get(slot.name, 0) > time.monotonic():
+            free.remove(slot)
+        else:   # still free, with one more job: keep the order (idle slots first)
+            free.sort(key=lambda s: (outstanding[s.name], s.name))
         changed.append(eid)
     if sched._stager is not None and len(queued) > len(changed):
         sched._stager.wake()
@@ -106,16 +126,17 @@ def open_positions(sched: Scheduler) -> int:
     return free
 
 
-def submit(sched: Scheduler, eid: str, slot: Cluster, position: int) -> bool:
+def submit(sched: Scheduler, eid: str, slot: Cluster, position: int, alone: bool | None = None) -> bool:
     """Submit one queued experiment to `slot` (`position`: its place in the slot's queue, 1 = it
-    runs now). True if it is now in flight."""
+    runs now; `alone`: no other job is on the slot, when the caller knows). True if it is now in flight."""
     with sched._lock:
         exp = sched.ledger.get(eid)
         if exp is None or exp.status != Status.queued:
             return False
         attempt = exp.attempts + 1
         run_dir = sched.runs_dir / eid / f"a{attempt}"
-        alone = not any(f.cluster == slot.name for f in sched._flights.values())
+        if alone is None:
+            alone = not any(f.cluster == slot.name for f in sched._flights.values())
         if not sched.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
                                           slot.cost_per_hour, str(run_dir), waiting=not alone):
             return False

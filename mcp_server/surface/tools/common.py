@@ -21,6 +21,7 @@ from mcp_server.domain.errors import FleetError, LimitExceeded, NotFound
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Decision, Experiment, Status
 from mcp_server.domain.tool_names import Tool
+from mcp_server.surface.tools import lean
 
 if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.domain.config import FleetConfig
@@ -86,8 +87,14 @@ def _unexpected(tool: str, exc: Exception) -> ToolError:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _out(value: Any) -> Any:
+    """A BaseModel result goes out lean (`lean`: compact, empty optional fields left out)."""
+    return lean.result(value) if isinstance(value, BaseModel) else value
+
+
 def tool_errors(fn: F) -> F:
-    """Turn engine errors into ToolErrors with the same text; log anything unexpected to stderr."""
+    """Turn engine errors into ToolErrors with the same text; log anything unexpected to stderr;
+    send a BaseModel result lean (`lean`)."""
     name = fn.__name__
 
     if inspect.iscoroutinefunction(fn):
@@ -95,7 +102,7 @@ def tool_errors(fn: F) -> F:
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return await fn(*args, **kwargs)
+                return _out(await fn(*args, **kwargs))
             except ToolError:
                 raise
             except FleetError as exc:
@@ -108,7 +115,7 @@ def tool_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return _out(fn(*args, **kwargs))
         except ToolError:
             raise
         except FleetError as exc:
@@ -218,6 +225,18 @@ class ExperimentBrief(BaseModel):
             overrides=e.overrides,
             error=clip(e.error, 300),
         )
+
+    @classmethod
+    def short(cls, e: Experiment, metric: Metric = DEFAULT_METRIC, result: bool = False) -> ExperimentBrief:
+        """The fields a launch or a wait needs: id, what it is (description, overrides), status,
+        GPU type, decision and failure reason; with `result` its metric value too (not the steps,
+        nor the seed: the description names it)."""
+        return cls(id=e.id, description=clip(e.description, 160), status=Status(e.status).value,
+                   waiting_for_slot=e.waiting_for_slot,
+                   decision=None if e.decision is None else Decision(e.decision).value,
+                   gpu_type=e.ran_on_gpu or e.gpu_type,
+                   val_bpb=e.metrics.val_bpb if result else None, value=metric.raw(e) if result else None,
+                   overrides=e.overrides, error=clip(e.error, 300))
 
 
 @overload

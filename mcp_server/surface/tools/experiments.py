@@ -68,7 +68,8 @@ class WaveResult(BaseModel):
     description: str
     design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
     experiments: list[ExperimentBrief] = Field(
-        description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more.")
+        description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more. "
+        "Their description is what follows the wave's (the cell and seed).")
     experiment_count: int = Field(description="Experiments in the wave.")
     next_step: str
 
@@ -76,9 +77,13 @@ class WaveResult(BaseModel):
 class WaitResult(BaseModel):
     finished: list[ExperimentBrief] = Field(
         description=f"Experiments that reached a terminal status, in launch order (at most {MAX_WAIT_ROWS}: "
-        "every failure and the best by val_bpb when more finished; see omitted).")
+        "every failure and the best by val_bpb when more finished; see omitted); detail=true adds their "
+        "steps, seed and overrides (the description names the overrides and seed; waiting on a wave, it is "
+        "what follows the wave's description).")
     verdicts: list[Verdict] = Field(
-        description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor."
+        description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor (a "
+        "note repeated from an earlier verdict of this result is left out; detail=true gives every note "
+        "and the reference group's mean and size)."
     )
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
     omitted: int = Field(0, description=f"Finished but not listed here "
@@ -103,12 +108,22 @@ class CancelResult(BaseModel):
 
 def wave_result(eng: Any, wave: Wave) -> WaveResult:
     listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
+    rows = [_in_wave(ExperimentBrief.short(e), wave) for e in listed]
     hint = _chosen_type(wave.design) + _wait_hint(wave_id=wave.id)
     if len(wave.experiment_ids) > MAX_LISTED:
         hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
-                      experiments=[ExperimentBrief.of(e, eng.metric) for e in listed],
+                      experiments=rows,
                       experiment_count=len(wave.experiment_ids), next_step=hint)
+
+
+def _in_wave(row: ExperimentBrief, wave: Wave) -> ExperimentBrief:
+    """A wave member's row without what the wave already says: its description's prefix (the
+    wave's description)."""
+    desc = row.description
+    if wave.description and desc.startswith(wave.description) and desc != wave.description:
+        desc = desc[len(wave.description):].strip()
+    return row.model_copy(update={"description": desc})
 
 
 def _chosen_type(design: dict[str, Any]) -> str:
@@ -180,7 +195,7 @@ def launch_experiment(
     )
     # replicates form a wave whose design records whether the server chose their GPU type
     chosen = _chosen_type(eng.get_wave(exps[0].wave_id).design) if exps[0].wave_id else ""
-    return LaunchResult(experiments=[ExperimentBrief.of(e, eng.metric) for e in exps],
+    return LaunchResult(experiments=[ExperimentBrief.short(e) for e in exps],
                         next_step=chosen + _wait_hint([e.id for e in exps]))
 
 
@@ -237,6 +252,10 @@ async def wait_for_experiments(
     timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S,
                                       description="Return after this many seconds even if some are still "
                                       "running (the server caps one call, see the description).")] = 600,
+    detail: Annotated[bool, Field(description="Full rows: each finished experiment's GPU type, val_bpb, steps, "
+                                  "overrides, and each verdict's group means and every note (default: the "
+                                  "verdicts carry val_bpb, delta, noise and threshold; a note repeated from an "
+                                  "earlier verdict of this result is left out).")] = False,
 ) -> WaitResult:
     """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
     passes; reports progress as each finishes and every few seconds while it blocks. Returns their
@@ -296,11 +315,30 @@ async def wait_for_experiments(
         where = f"wave_id='{wave_id}', " if wave_id else ""
         hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
                  f"them all; {Tool.FETCH_RESULTS}({where}status='done') pages through them.")
-    return WaitResult(finished=[ExperimentBrief.of(e, eng.metric) for e in rows],
-                      verdicts=[_clip_note(v) for v in res.verdicts if v.experiment_id in shown],
+    verdicts = [_clip_note(v) for v in res.verdicts if v.experiment_id in shown]
+    listed = [ExperimentBrief.of(e, eng.metric) if detail else ExperimentBrief.short(e, eng.metric, result=True)
+              for e in rows]
+    if wave_id and not detail:   # the wave's description is known: each row says its cell and seed
+        wave = eng.get_wave(wave_id)
+        listed = [r.model_copy(update={"description": _in_wave(r, wave).description}) for r in listed]
+    return WaitResult(finished=listed,
+                      verdicts=verdicts if detail else _lean_verdicts(verdicts),
                       finished_count=len(res.finished), omitted=omitted,
                       still_running=res.still_running, timed_out=res.timed_out,
                       interrupted=res.interrupted, waited_s=waited, blocked=res.blocked, next_step=hint)
+
+
+def _lean_verdicts(verdicts: list[Verdict]) -> list[Verdict]:
+    """Without `detail`: no reference group's mean and size (delta and reference_id say it); a
+    note that repeats an earlier verdict's note in this result is left out (replicates share
+    their group's note)."""
+    seen: set[str] = set()
+    out = []
+    for v in verdicts:
+        note = "" if v.note in seen else v.note
+        seen.add(v.note)
+        out.append(v.model_copy(update={"note": note, "reference_val_bpb": None, "reference_replicates": 0}))
+    return out
 
 
 def _clip_note(v: Verdict) -> Verdict:

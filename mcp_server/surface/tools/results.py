@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, Image, MCPServer
@@ -126,7 +127,9 @@ def leaderboard(
     ctx: Context,
     gpu_type: Annotated[GpuTypeStr | None,
                         Field(description="Only this GPU type (default: every type, separately).")] = None,
-    limit: Annotated[int, Field(ge=1, le=limits.TOOL_LEADERBOARD_ROWS, description="Rows per GPU type.")] = 10,
+    limit: Annotated[int, Field(ge=1, le=limits.TOOL_LEADERBOARD_ROWS,
+                                description="Rows per GPU type (the best few are what a decision needs; "
+                                "more for a review).")] = 5,
 ) -> LeaderboardResult:
     """Finished experiments ranked by val_bpb SEPARATELY per GPU type (never across types), with
     replicates averaged, delta vs the reference, verdict against the noise floor, and your
@@ -157,10 +160,16 @@ def plot_progress(ctx: Context) -> list[TextContent | Image]:
     return [TextContent(type="text", text=f"{summary} Written to {path}."), Image(data=png, format="png")]
 
 
+def _group(description: str) -> str:
+    """A row is a group of seeds: its first run's description without that run's ' [seed N]'."""
+    return re.sub(r" \[seed \d+\]$", "", description)
+
+
 def compact(board: Leaderboard) -> Leaderboard:
-    """Rows keep their first few ids and a one-line description: the table stays small."""
-    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS],
-                                     "description": clip(r.description, 120)}) for r in rs]
+    """Rows keep their first few ids and a one-line description, not the code hash (get_experiment
+    has it): the table stays small."""
+    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS], "code_hash": None,
+                                     "description": clip(_group(r.description), 100)}) for r in rs]
             for g, rs in board.by_gpu_type.items()}
     return board.model_copy(update={"by_gpu_type": rows})
 

@@ -7,6 +7,7 @@ harness file is rejected; a higher-is-better task (digits accuracy) judges a bro
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def test_karpathy_layout_task_baseline_wave_keep(tmp_path: Path) -> None:
                                                 "axes": {"LR": [0.01, 0.1], "STEPS": [20, 120]}})
         assert wave["kind"] == "factorial" and len(wave["experiments"]) == 5   # 4 cells + control
         out = await _wait(client, wave_id=wave["wave_id"])
-        cells = [e for e in out["finished"] if e["overrides"]]
+        cells = [e for e in out["finished"] if e.get("overrides", {})]
         assert len(cells) == 4 and all(e["status"] == "done" for e in cells)
         verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
         assert all(verdicts[e["id"]]["verdict"] in {"improvement", "within_noise", "worse"} for e in cells)
@@ -81,18 +82,32 @@ async def test_higher_is_better_task_judges_ranks_and_plots_that_way(tmp_path: P
         wave = await ok(client, "launch_wave", {"description": "lr", "replicates": 2,
                                                 "axes": {"LR": [0.0, 2.0]}})
         out = await _wait(client, wave_id=wave["wave_id"])
-        by_lr = {e["overrides"].get("LR"): e for e in out["finished"]}
+        by_lr = {e.get("overrides", {}).get("LR"): e for e in out["finished"]}
         broken = by_lr[0.0]     # no learning at all: accuracy near chance
-        assert broken["status"] == "done" and broken["value"] < 0.3 and broken["val_bpb"] is None
+        assert broken["status"] == "done" and broken["value"] < 0.3 and "val_bpb" not in broken
         verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
         assert verdicts[broken["id"]]["verdict"] == "worse", verdicts[broken["id"]]
         assert verdicts[broken["id"]]["metric"] == "val_accuracy (higher is better)"
 
         board = (await ok(client, "leaderboard", {"limit": 10}))["leaderboard"]
         rows = board["by_gpu_type"]["CPU"]
-        assert [r["val_bpb"] for r in rows] == sorted((r["val_bpb"] for r in rows), reverse=True)
-        assert rows[-1]["experiment_id"] in {e["id"] for e in out["finished"] if e["overrides"].get("LR") == 0.0}
+        assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows), reverse=True)
+        broken_ids = {e["id"] for e in out["finished"] if e.get("overrides", {}).get("LR") == 0.0}
+        assert rows[-1]["experiment_id"] in broken_ids
         assert rows[-1]["verdict"] == "worse"
+
+        # nothing the agent reads says val_bpb: not the tools' descriptions or output schemas, not a result
+        listed = await client.list_tools()
+        assert "val_bpb" not in json.dumps([t.model_dump(mode="json") for t in listed.tools])
+        assert "val_accuracy" in json.dumps([t.model_dump(mode="json") for t in listed.tools])
+        for tool, args in (("wait_for_experiments", {"wave_id": wave["wave_id"], "detail": True}),
+                           ("leaderboard", {"limit": 10}), ("fetch_results", {}),
+                           ("get_experiment", {"experiment_id": broken["id"]}), ("session_digest", {}),
+                           ("analyze_wave", {"wave_id": wave["wave_id"]})):
+            res = await client.call_tool(tool, args)
+            assert not res.is_error and "val_bpb" not in res.content[0].text, (tool, res.content[0].text[:500])
+        verdict = (await ok(client, "wait_for_experiments", {"wave_id": wave["wave_id"], "detail": True}))
+        assert any("mean_val_accuracy" in v for v in verdict["verdicts"])
 
         pic = await client.call_tool("plot_progress", {})
         assert not pic.is_error and png_of(pic).startswith(b"\x89PNG")

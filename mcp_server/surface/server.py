@@ -66,6 +66,48 @@ def for_metric(text: str, metric: Metric) -> str:
     return text.replace("val_bpb", metric.name)
 
 
+_TEMPLATE_KEY = "val_bpb"
+
+
+def keys_for_metric(data: Any, metric: Metric) -> Any:
+    """Result data written for the built-in task, with its field names said of the task's metric:
+    `val_bpb`, `mean_val_bpb`, `reference_val_bpb`, ... become `val_accuracy`, `mean_val_accuracy`,
+    ... (a name that would shadow another field of the same object stays as it is)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            new = k.replace(_TEMPLATE_KEY, metric.name) if isinstance(k, str) and _TEMPLATE_KEY in k else k
+            out[new if new not in data else k] = keys_for_metric(v, metric)
+        return out
+    if isinstance(data, list):
+        return [keys_for_metric(v, metric) for v in data]
+    return data
+
+
+def schema_for_metric(schema: Any, metric: Metric) -> Any:
+    """An output schema with the same renaming as `keys_for_metric` (properties, required) and its
+    descriptions said of the task's metric."""
+    if isinstance(schema, dict):
+        out: dict[str, Any] = {}
+        for k, v in schema.items():
+            if k == "properties" and isinstance(v, dict):
+                renamed = {(n.replace(_TEMPLATE_KEY, metric.name) if _TEMPLATE_KEY in n
+                            and n.replace(_TEMPLATE_KEY, metric.name) not in v else n): sub for n, sub in v.items()}
+                out[k] = {name: schema_for_metric(sub, metric) for name, sub in renamed.items()}
+                continue
+            if k == "required" and isinstance(v, list):
+                props = schema.get("properties", {})
+                out[k] = [n.replace(_TEMPLATE_KEY, metric.name) if _TEMPLATE_KEY in n and
+                          n.replace(_TEMPLATE_KEY, metric.name) not in props else n for n in v]
+                continue
+            out[k] = for_metric(v, metric) if k == "description" and isinstance(v, str) else \
+                schema_for_metric(v, metric)
+        return out
+    if isinstance(schema, list):
+        return [schema_for_metric(v, metric) for v in schema]
+    return schema
+
+
 class FleetServer(MCPServer[FleetContext]):
     """MCPServer whose argument errors tell the model what to fix: unknown tools list the valid
     ones, unknown argument names list the valid ones, and validation errors quote the field's
@@ -87,6 +129,16 @@ class FleetServer(MCPServer[FleetContext]):
     #: the running engine (set by the lifespan while it runs): the HTTP dashboard reads through it
     engine: Any = None
 
+    async def list_tools(self) -> list[Any]:
+        tools = await super().list_tools()
+        if self.metric == DEFAULT_METRIC:
+            return tools
+        # a task with another metric: result fields are named after it (see call_tool), so are the
+        # output schemas' properties, and every schema's descriptions say it
+        return [t.model_copy(update={"output_schema": schema_for_metric(t.output_schema, self.metric),
+                                     "input_schema": schema_for_metric(t.input_schema, self.metric)})
+                for t in tools]
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         schema = self._tool_input_schema(name)
         if schema is None:
@@ -106,6 +158,9 @@ class FleetServer(MCPServer[FleetContext]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_describe_validation(name, exc.__cause__, schema)) from exc.__cause__
             raise
+        if (self.metric != DEFAULT_METRIC and isinstance(result, CallToolResult)
+                and result.structured_content is not None and not result.is_error):
+            result.structured_content = keys_for_metric(result.structured_content, self.metric)
         return _compact_text(result)
 
 

@@ -60,7 +60,7 @@ def endpoints(n: int, rng: random.Random) -> dict[str, object]:
         "experiments (page, launch order)": lambda: f"/experiments?offset={rng.randrange(0, n - 50)}&limit=50",
         "experiments (sorted by metric)": lambda: "/experiments?sort=value&order=asc&limit=50",
         "experiments (status+wave filter)": lambda: f"/experiments?status=done&wave=w{rng.randrange(1, n // 100):04d}",
-        "leaderboard": lambda: "/leaderboard?limit=20",
+        "leaderboard": lambda: "/board?limit=20",
         "progress": lambda: "/progress",
         "waves": lambda: "/waves",
         "wave": lambda: f"/waves/w{rng.randrange(1, n // 100):04d}",

@@ -231,10 +231,10 @@ def test_standalone_dashboard_reads_another_process_ledger(tmp_path):
             o = http.get("/overview").json()
             assert o["counts"]["total"] == 120 and o["kept_chain"] == []
             for path in ("/experiments?sort=value", "/experiments?status=failed", "/experiments?wave=w0001",
-                         "/leaderboard", "/progress", "/waves", "/waves/w0001", "/experiments/e0001",
+                         "/board", "/progress", "/waves", "/waves/w0001", "/experiments/e0001",
                          "/experiments/e0001/log?offset=0&limit=100"):
                 assert http.get(path).status_code == 200, path
-            board = http.get("/leaderboard").json()
+            board = http.get("/board").json()
             assert set(board["by_gpu_type"]) == {"CPU", "H100", "H200"}
             assert any("never compared" in n for n in board["notes"])
             by_value = http.get("/experiments?sort=value&status=done&limit=1000").json()["rows"]

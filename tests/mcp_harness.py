@@ -40,8 +40,11 @@ def serve_args(workspace: Path, cache: str | Path, *, tag: str = "t", slots: int
 
 
 @asynccontextmanager
-async def stdio_session(args: list[str], log_path: Path) -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO))
+async def stdio_session(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> AsyncIterator[Client]:
+    """A client of the server started with `args` over stdio. Without `env` the server gets the SDK's
+    default environment (a few safe variables); with it, this process's environment plus `env`."""
+    params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO),
+                                   env={**os.environ, **env} if env is not None else None)
     with open(log_path, "a", encoding="utf-8") as errlog:
         async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=600) as client:
             yield client

@@ -275,3 +275,55 @@ def _read_wandb(path: Path) -> dict:
         elif kind == "files":
             out["files"] |= {Path(f.path).name for f in rec.files.files}
     return out
+
+
+# -- verdicts that change without their experiment's row ---------------------------------------------
+
+def test_a_verdict_moved_by_other_results_reaches_the_tracker(tmp_path):
+    """A new result can move an earlier experiment's verdict (noise floor, reference) without a
+    write to that experiment's row: the exporter compares every verdict again after results arrive
+    and updates the runs whose tags changed. Real ledger, real MLflow client on a SQLite store."""
+    pytest.importorskip("mlflow", reason="pip install 'autoresearch-fleet[mlflow]'")
+    from mlflow.tracking import MlflowClient
+
+    from mcp_server.domain.metric import DEFAULT_METRIC
+    from mcp_server.domain.models import Experiment, Metrics
+    from mcp_server.store.ledger import Ledger
+    from mcp_server.trackers.exporter import Exporter
+    from mcp_server.trackers.mlflow_tracker import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ledger = Ledger(tmp_path / "ledger.db")
+    verdicts = {"e0001": "reference", "e0002": "improvement", "e0003": "worse"}
+    exporter = Exporter(ledger, [MlflowTracker(uri, "vt")], tmp_path / "trackers.db", metric=DEFAULT_METRIC,
+                        session_tag="vt", rescan_s=0.5,
+                        verdicts_of=lambda exps: {e.id: verdicts[e.id] for e in exps})
+
+    def finish(n: int, bpb: float) -> None:
+        eid = f"e{n:04d}"
+        ledger.insert_launch([Experiment(id=eid, description=f"exp {n}", commit=f"{n:040x}", code_hash=f"{n:040x}",
+                                         harness_hash="h" * 64, seed=42, created_at=1000.0 + n)])
+        assert ledger.begin_attempt(eid, 1, "local", "CPU", 1, None, str(tmp_path / eid))
+        assert ledger.finish_attempt(eid, 1, Status.done, metrics=Metrics(val_bpb=bpb, num_steps=10))
+
+    def verdict_tags() -> dict[str, str]:
+        mc = MlflowClient(tracking_uri=uri)
+        exp = mc.get_experiment_by_name("autoresearch/vt")
+        runs = mc.search_runs([exp.experiment_id]) if exp is not None else []
+        return {r.data.tags["autoresearch.experiment_id"]: r.data.tags["verdict"] for r in runs}
+
+    exporter.start()
+    try:
+        finish(1, 1.20)
+        finish(2, 1.10)
+        assert exporter.flush(120)
+        assert verdict_tags() == {"e0001": "reference", "e0002": "improvement"}
+        verdicts["e0002"] = "within_noise"          # e0003's result widens the noise floor: e0002 moves
+        finish(3, 1.30)
+        deadline = time.monotonic() + 60
+        while verdict_tags() != {"e0001": "reference", "e0002": "within_noise", "e0003": "worse"}:
+            assert time.monotonic() < deadline, verdict_tags()
+            time.sleep(0.5)
+    finally:
+        exporter.close()
+        ledger.close()

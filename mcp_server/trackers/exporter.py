@@ -5,7 +5,11 @@ the tracker does. Never blocks and never loses an experiment:
 * what was exported lives in the outbox (`outbox.Outbox`), so at start every terminal experiment
   the tracker does not hold in its current state is pending again (a restart resumes);
 * a failed export (tracker down, misconfigured, client missing) keeps the experiment pending and
-  retries with exponential backoff (2 s doubling to 1 min); `notes()` says so, for budget_status.
+  retries with exponential backoff (2 s doubling to 1 min); `notes()` says so, for budget_status;
+* a verdict can change with no change to its experiment's row (a new run of the same GPU type
+  moves the noise floor or the reference): at most `RESCAN_S` after results arrive, every
+  terminal experiment's signature is compared with the outbox again and the changed ones are
+  updated, so the trackers' verdict tags follow the leaderboard.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ log = logging.getLogger("autoresearch.trackers")
 
 BACKOFF_START_S = 2.0
 BACKOFF_MAX_S = 60.0
+RESCAN_S = 30.0
 #: verdict labels of experiments, by id (from the engine's analysis index: same-GPU-type references only)
 VerdictsOf = Callable[[list[Experiment]], dict[str, str]]
 
@@ -56,7 +61,7 @@ class _State:
 
 class Exporter:
     def __init__(self, ledger: Ledger, trackers: list[Tracker], outbox_path: Path, *, metric: Metric,
-                 session_tag: str, verdicts_of: VerdictsOf) -> None:
+                 session_tag: str, verdicts_of: VerdictsOf, rescan_s: float = RESCAN_S) -> None:
         self.ledger = ledger
         self.metric = metric
         self.session_tag = session_tag
@@ -68,6 +73,8 @@ class Exporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._scanned = False
+        self.rescan_s = rescan_s
+        self._rescan_at: float | None = None      # when results arrived: compare every verdict again then
         self._unsubscribe: Callable[[], None] | None = None
         self._drain_s = 5.0
 
@@ -132,7 +139,8 @@ class Exporter:
     def _loop(self) -> None:
         while True:
             try:
-                if not self._scanned:
+                if not self._scanned or (self._rescan_at is not None and time.monotonic() >= self._rescan_at):
+                    self._rescan_at = None
                     self._scan()
                 self._export_due()
             except Exception:  # noqa: BLE001 - the exporter never dies; the next wake tries again
@@ -152,6 +160,8 @@ class Exporter:
         now = time.monotonic()
         with self._lock:
             due = [s.next_try - now for s in self._states if s.pending]
+        if self._rescan_at is not None:
+            due.append(self._rescan_at - now)
         return max(0.05, min(due)) if due else 30.0
 
     def _scan(self) -> None:
@@ -178,6 +188,8 @@ class Exporter:
             with self._lock:
                 s.pending -= live          # not finished yet: the hook marks them again when they are
             verdicts = self.verdicts_of(exps) if exps else {}
+            if exps and self._rescan_at is None and not final:
+                self._rescan_at = now + self.rescan_s      # these results may change others' verdicts
             for e in exps:
                 if (self._stop.is_set() and not final) or (until is not None and time.monotonic() > until):
                     return          # the rest stays pending in the ledger: the next start exports it

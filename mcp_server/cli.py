@@ -176,15 +176,20 @@ def _fleet_error(exc: BaseException, depth: int = 0) -> FleetError | None:
 
 
 def _open_ledger(workspace: Path):
+    """The workspace's ledger for reading beside a server that may be running: never migrated."""
     from mcp_server.domain import paths
-    from mcp_server.store.ledger import Ledger
+    from mcp_server.store.ledger import Ledger, LedgerError
 
     path = paths.ledger_path(workspace)
     if not path.exists():
         print(f"No research session in {workspace} (no {path}). Start one with `autoresearch-fleet serve "
               f"--workspace {workspace}` or `autoresearch-fleet demo`.", file=sys.stderr)
         return None
-    return Ledger(path)
+    try:
+        return Ledger(path, migrate=False)
+    except LedgerError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

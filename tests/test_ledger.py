@@ -364,3 +364,42 @@ def test_a_version_2_ledger_gains_the_reason_columns(tmp_path):
         assert led._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         led.close()
+
+
+def test_a_reader_refuses_an_older_ledger_and_changes_nothing(tmp_path):
+    """`migrate=False` (the CLI's status/report/dashboard, beside a server that may be running an
+    older version) refuses an older schema with what to do, and leaves the file as it was; the
+    server's own open then upgrades it. The CLI says the same and exits 1."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from mcp_server.domain import paths
+    ws = tmp_path / "ws"
+    path = paths.ledger_path(ws)
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")              # as every version of the server writes it
+    conn.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+    conn.execute("INSERT INTO experiments(seq, id, description, status, created_at) VALUES(1, 'e0001', 'old', "
+                 "'done', 1.0)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match=r"schema version 2, older than .*serve"):
+        Ledger(path, migrate=False)
+    for cmd in ("status", "report"):
+        out = subprocess.run([sys.executable, "-m", "mcp_server.cli", cmd, "--workspace", str(ws)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and "schema version 2" in out.stderr and "serve" in out.stderr, out.stderr
+    assert path.read_bytes() == before
+    led = Ledger(path)
+    try:
+        assert led.schema_version == SCHEMA_VERSION and led.get("e0001").description == "old"
+    finally:
+        led.close()
+    reader = Ledger(path, migrate=False)            # an up-to-date ledger opens for reading
+    try:
+        assert reader.get("e0001") is not None
+    finally:
+        reader.close()

@@ -45,8 +45,12 @@ _CHANGE_TRIGGERS = [
 class LedgerBase:
     """Connections, transactions, migrations and the change hook of one ledger file."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, migrate: bool = True) -> None:
+        """Open (and create) the ledger at `path`, bringing its schema up to this version. A reader
+        that must not change the file under a running server (the CLI's status, report and
+        dashboard) passes `migrate=False`: an older schema is then refused, saying what to do."""
         self.path = Path(path)
+        self._may_migrate = migrate
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.RLock()
@@ -55,7 +59,11 @@ class LedgerBase:
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
         self._schema_ready = False     # the change triggers need the experiments table
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -159,6 +167,11 @@ class LedgerBase:
                 raise LedgerError(
                     f"{self.path} has schema version {version}, newer than this server's "
                     f"{SCHEMA_VERSION}: upgrade autoresearch-fleet to open it.")
+            if version < SCHEMA_VERSION and not self._may_migrate:
+                raise LedgerError(
+                    f"{self.path} has schema version {version}, older than this version's {SCHEMA_VERSION}; "
+                    f"a reader does not upgrade it (a server of the older version may be using it). Stop that "
+                    f"server and start `autoresearch-fleet serve` of this version once: it upgrades the ledger.")
             for i in range(version, SCHEMA_VERSION):
                 # executescript commits first; the script is its own transaction.
                 conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[i]}\nPRAGMA user_version = {i + 1};\nCOMMIT;")

@@ -157,6 +157,16 @@ print('RESULT_JSON: {{"val_bpb": 1.1, "num_steps": 1}}', flush=True)
 '''
 
 
+#: A train.py stand-in (SIMULATION: no model) that reports val_bpb {bpb} at once, in the contract's
+#: format; {tag} is a comment that makes otherwise equal code differ (format with tag=, bpb=).
+QUICK_TRAIN = '''\
+# {tag}
+print("---")
+print("val_bpb:          {bpb:.6f}")
+print('RESULT_JSON: {{"val_bpb": {bpb}, "num_steps": 1}}', flush=True)
+'''
+
+
 def until(cond, what: str, seconds: float = 180.0) -> None:
     """Poll `cond` until true; fail with `what` after a generous deadline (no timed assertions)."""
     deadline = time.monotonic() + seconds

@@ -7,24 +7,19 @@ prints a result in the contract's format at once, or waits for a GO file."""
 from __future__ import annotations
 
 import pytest
-from engine_helpers import WAITING_TRAIN, git, git_state, ledger_state, make_config, until
+from engine_helpers import QUICK_TRAIN, WAITING_TRAIN, git, git_state, ledger_state, make_config, until
 
 from mcp_server.backends.local.backend import LocalBackend
 from mcp_server.domain.errors import Conflict, TeardownIncomplete
 from mcp_server.domain.models import Decision, Status
 from mcp_server.engine.facade import Engine
 
-QUICK_TRAIN = '''\
-print("---")
-print("val_bpb:          {bpb:.6f}")
-print('RESULT_JSON: {{"val_bpb": {bpb}, "num_steps": 1}}', flush=True)
-'''
 
 def test_discard_of_a_kept_experiment_is_refused_while_the_branch_holds_its_code(tmp_path, cache, engines):
     ws = tmp_path / "research"
     eng = engines.make(make_config(ws, cache))
-    (ws / "quick_a.py").write_text(QUICK_TRAIN.format(bpb=1.2))
-    (ws / "quick_b.py").write_text(QUICK_TRAIN.format(bpb=1.1))
+    (ws / "quick_a.py").write_text(QUICK_TRAIN.format(tag="", bpb=1.2))
+    (ws / "quick_b.py").write_text(QUICK_TRAIN.format(tag="", bpb=1.1))
     a = eng.launch_experiment("stand-in a", source="quick_a.py")[0]
     b = eng.launch_experiment("stand-in b", source="quick_b.py")[0]
     res = eng.wait([a.id, b.id], timeout_s=300)

@@ -7,17 +7,10 @@ from __future__ import annotations
 import csv
 
 import pytest
-from engine_helpers import ledger_state, make_config
+from engine_helpers import QUICK_TRAIN, ledger_state, make_config
 
 from mcp_server.domain.errors import Conflict, InvalidInput
 from mcp_server.domain.models import Decision, Status
-
-QUICK_TRAIN = '''\
-# {tag}
-print("---")
-print("val_bpb:          {bpb:.6f}")
-print('RESULT_JSON: {{"val_bpb": {bpb}, "num_steps": 1}}', flush=True)
-'''
 
 
 def test_a_rerun_of_the_same_code_and_seed_is_refused_and_replicates_pick_unused_seeds(tmp_path, cache, engines):

@@ -117,10 +117,12 @@ class RefresherMixin:
             self._latency[kind] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
 
     def _expected_run_s(self, job: TrackedJob) -> float:
-        """The least a job is expected to run: its budget, or the 25th percentile of recent runs
-        (from their basis to their end), whichever is longer, but never past its hard timeout."""
+        """When a job is first worth looking for as ended: its budget, or the 75th percentile of
+        recent runs (from their basis to their end: budget + start-up + eval), whichever is later,
+        but never past its hard timeout. Reading later than the typical end costs detection time
+        only: the job queued ahead on the cluster is already running."""
         seen = sorted(self._run_seen)
-        typical = seen[len(seen) // 4] if len(seen) >= 4 else 0.0
+        typical = seen[(3 * len(seen)) // 4] if len(seen) >= 4 else 0.0
         timeout = float((job.handle.backend_ref or {}).get("timeout_s") or 0.0) or float("inf")
         return min(max(job.min_run_s, typical), timeout)
 
@@ -175,7 +177,8 @@ class RefresherMixin:
         now = time.time()
         with self._lock:
             waiting = {j.request_id: j for j in self._jobs.values()
-                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None}
+                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None
+                       and self._request_matters(j)}
             if not waiting or min(j.req_check_at for j in waiting.values()) > now:
                 return
         try:
@@ -226,6 +229,17 @@ class RefresherMixin:
                 has_deferred = any(j.cluster == c and j.deferred and j.outcome is None for j in self._jobs.values())
             if has_deferred:
                 self._exec_pool.submit(self._dispatch_deferred_safe, c)
+
+    def _request_matters(self, job: TrackedJob) -> bool:
+        """Is the exec request's end worth asking about before the next queue read? Only where
+        the cluster waits on it: a job is deferred behind it, or it is the cluster's head (nothing
+        of ours runs ahead, so a failed exec would leave the cluster idle). A job exec'd behind a
+        running one is seen in the queue read at the head's end (a failed one is missing there,
+        and its request is asked about then). Called with the lock held."""
+        others = [j for j in self._jobs.values() if j.cluster == job.cluster and j.outcome is None and j is not job]
+        if any(j.deferred for j in others):
+            return True
+        return not any(not j.deferred and j.submitted_at < job.submitted_at for j in others)
 
     def _dispatch_deferred_safe(self, cluster: str) -> None:
         try:
@@ -310,6 +324,8 @@ class RefresherMixin:
                     continue
                 job.job_id = int(rec.job_id)
                 job.status = status_value(rec.status)
+                if job.request_done_at is None:
+                    job.request_done_at = asked_at      # in the queue: its exec request is done
                 if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
                     to_cancel.append(job)
                 if job.status in TERMINAL:

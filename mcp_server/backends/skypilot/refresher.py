@@ -362,9 +362,12 @@ class RefresherMixin:
                 if rec is None:       # not in the queue yet: its exec request decides; look again then
                     job.check_at = now + self._backoff(job.checks)
                     continue
+                start = getattr(rec, "start_at", None)
+                start = float(start) if isinstance(start, (int, float)) and 0 < start <= now + 5 else None
                 if job.basis_at is None:     # picked up from an earlier process: its record tells
-                    start = getattr(rec, "start_at", None)
-                    job.basis_at = float(start) if isinstance(start, (int, float)) and start > 0 else asked_at
+                    job.basis_at = start if start is not None else asked_at
+                elif start is not None:      # started on the cluster: later than exec'd when the
+                    job.basis_at = max(job.basis_at, start)   # API server's long queue was full
                 if ended_at is not None and head:
                     job.basis_at = max(job.basis_at, ended_at)   # it had to wait for the one ahead
                 if job.cancelled:

@@ -38,7 +38,7 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
     def __init__(self, config: FleetConfig, *, sdk: Any = None, prefix: str = DEFAULT_PREFIX,
                  workspace_tag: str | None = None, refresh_interval_s: float = 1.0,
                  unreachable_lost_s: float = 300.0, request_grace_s: float = 180.0,
-                 max_workers: int = 8, cluster_cache_s: float = 30.0, max_poll_s: float | None = None) -> None:
+                 max_workers: int = 32, cluster_cache_s: float = 30.0, max_poll_s: float | None = None) -> None:
         if not _PREFIX_RE.match(prefix or ""):
             raise InvalidInput("cluster name prefix must be 1-10 lowercase letters/digits starting with a letter, "
                                f"got {prefix!r}.")
@@ -59,7 +59,10 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         # the longest wait between two reads of a cluster whose job can have ended (grows further
         # only with the API server's own latency); 30 refresh intervals by default (30 s)
         self.max_poll_s = max_poll_s if max_poll_s is not None else 30 * refresh_interval_s
-        self.max_reads_in_flight = max_workers       # queue / log reads in flight at once
+        # queue / log reads in flight at once. Needed: finish rate x (queue + log latency), e.g.
+        # 128 clusters / 320 s x (23 + 5) s ~ 12 at the latencies measured here; 8 (the old pool)
+        # fell behind at 128 in the simulation (benchmarks/skypilot_scale.py: results 250 s late).
+        self.max_reads_in_flight = max_workers
         if sdk is None:
             import sky as sdk  # noqa: PLC0415 - heavy (~4 s): only when this backend is used
         self.sky = sdk

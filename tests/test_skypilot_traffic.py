@@ -294,3 +294,31 @@ def test_exec_requests_asked_about_only_where_a_cluster_waits_on_them(tmp_path):
     finally:
         for x in made:
             x.close()
+
+
+def test_a_cluster_missing_from_the_listing_is_read_at_once(tmp_path):
+    """A cluster vanishes while its job has 300 s of budget left: its queue is not due for
+    minutes, but the next (background) cluster listing that no longer shows it makes it read at
+    once, and the job is lost (the engine requeues it) without waiting for its budget."""
+    sdk = CountingSDK(pick_gpu="H100")
+    made: list = []
+    try:
+        b = _make(tmp_path, sdk, made, cluster_cache_s=0.05)
+        c1, c2 = b.provision(2)
+        h1 = b.submit(c1.name, _budget_job(tmp_path, "e0001", 300.0))
+        h2 = b.submit(c2.name, _budget_job(tmp_path, "e0002", 300.0))
+        assert _poll_for(b, [h1, h2], 0.2) == []
+        assert sdk.n("queue") == 0
+        del sdk.clusters[c1.name]                       # preempted
+        out: list = []
+        deadline = time.time() + 10
+        while not out and time.time() < deadline:
+            b.clusters()                                # what the scheduler calls every few seconds
+            out += b.poll([h1, h2])
+            time.sleep(0.02)
+        assert [o.handle.experiment_id for o in out] == ["e0001"]
+        assert out[0].lost and "vanished" in out[0].reason
+        assert [args for _, args in sdk.calls["queue"]] == [(c1.name,)]   # c2 is not read
+    finally:
+        for x in made:
+            x.close()

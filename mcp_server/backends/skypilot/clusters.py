@@ -75,9 +75,16 @@ class ClustersMixin:
             if max_age_s and time.monotonic() - self._clusters_at < max_age_s:
                 return dict(self._clusters)
         asked_at = time.monotonic()
+        asked_wall = time.time()
         recs = self._status(None, refresh)
         infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
         with self._lock:
+            # a cluster with jobs in flight that SkyPilot no longer lists (preempted, downed
+            # outside): read its queue now rather than when its jobs could have ended
+            for j in self._jobs.values():
+                if (j.outcome is None and j.cluster not in infos and j.submitted_at < asked_wall
+                        and j.cluster not in self._tearing_down):
+                    j.check_at = 0.0
             for marks in (self._gone, self._torn_down):
                 for name, marked_at in list(marks.items()):
                     if name not in infos:

@@ -326,6 +326,7 @@ class RefresherMixin:
                 job.status = status_value(rec.status)
                 if job.request_done_at is None:
                     job.request_done_at = asked_at      # in the queue: its exec request is done
+                    job.checks = 0                      # (the back-off while it was missing is over)
                 if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
                     to_cancel.append(job)
                 if job.status in TERMINAL:
@@ -359,7 +360,8 @@ class RefresherMixin:
                 if job.deferred or id(job) in done or job.outcome is not None:
                     continue
                 rec = by_name.get(job.name)
-                if rec is None:       # not in the queue yet: its exec request decides; look again then
+                if rec is None:       # not in the queue yet (its exec request still queued): look again
+                    job.checks += 1   # later and later; its exec request decides if it never comes
                     job.check_at = now + self._backoff(job.checks)
                     continue
                 start = getattr(rec, "start_at", None)

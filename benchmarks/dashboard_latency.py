@@ -34,17 +34,12 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from mcp_harness import seed_ledger  # noqa: E402
+from mcp_harness import pct, seed_ledger, wait_until_answers  # noqa: E402
 
 from mcp_server.domain.models import Decision  # noqa: E402
 from mcp_server.store.ledger import Ledger  # noqa: E402
 
 TARGET_P95_MS = 100.0
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def free_port() -> int:
@@ -60,7 +55,7 @@ def endpoints(n: int, rng: random.Random) -> dict[str, object]:
         "experiments (page, launch order)": lambda: f"/experiments?offset={rng.randrange(0, n - 50)}&limit=50",
         "experiments (sorted by metric)": lambda: "/experiments?sort=value&order=asc&limit=50",
         "experiments (status+wave filter)": lambda: f"/experiments?status=done&wave=w{rng.randrange(1, n // 100):04d}",
-        "leaderboard": lambda: "/leaderboard?limit=20",
+        "leaderboard": lambda: "/board?limit=20",
         "progress": lambda: "/progress",
         "waves": lambda: "/waves",
         "wave": lambda: f"/waves/w{rng.randrange(1, n // 100):04d}",
@@ -111,15 +106,8 @@ def main() -> int:
     writer = Ledger(ws / ".autoresearch" / "ledger.db")
     done_ids = [e.id for e in writer.all_experiments(statuses=["done"])]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/version", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the dashboard did not start; see {tmp / 'dashboard.log'}") from None
-                time.sleep(0.2)
+        if not wait_until_answers(base + "/version", proc):
+            raise SystemExit(f"the dashboard did not start; see {tmp / 'dashboard.log'}")
         calls = endpoints(a.experiments, rng)
         load_before = os.getloadavg()
         idle = measure(base, calls, a.iterations)

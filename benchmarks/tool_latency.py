@@ -30,14 +30,9 @@ from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
-from mcp_harness import seed_ledger  # noqa: E402  (the same seeding the compactness test uses)
+from mcp_harness import pct, seed_ledger  # noqa: E402  (the same seeding the compactness test uses)
 
 TARGET_P95_MS = 50.0
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 async def measure(workspace: Path, n: int, iterations: int, rng: random.Random, log: Path) -> dict[str, dict]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -44,6 +45,25 @@ async def stdio_session(args: list[str], log_path: Path) -> AsyncIterator[Client
     with open(log_path, "a", encoding="utf-8") as errlog:
         async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=600) as client:
             yield client
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank), as the benchmarks report p50 / p95."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> bool:
+    """Poll `url` until it answers 2xx (True); False once `proc` exited or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=2).raise_for_status()
+            return True
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
 
 def free_port() -> int:

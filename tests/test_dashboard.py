@@ -23,7 +23,17 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_harness import REPO, free_port, http_server, ledger_dump, ledger_experiments, ok, seed_ledger, serve_args
+from mcp_harness import (
+    REPO,
+    free_port,
+    http_server,
+    ledger_dump,
+    ledger_experiments,
+    ok,
+    seed_ledger,
+    serve_args,
+    wait_until_answers,
+)
 
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.models import Decision, Status
@@ -219,22 +229,15 @@ def test_standalone_dashboard_reads_another_process_ledger(tmp_path):
                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}/dashboard/api"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/version", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.2)
+        assert wait_until_answers(base + "/version", proc), proc.stderr.read() if proc.stderr else ""
         with httpx.Client(base_url=base, timeout=30) as http:
             o = http.get("/overview").json()
             assert o["counts"]["total"] == 120 and o["kept_chain"] == []
             for path in ("/experiments?sort=value", "/experiments?status=failed", "/experiments?wave=w0001",
-                         "/leaderboard", "/progress", "/waves", "/waves/w0001", "/experiments/e0001",
+                         "/board", "/progress", "/waves", "/waves/w0001", "/experiments/e0001",
                          "/experiments/e0001/log?offset=0&limit=100"):
                 assert http.get(path).status_code == 200, path
-            board = http.get("/leaderboard").json()
+            board = http.get("/board").json()
             assert set(board["by_gpu_type"]) == {"CPU", "H100", "H200"}
             assert any("never compared" in n for n in board["notes"])
             by_value = http.get("/experiments?sort=value&status=done&limit=1000").json()["rows"]

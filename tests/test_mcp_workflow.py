@@ -104,7 +104,9 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     assert all(lv["runs"] == 1 and lv["se"] is not None for lv in lr["levels"])   # the baseline measured noise
     assert cpu["control"]["runs"] == 1 and cpu["balanced"] and "Holm" in analysis["method"]
     assert cpu["best_cell"]["overrides"] == best["overrides"] and "chance alone" in cpu["chance"]
-    refused = await err(client, "analyze_wave", {"wave_id": base["experiments"][0]["wave_id"]})
+    base_wave = (await ok(client, "get_experiment", {"experiment_id": base["experiments"][0]["id"]}))
+    base_wave = base_wave["experiment"]["wave_id"]      # the replicates form a wave of their own
+    refused = await err(client, "analyze_wave", {"wave_id": base_wave})
     assert "not a factorial" in refused
 
     # pagination: 5 experiments, pages of 2

@@ -122,7 +122,7 @@ def test_ledger_at_previous_version_opens_and_upgrades(tmp_path):
 
     lg = Ledger(path)
     try:
-        assert lg.schema_version == SCHEMA_VERSION == 3     # 3: metrics_extra, imported (the own-task issue)
+        assert lg.schema_version == SCHEMA_VERSION == 4     # 3: metrics_extra, imported (own task); 4: reasons
         e = lg.get("e0001")
         assert e.status == Status.running and not e.waiting_for_slot and e.started_at == pytest.approx(now - 3600)
         assert not e.imported and e.metrics.model_extra == {}

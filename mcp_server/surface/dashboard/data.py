@@ -181,7 +181,7 @@ class DashboardData:
             "backend": ledger.get_meta("backend"), "metric": self.metric.model_dump(),
             "gpu_hours": gpu_hours, "gpu_hours_in_flight": usage["gpu_hours_in_flight"],
             "cost_usd": usage["cost_usd"] + usage["cost_usd_in_flight"], "gpu_hour_budget": self.gpu_hour_budget,
-            "budget_left": None if self.gpu_hour_budget is None else max(0.0, self.gpu_hour_budget - gpu_hours),
+            "gpu_hours_left": None if self.gpu_hour_budget is None else max(0.0, self.gpu_hour_budget - gpu_hours),
             "max_concurrent": self.max_concurrent,
             "counts": {"queued": counts.get(Status.queued.value, 0), "running": counts.get(Status.running.value, 0),
                        "done": counts.get(Status.done.value, 0),

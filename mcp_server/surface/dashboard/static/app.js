@@ -60,7 +60,7 @@ async function refreshOverview() {
   $("session").textContent = `${o.workspace} · branch autoresearch/${o.tag || "?"} · ${o.backend || ""} · ` +
     `${o.metric.name} (${o.metric.direction} is better)`;
   const c = o.counts;
-  const budget = o.gpu_hour_budget === null ? "no budget set" : `of ${o.gpu_hour_budget} (${fmt(o.budget_left, 3)} left)`;
+  const budget = o.gpu_hour_budget === null ? "no budget set" : `of ${o.gpu_hour_budget} (${fmt(o.gpu_hours_left, 3)} left)`;
   $("ov-cards").replaceChildren(
     el("div", { class: "card", id: "c-gpuh" }, el("b", {}, fmt(o.gpu_hours, 3)), `GPU-hours ${budget}`),
     el("div", { class: "card" }, el("b", {}, "$" + fmt(o.cost_usd, 2)), "est. cost"),
@@ -139,7 +139,7 @@ function star(g, x, y, r) {
 
 // -- leaderboard -------------------------------------------------------------------------------------
 async function refreshBoard() {
-  const b = await get("/leaderboard?limit=20");
+  const b = await get("/board?limit=20");
   const box = $("boards");
   box.replaceChildren();
   for (const [gpu, rows] of Object.entries(b.by_gpu_type)) {

@@ -27,6 +27,7 @@ Reported per fleet size (simulated seconds):
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import shutil
 import statistics
@@ -42,6 +43,7 @@ from sky_standin import StandinSkyPilot  # noqa: E402
 
 from mcp_server.backends.skypilot import SkyPilotBackend  # noqa: E402
 from mcp_server.domain.config import TEMPLATE_DIR, FleetConfig  # noqa: E402
+from mcp_server.domain.limits import MAX_QUEUED  # noqa: E402
 from mcp_server.engine.facade import Engine  # noqa: E402
 
 STANDIN_TRAIN = '''"""SIMULATION stand-in train.py: never runs (the stand-in SkyPilot simulates the job)."""
@@ -65,6 +67,14 @@ def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[int(q * (len(xs) - 1))] if xs else float("nan")
 
 
+def _ideal_makespan(runs: list[dict], clusters: int) -> float:
+    """The same runs, in their start order, each to the first free cluster, all free at 0."""
+    free = [0.0] * clusters
+    for r in sorted(runs, key=lambda r: r["start"]):
+        heapq.heapreplace(free, free[0] + r["end"] - r["start"])
+    return max(free)
+
+
 def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: float, long_workers: int,
               short_workers: int, latency_s: dict[str, tuple[float, float]] | None = None,
               run_overhead_s: tuple[float, float] | None = None) -> dict:
@@ -82,14 +92,33 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
     eng = Engine(cfg, backend=backend, poll_interval_s=1.0 / scale)
     eng.scheduler.cluster_refresh_s = 10.0 / scale
     n = clusters * rounds
-    ids: list[str] = []
-    while len(ids) < n:
-        k = min(16, n - len(ids))
-        ids += [e.id for e in eng.launch_experiment(f"sim batch {len(ids) // 16}", replicates=k, seed=len(ids))]
+    cap = MAX_QUEUED - 16          # the engine's bound on live experiments: top up as they finish
+    launched = 0
+
+    def top_up(live: int) -> None:
+        nonlocal launched
+        while launched < n and live + min(16, n - launched) <= cap:
+            k = min(16, n - launched)
+            eng.launch_experiment(f"sim batch {launched // 16}", replicates=k, seed=launched)
+            launched += k
+            live += k
+
+    top_up(0)
     since = time.time()
     provision_requests = len([e for e in sky.log if e["sent"] < since])
     eng.start()
-    res = eng.wait(ids, timeout_s=max(120.0, 6 * rounds * (budget + 60) / scale))
+    deadline = time.time() + max(120.0, 6 * rounds * (budget + 60) / scale)
+    timed_out = False
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            timed_out = True
+            break
+        res = eng.wait(until="first" if launched < n else "all", timeout_s=min(left, 30.0))
+        if launched < n:
+            top_up(len(res.still_running))
+        elif not res.still_running:
+            break
     recorded = {}
     conn = eng.ledger._conn()
     for eid, ended in conn.execute("SELECT experiment_id, ended_at FROM attempts WHERE outcome='done'"):
@@ -97,7 +126,6 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
     eng.close()
     backend.close()
     sky.close()
-    finished = [e for e in res.finished if e.status.value == "done"]
     runs = [r for r in sky.runs() if not r["cancelled"]]
     by_kind = sky.requests_by_kind(since)
     total_req = sum(by_kind.values())
@@ -111,13 +139,11 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
     window = 0.0          # per cluster: its first start .. the fleet's last end
     own = 0.0             # per cluster: its first start .. its own last end
     first_starts = []
-    busy_per = []         # per cluster: its busy seconds
     for lst in per.values():
         lst.sort(key=lambda r: r["start"])
         window += last_end - lst[0]["start"]
         own += max(r["end"] for r in lst) - lst[0]["start"]
         first_starts.append(lst[0]["start"] - first_submit)
-        busy_per.append(sum(r["end"] - r["start"] for r in lst))
         gaps += [b["start"] - a["end"] for a, b in zip(lst, lst[1:], strict=False)]
     detect = []
     for r in runs:
@@ -125,17 +151,18 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
         if eid in recorded and recorded[eid]:
             detect.append(recorded[eid] - r["end"])
     s = scale
-    n_done = len(finished)
+    n_done = len(recorded)
     return {
-        "clusters": clusters, "experiments": n, "finished": n_done, "timed_out": res.timed_out,
+        "clusters": clusters, "experiments": n, "finished": n_done, "timed_out": timed_out,
         "budget_s": budget, "scale": scale,
         "api_server": {"long_workers": long_workers, "short_workers": short_workers},
         "utilization": busy / own if own else float("nan"), "ceiling": 1.0,
         "utilization_to_fleet_end": busy / window if window else float("nan"),
         "utilization_overall": busy / (clusters * (last_end - first_submit)),
-        # the workload's own ceiling for the fleet window: every cluster busy from t=0 without a
-        # gap, so the fleet ends with its busiest cluster (random run lengths); no ramp
-        "ceiling_fleet": busy / (clusters * max(busy_per)),
+        # the workload's own ceiling for the fleet window: the same runs, dispatched in the same
+        # order to the first free cluster with no ramp and no gap (the fleet still ends with its
+        # last run: random run lengths leave a tail)
+        "ceiling_fleet": busy / (clusters * _ideal_makespan(runs, clusters)),
         "ramp_first_start_s": {"mean": s * statistics.mean(first_starts), "max": s * max(first_starts)},
         "gap_s": {"p50": s * _pct(gaps, 0.5), "p95": s * _pct(gaps, 0.95), "max": s * max(gaps) if gaps else None},
         "detect_s": {"mean": s * statistics.mean(detect) if detect else None, "p95": s * _pct(detect, 0.95)},

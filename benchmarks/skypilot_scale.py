@@ -77,7 +77,9 @@ def _ideal_makespan(runs: list[dict], clusters: int) -> float:
 
 def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: float, long_workers: int,
               short_workers: int, latency_s: dict[str, tuple[float, float]] | None = None,
-              run_overhead_s: tuple[float, float] | None = None) -> dict:
+              run_overhead_s: tuple[float, float] | None = None, waves: list[int] | None = None) -> dict:
+    """`waves`: launch these many experiments one batch after another, each once the one before
+    has finished (e.g. [1, 3]: a baseline, then a wave of 3), instead of clusters x rounds at once."""
     kw: dict = {} if run_overhead_s is None else {"run_overhead_s": run_overhead_s}
     sky = StandinSkyPilot(scale=scale, long_workers=long_workers, short_workers=short_workers, seed=clusters,
                           latency_s=latency_s, **kw)
@@ -91,7 +93,7 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
     backend.provision(clusters)
     eng = Engine(cfg, backend=backend, poll_interval_s=1.0 / scale)
     eng.scheduler.cluster_refresh_s = 10.0 / scale
-    n = clusters * rounds
+    n = sum(waves) if waves else clusters * rounds
     cap = MAX_QUEUED - 16          # the engine's bound on live experiments: top up as they finish
     launched = 0
 
@@ -103,13 +105,18 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
             launched += k
             live += k
 
-    top_up(0)
+    if not waves:
+        top_up(0)
     since = time.time()
     provision_requests = len([e for e in sky.log if e["sent"] < since])
     eng.start()
     deadline = time.time() + max(120.0, 6 * rounds * (budget + 60) / scale)
     timed_out = False
-    while True:
+    for w in waves or []:
+        batch = [e.id for e in eng.launch_experiment(f"sim wave {launched}", replicates=w, seed=launched)]
+        launched += w
+        timed_out = timed_out or eng.wait(batch, timeout_s=max(1.0, deadline - time.time())).timed_out
+    while not waves:
         left = deadline - time.time()
         if left <= 0:
             timed_out = True

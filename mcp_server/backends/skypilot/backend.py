@@ -38,7 +38,7 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
     def __init__(self, config: FleetConfig, *, sdk: Any = None, prefix: str = DEFAULT_PREFIX,
                  workspace_tag: str | None = None, refresh_interval_s: float = 1.0,
                  unreachable_lost_s: float = 300.0, request_grace_s: float = 180.0,
-                 max_workers: int = 8) -> None:
+                 max_workers: int = 32, cluster_cache_s: float = 30.0, max_poll_s: float | None = None) -> None:
         if not _PREFIX_RE.match(prefix or ""):
             raise InvalidInput("cluster name prefix must be 1-10 lowercase letters/digits starting with a letter, "
                                f"got {prefix!r}.")
@@ -55,6 +55,14 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         self.refresh_interval_s = refresh_interval_s
         self.unreachable_lost_s = unreachable_lost_s
         self.request_grace_s = request_grace_s
+        self.cluster_cache_s = cluster_cache_s       # how old the cluster view may get (clusters(), submit)
+        # the longest wait between two reads of a cluster whose job can have ended (grows further
+        # only with the API server's own latency); 30 refresh intervals by default (30 s)
+        self.max_poll_s = max_poll_s if max_poll_s is not None else 30 * refresh_interval_s
+        # queue / log reads in flight at once. Needed: finish rate x (queue + log latency), e.g.
+        # 128 clusters / 320 s x (23 + 5) s ~ 12 at the latencies measured here; 8 (the old pool)
+        # fell behind at 128 in the simulation (benchmarks/skypilot_scale.py: results 250 s late).
+        self.max_reads_in_flight = max_workers
         if sdk is None:
             import sky as sdk  # noqa: PLC0415 - heavy (~4 s): only when this backend is used
         self.sky = sdk
@@ -70,14 +78,21 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         self._gone: dict[str, float] = {}        # vanished under us (their jobs are lost)
         self._torn_down: dict[str, float] = {}   # removed by teardown (their jobs are cancelled)
         self._tearing_down: set[str] = set()     # `sky.down` in progress: no submits, no conclusions
-        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="arf-sky")
+        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="arf-sky")   # reads
+        # execs and the background cluster listing: never behind a slow queue read
+        self._exec_pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="arf-sky-exec")
+        self._view_busy = False
+        self._reads_in_flight = 0
+        self._run_seen: deque[float] = deque(maxlen=64)    # how long finished jobs ran (basis .. end)
+        self._latency: dict[str, float] = {}               # smoothed SDK latency by kind (s)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._done: deque[tuple[str, int]] = deque(maxlen=4096)   # outcome handed out, or cancelled: poll/cancel no-ops
         self.exec_log: deque[tuple[str, str, float, float]] = deque(maxlen=1000)   # name, cluster, submit, exec
         self.timings: dict[str, deque[float]] = {k: deque(maxlen=1000) for k in
-                                                 ("launch_s", "exec_submit_s", "queue_s", "logs_s")}
+                                                 ("launch_s", "exec_submit_s", "exec_done_s",
+                                                                          "queue_s", "logs_s")}
 
     @classmethod
     def from_config(cls, config: FleetConfig) -> SkyPilotBackend:
@@ -125,3 +140,4 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         if t is not None:
             t.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._exec_pool.shutdown(wait=False, cancel_futures=True)

@@ -55,6 +55,9 @@ class ClustersMixin:
     _torn_down: dict[str, float]  # removed by teardown (their jobs are cancelled); name -> when marked
     _tearing_down: set[str]       # `sky.down` in progress
     timings: dict[str, deque[float]]
+    cluster_cache_s: float
+    _view_busy: bool
+    _exec_pool: cf.ThreadPoolExecutor
 
     if TYPE_CHECKING:   # provided by SkyPilotBackend
         def task_path(self) -> Path: ...
@@ -72,9 +75,16 @@ class ClustersMixin:
             if max_age_s and time.monotonic() - self._clusters_at < max_age_s:
                 return dict(self._clusters)
         asked_at = time.monotonic()
+        asked_wall = time.time()
         recs = self._status(None, refresh)
         infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
         with self._lock:
+            # a cluster with jobs in flight that SkyPilot no longer lists (preempted, downed
+            # outside): read its queue now rather than when its jobs could have ended
+            for j in self._jobs.values():
+                if (j.outcome is None and j.cluster not in infos and j.submitted_at < asked_wall
+                        and j.cluster not in self._tearing_down):
+                    j.check_at = 0.0
             for marks in (self._gone, self._torn_down):
                 for name, marked_at in list(marks.items()):
                     if name not in infos:
@@ -88,6 +98,36 @@ class ClustersMixin:
             self._clusters_at = time.monotonic()
             return dict(infos)
 
+    def _cluster_view(self) -> dict[str, ClusterInfo]:
+        """The clusters as last listed, never older than `cluster_cache_s` for long: a stale view
+        is handed out while one `sky.status` (no refresh: SkyPilot's own records) renews it in the
+        background, so a slow API server (`sky status` ~40 s under load) holds neither a submit nor
+        the scheduler. Only the first view, before any listing, is read synchronously."""
+        with self._lock:
+            loaded = self._clusters_at > 0
+            stale = time.monotonic() - self._clusters_at >= self.cluster_cache_s
+            view = dict(self._clusters)
+            start = loaded and stale and not self._view_busy
+            if start:
+                self._view_busy = True
+        if not loaded:
+            return self._refresh_clusters()
+        if start:
+            def renew() -> None:
+                try:
+                    self._refresh_clusters()
+                except Exception:  # noqa: BLE001 - the next call tries again
+                    log.warning("background sky status failed", exc_info=True)
+                finally:
+                    with self._lock:
+                        self._view_busy = False
+            try:
+                self._exec_pool.submit(renew)
+            except RuntimeError:      # closed
+                with self._lock:
+                    self._view_busy = False
+        return view
+
     def _cluster_model(self, info: ClusterInfo) -> Cluster:
         with self._lock:
             running = sorted(j.handle.experiment_id for j in self._jobs.values()
@@ -97,7 +137,7 @@ class ClustersMixin:
                        running=running, created_at=info.created_at)
 
     def clusters(self) -> list[Cluster]:
-        infos = self._refresh_clusters(max_age_s=2.0)
+        infos = self._cluster_view()
         return [self._cluster_model(i) for i in sorted(infos.values(), key=lambda i: i.name)]
 
     def queue_depth(self, cluster: str) -> int:

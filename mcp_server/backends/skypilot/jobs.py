@@ -46,10 +46,27 @@ class TrackedJob:
     exec_busy: bool = False
     exec_at: float | None = None
     request_done_at: float | None = None   # its exec request finished: the job is in the cluster's queue
+    # traffic (refresher.py): when its cluster's queue is worth reading for it, and its exec request
+    min_run_s: float = 0.0               # the runner's time budget: it cannot end (normally) sooner
+    basis_at: float | None = None        # when it could start running: exec'd, or the job ahead seen ended
+    check_at: float = 0.0                # next queue read for it (epoch s); 0 = at once
+    checks: int = 0                      # reads that found it unfinished although it could have ended
+    req_check_at: float = 0.0            # next `api_status` of its exec request (epoch s)
+    req_checks: int = 0
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.handle.experiment_id, self.handle.attempt)
+
+
+def budget_of(job: JobSpec) -> float:
+    """The runner's training budget (AUTORESEARCH_TIME_BUDGET, seconds): a job that trains cannot
+    end sooner, so its cluster's queue is not read for it before. 0 when not given."""
+    try:
+        b = float((job.env or {}).get("AUTORESEARCH_TIME_BUDGET") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return b if 0 < b < job.timeout_s else 0.0
 
 
 class JobsMixin:
@@ -80,7 +97,9 @@ class JobsMixin:
         def _stage_run(self, job: JobSpec, key: str) -> Path: ...
         def is_ours(self, name: str) -> bool: ...
         def _refresh_clusters(self, refresh: str = "NONE", max_age_s: float = 0.0) -> dict[str, ClusterInfo]: ...
+        def _cluster_view(self) -> dict[str, ClusterInfo]: ...
         def _ensure_thread(self) -> None: ...
+        def _exec_expected_s(self) -> float: ...
 
     def submit(self, cluster: str, job: JobSpec) -> JobHandle:
         if not self.is_ours(cluster):
@@ -99,7 +118,9 @@ class JobsMixin:
             raise NotFound(f"cluster {cluster} was torn down. Call {Tool.LIST_CLUSTERS} for the clusters there are.")
         if tearing_down:
             raise Conflict(f"cluster {cluster} is being torn down; submit to another cluster ({Tool.LIST_CLUSTERS}).")
-        info = self._refresh_clusters(max_age_s=2.0).get(cluster)
+        info = self._cluster_view().get(cluster)   # cached: a slow `sky.status` never holds a submit
+        if info is None or info.state != "up":
+            info = self._refresh_clusters().get(cluster)
         with self._lock:
             gone = cluster in self._gone
         if info is None or gone:
@@ -117,10 +138,11 @@ class JobsMixin:
         now = time.time()
         handle = JobHandle(experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster,
                            run_dir=str(Path(job.run_dir).resolve()),
-                           backend_ref={"job_name": spec["name"], "key": key, "timeout_s": float(job.timeout_s)},
+                           backend_ref={"job_name": spec["name"], "key": key, "timeout_s": float(job.timeout_s),
+                                        "budget_s": budget_of(job)},
                            submitted_at=now)
         tracked = TrackedJob(handle=handle, cluster=cluster, name=spec["name"], request_id=None, submitted_at=now,
-                             stage=str(stage), spec=spec, deferred=True)
+                             stage=str(stage), spec=spec, deferred=True, min_run_s=budget_of(job))
         with self._lock:
             self._jobs[tracked.key] = tracked
         try:
@@ -174,6 +196,9 @@ class JobsMixin:
             nxt.deferred = False
             nxt.exec_busy = False
             nxt.exec_at = time.time()
+            nxt.basis_at = max(nxt.basis_at or 0.0, nxt.exec_at)
+            nxt.check_at = nxt.basis_at + nxt.min_run_s
+            nxt.req_check_at = nxt.exec_at + self._exec_expected_s()
             self.exec_log.append((nxt.name, cluster, nxt.submitted_at, nxt.exec_at))
             spec["request_id"] = request_id
         write_spec(self.state_dir, spec)
@@ -234,8 +259,10 @@ class JobsMixin:
             name = ref.get("job_name")
             if not isinstance(name, str) or not name.startswith("arf-"):
                 return None
+            budget = ref.get("budget_s")
             job = TrackedJob(handle=handle, cluster=handle.cluster, name=name,
-                             request_id=ref.get("request_id"), submitted_at=float(handle.submitted_at or time.time()))
+                             request_id=ref.get("request_id"), submitted_at=float(handle.submitted_at or time.time()),
+                             min_run_s=float(budget) if isinstance(budget, (int, float)) and budget > 0 else 0.0)
             rkey = ref.get("key")
             if isinstance(rkey, str) and ID_RE.match(rkey):
                 try:
@@ -288,6 +315,7 @@ class JobsMixin:
             return
         with self._lock:
             job.cancelled = True
+            job.check_at = 0.0                   # read its cluster soon: the cancel is confirmed there
             if job.outcome is not None or job.status in TERMINAL:
                 self._jobs.pop(job.key, None)
                 self._done.append(job.key)

@@ -36,6 +36,7 @@ class ClusterWatch:
     last: float = 0.0
     failing_since: float | None = None
     last_error: str = ""
+    fails: int = 0                     # reads in a row that failed (back-off)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +64,12 @@ class RefresherMixin:
     _stop: threading.Event
     _thread: threading.Thread | None
     timings: dict[str, deque[float]]
+    max_poll_s: float
+    max_reads_in_flight: int
+    _reads_in_flight: int
+    _latency: dict[str, float]
+    _run_seen: deque[float]
+    _exec_pool: cf.ThreadPoolExecutor
 
     if TYPE_CHECKING:   # provided by JobsMixin and ClustersMixin
         def _dispatch_deferred(self, cluster: str, raise_errors: bool = False) -> None: ...
@@ -88,47 +95,151 @@ class RefresherMixin:
             self._wake.wait(self.refresh_interval_s)
             self._wake.clear()
 
+    # -- when to read what (traffic grows with finished experiments, not clusters x time) --------
+    # A cluster's queue is read only when one of its jobs can have ended: not before the head
+    # job's basis (exec'd, or the job ahead seen ended) + the runner's budget, or + the shortest
+    # runs seen lately (budget + start-up + eval), whichever is later; then, while it runs on,
+    # at growing intervals (refresh_interval_s doubling up to max_poll_s, never shorter than the
+    # API server's own recent latency). Jobs behind the head wait for its end. At most
+    # max_reads_in_flight reads are out at once, earliest due first; execs have a pool of their
+    # own, so a slow read never holds a dispatch. Exec requests are checked in one batched
+    # `api_status` for all of them, when the first is due (exec latency seen lately), backing off.
+
+    def _backoff(self, n: int, kind: str = "queue_s") -> float:
+        step = self.refresh_interval_s * (2 ** min(n, 20))
+        lat = self._latency.get(kind, 0.0)
+        return max(min(step, self.max_poll_s), lat)
+
+    def _note_latency(self, kind: str, seconds: float) -> None:
+        self.timings[kind].append(seconds)
+        with self._lock:
+            prev = self._latency.get(kind)
+            self._latency[kind] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+
+    def _expected_run_s(self, job: TrackedJob) -> float:
+        """When a job is first worth looking for as ended: its budget, or the 75th percentile of
+        recent runs (from their basis to their end: budget + start-up + eval), whichever is later,
+        but never past its hard timeout. Reading later than the typical end costs detection time
+        only: the job queued ahead on the cluster is already running."""
+        seen = sorted(self._run_seen)
+        typical = seen[(3 * len(seen)) // 4] if len(seen) >= 4 else 0.0
+        timeout = float((job.handle.backend_ref or {}).get("timeout_s") or 0.0) or float("inf")
+        return min(max(job.min_run_s, typical), timeout)
+
+    def _exec_expected_s(self) -> float:
+        return max(self.refresh_interval_s, self._latency.get("exec_done_s", 0.0))
+
+    def _cluster_due(self, cluster: str, jobs: list[TrackedJob]) -> float:
+        """When `cluster`'s queue is next worth reading (epoch s)."""
+        with self._lock:
+            if cluster in self._tearing_down:
+                return float("inf")
+            if cluster in self._torn_down or cluster in self._gone:
+                return 0.0
+        due = float("inf")
+        for j in jobs:
+            if j.deferred:
+                continue
+            due = min(due, j.check_at)
+        return due
+
     def _refresh_round(self) -> None:
         self._check_requests()
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
-            clusters = sorted({j.cluster for j in self._jobs.values() if j.outcome is None})
-            for c in [c for c, w in self._watch.items() if c not in clusters and not w.busy]:
+            by_cluster: dict[str, list[TrackedJob]] = {}
+            for j in self._jobs.values():
+                if j.outcome is None:
+                    by_cluster.setdefault(j.cluster, []).append(j)
+            for c in [c for c, w in self._watch.items() if c not in by_cluster and not w.busy]:
                 del self._watch[c]             # no job in flight there (any more)
-            todo = []
-            for c in clusters:
+            due = []
+            for c, jobs in by_cluster.items():
                 w = self._watch.setdefault(c, ClusterWatch())
-                if not w.busy and now - w.last >= self.refresh_interval_s:
-                    w.busy = True
-                    todo.append(c)
+                if w.busy:
+                    continue
+                at = self._cluster_due(c, jobs)
+                if at <= now:
+                    due.append((at, c))
+            due.sort()
+            room = max(0, self.max_reads_in_flight - self._reads_in_flight)
+            todo = [c for _, c in due[:room]]
+            for c in todo:
+                self._watch[c].busy = True
+                self._reads_in_flight += 1
         for c in todo:
             self._pool.submit(self._refresh_cluster_safe, c)
 
     def _check_requests(self) -> None:
-        """Which exec requests have finished (a local API-server call, cheap); a deferred job
-        behind a finished one is exec'd at once instead of after the next queue round."""
+        """Which exec requests have finished: one batched `api_status` for all open ones, sent
+        when the first is due. A failed one makes its job lost at once; a deferred job behind a
+        finished one is exec'd at once instead of after the next queue read."""
+        now = time.time()
         with self._lock:
             waiting = {j.request_id: j for j in self._jobs.values()
-                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None}
-        if not waiting:
-            return
+                       if j.request_id and not j.deferred and j.request_done_at is None and j.outcome is None
+                       and self._request_matters(j)}
+            if not waiting or min(j.req_check_at for j in waiting.values()) > now:
+                return
         try:
             payloads = self.sky.api_status(list(waiting))
-        except Exception:  # noqa: BLE001 - the queue round decides anyway
-            return
+        except Exception:  # noqa: BLE001 - the queue read decides anyway
+            payloads = []
+        done_at = time.time()
         clusters = set()
+        failed: list[TrackedJob] = []
+        seen = set()
         for p in payloads:
-            job = waiting.get(str(getattr(p, "request_id", "")))
-            if job is not None and status_value(getattr(p, "status", "")) == "SUCCEEDED":
+            rid = str(getattr(p, "request_id", ""))
+            job = waiting.get(rid)
+            if job is None:
+                continue
+            seen.add(rid)
+            st = status_value(getattr(p, "status", ""))
+            if st == "SUCCEEDED":
                 with self._lock:
                     if job.request_done_at is None:
-                        job.request_done_at = time.time()
+                        job.request_done_at = done_at
+                        # the job is in its cluster's queue (it may have started already)
+                if job.exec_at is not None:
+                    self._note_latency("exec_done_s", done_at - job.exec_at)
                 clusters.add(job.cluster)
+            elif st in REQUEST_DONE_BAD:
+                failed.append(job)
+            else:
+                seen.discard(rid)
+        with self._lock:
+            for rid, job in waiting.items():
+                if rid not in seen:
+                    job.req_checks += 1
+                    job.req_check_at = done_at + self._backoff(job.req_checks, "exec_done_s")
+        for job in failed:
+            with self._lock:
+                if job.outcome is not None:
+                    continue
+            try:
+                self.sky.get(job.request_id)
+                why = "exec request failed"
+            except Exception as e:  # noqa: BLE001
+                why = f"exec failed: {type(e).__name__}: {ANSI_RE.sub('', str(e))[:500]}"
+            self._finish(job, JobOutcome(job.handle, lost=True, reason=why))
+            clusters.add(job.cluster)
         for c in clusters:
             with self._lock:
-                has_deferred = any(j.cluster == c and j.deferred for j in self._jobs.values())
+                has_deferred = any(j.cluster == c and j.deferred and j.outcome is None for j in self._jobs.values())
             if has_deferred:
-                self._pool.submit(self._dispatch_deferred_safe, c)
+                self._exec_pool.submit(self._dispatch_deferred_safe, c)
+
+    def _request_matters(self, job: TrackedJob) -> bool:
+        """Is the exec request's end worth asking about before the next queue read? Only where
+        the cluster waits on it: a job is deferred behind it, or it is the cluster's head (nothing
+        of ours runs ahead, so a failed exec would leave the cluster idle). A job exec'd behind a
+        running one is seen in the queue read at the head's end (a failed one is missing there,
+        and its request is asked about then). Called with the lock held."""
+        others = [j for j in self._jobs.values() if j.cluster == job.cluster and j.outcome is None and j is not job]
+        if any(j.deferred for j in others):
+            return True
+        return not any(not j.deferred and j.submitted_at < job.submitted_at for j in others)
 
     def _dispatch_deferred_safe(self, cluster: str) -> None:
         try:
@@ -146,6 +257,15 @@ class RefresherMixin:
                 w = self._watch.setdefault(cluster, ClusterWatch())
                 w.busy = False
                 w.last = time.monotonic()
+                self._reads_in_flight = max(0, self._reads_in_flight - 1)
+                if w.failing_since is not None:      # unreadable: ask again later, backing off
+                    w.fails += 1
+                    retry = time.time() + self._backoff(w.fails)
+                    for j in self._jobs.values():
+                        if j.cluster == cluster and j.outcome is None:
+                            j.check_at = max(j.check_at, retry)
+                else:
+                    w.fails = 0
             self._wake.set()
 
     def _refresh_cluster(self, cluster: str) -> None:
@@ -182,7 +302,7 @@ class RefresherMixin:
         except Exception as e:  # noqa: BLE001 - network, ssh, API server: retried, lost only if it lasts
             self._unreachable(cluster, jobs, f"{type(e).__name__}: {ANSI_RE.sub('', str(e))[:300]}")
             return
-        self.timings["queue_s"].append(time.monotonic() - t0)
+        self._note_latency("queue_s", time.monotonic() - t0)
         with self._lock:
             self._watch.setdefault(cluster, ClusterWatch()).failing_since = None
         by_name: dict[str, Any] = {}
@@ -204,10 +324,14 @@ class RefresherMixin:
                     continue
                 job.job_id = int(rec.job_id)
                 job.status = status_value(rec.status)
+                if job.request_done_at is None:
+                    job.request_done_at = asked_at      # in the queue: its exec request is done
+                    job.checks = 0                      # (the back-off while it was missing is over)
                 if job.cancelled and job.status not in TERMINAL and not job.cancel_sent:
                     to_cancel.append(job)
                 if job.status in TERMINAL:
                     finished.append((job, rec))
+        self._schedule_reads(jobs, by_name, asked_at, finished)
         for job in missing:
             self._not_in_queue(job, asked_at)
         for job in to_cancel:
@@ -215,6 +339,51 @@ class RefresherMixin:
         for job, rec in finished:
             self._collect(job, rec)
         self._dispatch_deferred(cluster)
+
+    def _schedule_reads(self, jobs: list[TrackedJob], by_name: dict[str, Any], asked_at: float,
+                        finished: list[tuple[TrackedJob, Any]]) -> None:
+        """After a good read of the cluster's queue: when to read it again for each of its jobs.
+        A finished job's run length is noted (its record's end_at, else when it was seen); the
+        next job in line starts from there; one still running is read again after a back-off."""
+        now = time.time()
+        ended_at: float | None = None
+        with self._lock:
+            for job, rec in finished:
+                end = getattr(rec, "end_at", None)
+                end = float(end) if isinstance(end, (int, float)) and asked_at - 86400 < end <= now + 5 else asked_at
+                ended_at = end if ended_at is None else max(ended_at, end)
+                if job.basis_at is not None and not job.cancelled:
+                    self._run_seen.append(max(0.0, end - job.basis_at))
+            done = {id(j) for j, _ in finished}
+            head = True
+            for job in sorted(jobs, key=lambda j: j.submitted_at):
+                if job.deferred or id(job) in done or job.outcome is not None:
+                    continue
+                rec = by_name.get(job.name)
+                if rec is None:       # not in the queue yet (its exec request still queued): look again
+                    job.checks += 1   # later and later; its exec request decides if it never comes
+                    job.check_at = now + self._backoff(job.checks)
+                    continue
+                start = getattr(rec, "start_at", None)
+                start = float(start) if isinstance(start, (int, float)) and 0 < start <= now + 5 else None
+                if job.basis_at is None:     # picked up from an earlier process: its record tells
+                    job.basis_at = start if start is not None else asked_at
+                elif start is not None:      # started on the cluster: later than exec'd when the
+                    job.basis_at = max(job.basis_at, start)   # API server's long queue was full
+                if ended_at is not None and head:
+                    job.basis_at = max(job.basis_at, ended_at)   # it had to wait for the one ahead
+                if job.cancelled:
+                    job.check_at = now + self._backoff(0)
+                elif head:
+                    earliest = job.basis_at + self._expected_run_s(job)
+                    if earliest <= asked_at:             # it could have ended, and had not
+                        job.checks += 1
+                        job.check_at = now + self._backoff(job.checks)
+                    else:
+                        job.check_at = earliest
+                else:                            # behind the head: read again when the head can end
+                    job.check_at = float("inf")
+                head = False
 
     def _unreachable(self, cluster: str, jobs: list[TrackedJob], reason: str, confirm: bool = False) -> None:
         """The cluster's queue could not be read. Its jobs are lost at once only when SkyPilot
@@ -322,7 +491,7 @@ class RefresherMixin:
             if tries >= 5:
                 self._finish(job, JobOutcome(job.handle, lost=True, reason=f"could not read the job log: {e}"))
             return
-        self.timings["logs_s"].append(time.monotonic() - t0)
+        self._note_latency("logs_s", time.monotonic() - t0)
         clean, train_log, result = parse_job_log(buf.getvalue())
         run_dir = Path(job.handle.run_dir)
         log_path: str | None = None

@@ -127,7 +127,10 @@ class RefresherMixin:
         return min(max(job.min_run_s, typical), timeout)
 
     def _exec_expected_s(self) -> float:
-        return max(self.refresh_interval_s, self._latency.get("exec_done_s", 0.0))
+        # capped at max_poll_s: while the fleet ramps up, execs wait minutes in the long queue and
+        # that latency must not become the wait before a cluster's second job is sent; an
+        # `api_status` check is one cheap batched read that does not queue
+        return max(self.refresh_interval_s, min(self._latency.get("exec_done_s", 0.0), self.max_poll_s))
 
     def _cluster_due(self, cluster: str, jobs: list[TrackedJob]) -> float:
         """When `cluster`'s queue is next worth reading (epoch s)."""
@@ -212,7 +215,7 @@ class RefresherMixin:
             for rid, job in waiting.items():
                 if rid not in seen:
                     job.req_checks += 1
-                    job.req_check_at = done_at + self._backoff(job.req_checks, "exec_done_s")
+                    job.req_check_at = done_at + min(self._backoff(job.req_checks, "exec_done_s"), self.max_poll_s)
         for job in failed:
             with self._lock:
                 if job.outcome is not None:

@@ -173,6 +173,7 @@ class LocalBackend(Backend):
                     prepared.append((i, *self._prepare(cluster, job)))
                 except Exception as e:  # noqa: BLE001 - this job's error, for the caller
                     results[i] = e
+            sent = time.time()   # submitted when the launch was asked for (the replies come after)
             started = spawn.start_runners(self.python, [(d, flags, env) for _, d, flags, env, _ in prepared],
                                           self.use_launcher)
             for (i, run_dir, _flags, _env, ahead), got in zip(prepared, started, strict=True):
@@ -185,7 +186,7 @@ class LocalBackend(Backend):
                     experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
                     backend_ref={"pid": pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
                                  "after": [h.experiment_id for h in ahead]},
-                    submitted_at=time.time(),
+                    submitted_at=sent,
                 )
                 with self._lock:
                     self._running.setdefault(cluster, {})[job.experiment_id] = handle

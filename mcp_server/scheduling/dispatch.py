@@ -9,6 +9,9 @@ a job is queued ahead only behind one that has started. A slot whose submit fail
 the slots are re-read before the next dispatch. One dispatch submits for at most DISPATCH_SLICE_S,
 then the loop polls before it places the rest (results are seen while a hundred slots fill), and
 its cost per placed experiment does not grow with the number of slots or of queued experiments.
+Placed experiments are submitted in batches of up to SUBMIT_BATCH, at most one per slot
+(`submit_batch` -> `Backend.submit_many`: the local backend starts a batch's runners in one
+launcher exchange, so a hundred slots fill in a few round trips instead of one per runner).
 
 Rules: functions of the scheduler's state, called on its thread (`open_positions` on the
 stager's); flights are read and changed under `sched._lock`, which `submit` holds throughout

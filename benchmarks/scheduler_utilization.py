@@ -93,6 +93,20 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _runners_cpu_ms(eng: Engine) -> float:
+    """CPU time (ms) of the runners and trainers the warm launcher started and reaped (its
+    children's CPU, from /proc), NaN when there is no launcher."""
+    try:
+        from mcp_server.backends.local.launcher_client import launcher_for
+        proc = launcher_for(getattr(eng.backend, "python", sys.executable))._proc
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split() if proc else None
+    except (OSError, AttributeError):
+        fields = None
+    if not fields:
+        return float("nan")
+    return 1000 * (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
     template = _template(root)
     cfg = FleetConfig(workspace=root / "fleet", tag="bench", profile="cpu", time_budget_s=budget,
@@ -123,6 +137,8 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
     # data preparation (stand-in) happens before the first dispatch; wall starts at the first submit
     res = eng.wait(ids, timeout_s=max(600.0, 4 * n * budget / slots))
     engine_cpu = time.process_time() - cpu0
+    load = os.getloadavg()[0]
+    fleet_cpu_ms = _runners_cpu_ms(eng) / n
     rss_mb = _rss_mb()
     ticks_cpu = eng.scheduler.stats["tick_seconds"]
     sched_stats = dict(eng.scheduler.stats, ticks=eng.scheduler.ticks)
@@ -181,6 +197,8 @@ def run_fleet(root: Path, slots: int, n: int, budget: float) -> dict:
         "detect_ms_mean": mean_ms(detect), "sched_cpu_ms_per_exp": 1000 * ticks_cpu / n,
         "slots_used": len(by_slot), "scheduler": sched_stats,
         "handoff_ms_p50": pct_ms(handoff, 0.5), "handoff_ms_p95": pct_ms(handoff, 0.95),
+        "cold_ms_p50": pct_ms(cold, 0.5), "cold_ms_p95": pct_ms(cold, 0.95),
+        "first_start_ms_p50": pct_ms(first_start, 0.5), "load": load, "fleet_cpu_ms_per_exp": fleet_cpu_ms,
         "gap_ms_p50": pct_ms(gaps, 0.5), "engine_cpu_ms_per_exp": 1000 * engine_cpu / n,
         "writes": len(writes), "write_ms_p50": pct_ms(writes, 0.5), "write_ms_p95": pct_ms(writes, 0.95),
         "rss_mb": rss_mb,
@@ -286,9 +304,12 @@ def print_fleet(f: dict) -> None:
           f"{f['gap_ms_p95']:.1f} ms p95 / {f['gap_ms_max']:.0f} ms max")
     print(f"    {f['handoffs']} starts were hand-offs to a runner queued ahead ({f['handoff_ms_mean']:.1f} ms mean, "
           f"{f['handoff_ms_p50']:.1f} p50, {f['handoff_ms_p95']:.1f} p95), {f['cold']} cold starts "
-          f"({f['cold_gap_ms_mean']:.0f} ms mean gap, submit->start {f['cold_start_ms_mean']:.0f} ms); each slot's "
-          f"first start {f['first_start_ms_mean']:.0f} ms mean / {f['first_start_ms_max']:.0f} ms max after the "
-          "first submit")
+          f"({f['cold_gap_ms_mean']:.0f} ms mean gap, {f['cold_ms_p50']:.0f} p50, {f['cold_ms_p95']:.0f} p95; "
+          f"submit->start {f['cold_start_ms_mean']:.0f} ms); first-start ramp: each slot's first start "
+          f"{f['first_start_ms_mean']:.0f} ms mean / {f['first_start_ms_p50']:.0f} p50 / "
+          f"{f['first_start_ms_max']:.0f} ms max after the first submit")
+    print(f"    runners + trainers (the launcher's children): {f['fleet_cpu_ms_per_exp']:.1f} ms CPU per experiment; "
+          f"load average {f['load']:.1f} at the end of the run")
     print(f"    results recorded {f['detect_ms_mean']:.0f} ms after the run ended (mean); scheduler tick time "
           f"{f['sched_cpu_ms_per_exp']:.1f} ms per experiment; {f['writes']} ledger writes "
           f"{f['write_ms_p50']:.1f} ms p50 / {f['write_ms_p95']:.1f} ms p95 (lock wait + transaction + change hooks)")
@@ -325,12 +346,15 @@ def main(argv: list[str] | None = None) -> int:
             print_fleet(f)
             fleets.append(f)
         if len(fleets) > 1:
-            print("summary: slots | util/ceiling | engine CPU ms/exp | gap p50/p95 ms | hand-off p50/p95 ms | "
-                  "write p95 ms | RSS MB")
+            print("summary: slots | exps | util (ceiling) | util/ceiling | engine CPU ms/exp | hand-off n p50/p95 ms | "
+                  "cold n p50/p95 ms | first start mean/max ms | write p95 ms | RSS MB | load")
             for f in fleets:
-                print(f"  {f['slots']:>5} | {f['utilization'] / f['ceiling']:.3f} | {f['engine_cpu_ms_per_exp']:.1f} | "
-                      f"{f['gap_ms_p50']:.1f}/{f['gap_ms_p95']:.1f} | {f['handoff_ms_p50']:.1f}/"
-                      f"{f['handoff_ms_p95']:.1f} | {f['write_ms_p95']:.1f} | {f['rss_mb']:.0f}")
+                print(f"  {f['slots']:>5} | {f['experiments']:>4} | {f['utilization']:.3f} ({f['ceiling']:.3f}) | "
+                      f"{f['utilization'] / f['ceiling']:.3f} | {f['engine_cpu_ms_per_exp']:.1f} | "
+                      f"{f['handoffs']} {f['handoff_ms_p50']:.1f}/{f['handoff_ms_p95']:.1f} | "
+                      f"{f['cold']} {f['cold_ms_p50']:.0f}/{f['cold_ms_p95']:.0f} | "
+                      f"{f['first_start_ms_mean']:.0f}/{f['first_start_ms_max']:.0f} | {f['write_ms_p95']:.1f} | "
+                      f"{f['rss_mb']:.0f} | {f['load']:.1f}")
         ok = all(f["utilization"] / f["ceiling"] >= 0.96 and f["handoff_ms_p95"] <= 30 for f in fleets)
         print(f"targets: utilization >= 0.96 of the ceiling and hand-off p95 <= 30 ms: {'MET' if ok else 'NOT MET'}")
         if args.ledger_size:

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from test_local_backend import HANG, HASH, REPORTING_TRAIN, gone, make_run_dir, spec, wait_for, wait_outcome
 
+from mcp_server.backends.base import JobHandle
 from mcp_server.backends.local import launcher_client as local_launcher
 from mcp_server.backends.local.backend import LocalBackend
 from mcp_server.backends.local.launcher_client import LAUNCHER_SOURCE, launcher_for
+from mcp_server.domain.errors import InvalidInput, NotFound
 from mcp_server.runtime import run_log, runner
 from mcp_server.runtime import warm_launcher as launcher
 
@@ -174,3 +176,57 @@ def test_the_launcher_answers_bad_requests_and_leaves_its_runners_at_eof(tmp_pat
     finally:
         if la.proc.poll() is None:
             la.proc.kill()
+
+
+def test_one_exchange_starts_several_runners_and_a_busy_one_fails_alone(tmp_path: Path) -> None:
+    la = launcher_for(sys.executable)
+    dirs = [make_run_dir(tmp_path, name=f"run{i}") for i in range(3)]
+    env = dict(os.environ, AUTORESEARCH_PROFILE="cpu")
+    argv = ["--expected-hash", HASH, "--timeout", "60", "--python", sys.executable]
+    # the second request names the first one's run directory again: its lock is taken by then
+    requests = [(dirs[0], argv, env, dirs[0] / "runner.out"), (dirs[0], argv, env, dirs[0] / "runner.out"),
+                (dirs[1], argv, env, dirs[1] / "runner.out"), (dirs[2], argv, env, dirs[2] / "runner.out")]
+    replies = la.launch_many(requests)
+    assert isinstance(replies[1], local_launcher.LauncherBusy)
+    started = [replies[0], replies[2], replies[3]]
+    assert all(isinstance(r, tuple) for r in started)
+    pids = [r[0] for r in started if isinstance(r, tuple)]
+    assert len(set(pids)) == 3 and all(ppid(pid) == launcher_pid() for pid in pids)
+    for d, r in zip(dirs, started, strict=True):
+        assert isinstance(r, tuple) and isinstance(r[1], int)   # (its start time; it may be gone by now)
+        wait_for(d / runner.RESULT_FILE)
+        result = json.loads((d / runner.RESULT_FILE).read_text())
+        assert result["status"] == "done" and result["runner_pid"] == r[0]
+    assert la.launch_many([]) == []
+
+
+def test_submit_many_queues_a_second_job_of_a_slot_behind_the_first_and_reports_bad_jobs_alone(
+        tmp_path: Path) -> None:
+    backend = LocalBackend(cpu_slots=2, nvidia_smi=str(tmp_path / "none"))
+    first = make_run_dir(tmp_path, name="first")
+    second = make_run_dir(tmp_path, name="second")
+    other = make_run_dir(tmp_path, name="other")
+    got = backend.submit_many([
+        ("local-cpu0", spec(first, "e0001", env={"WAIT_FOR_GO": "1"})),
+        ("local-cpu0", spec(second, "e0002")),
+        ("local-cpu9", spec(make_run_dir(tmp_path, name="nowhere"), "e0003")),   # no such slot
+        ("local-cpu1", spec(other, "e0004", harness_hash="abc; rm -rf /")),      # refused as submit refuses it
+        ("local-cpu1", spec(make_run_dir(tmp_path, name="fine"), "e0005")),
+    ])
+    h1, h2, no_slot, bad_hash, h5 = got
+    assert isinstance(no_slot, NotFound) and isinstance(bad_hash, InvalidInput)
+    assert not (other / "runner.py").exists()
+    assert isinstance(h1, JobHandle) and isinstance(h2, JobHandle) and isinstance(h5, JobHandle)
+    assert h1.backend_ref["after"] == [] and h2.backend_ref["after"] == ["e0001"] and h5.backend_ref["after"] == []
+    assert all(ppid(h.backend_ref["pid"]) == launcher_pid() for h in (h1, h2, h5))
+    assert wait_outcome(backend, h5).result["status"] == "done"
+    wait_for(first / "env.json")
+    assert backend.started_at(h2) is None                  # it waits for the first one's lock
+    (first / "GO").touch()
+    r1, r2 = wait_outcome(backend, h1).result, wait_outcome(backend, h2).result
+    assert r1["status"] == r2["status"] == "done" and r2["started_at"] >= r1["ended_at"]
+    # every run directory's runner is the package's runner, read-only (the copies share one file)
+    for d in (first, second):
+        assert (d / "runner.py").read_bytes() == Path(runner.__file__).read_bytes()
+        assert not os.access(d / "runner.py", os.W_OK) or os.geteuid() == 0
+        assert (d / "runner.py").stat().st_mode & 0o222 == 0

@@ -371,3 +371,50 @@ def test_background_thread_dispatches_on_wake(ledger, tmp_path):
         assert eid in be.jobs and time.monotonic() - t0 < 1.0   # not after the 5 s poll interval
     finally:
         s.stop()
+
+
+class BatchRecordingBackend(SimulatedBackend):
+    """SIMULATION: records each submit_many batch as the (exp id, slot) pairs it held."""
+
+    def __init__(self, slots: dict[str, str], depth: int = 1) -> None:
+        super().__init__(slots, depth)
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def submit_many(self, jobs):
+        self.batches.append([(job.experiment_id, cluster) for cluster, job in jobs])
+        return super().submit_many(jobs)
+
+
+def test_dispatch_submits_in_batches_with_one_job_per_slot(ledger, tmp_path, monkeypatch):
+    from mcp_server.scheduling import dispatch
+    from mcp_server.scheduling.dispatch import SUBMIT_BATCH
+    monkeypatch.setattr(dispatch, "DISPATCH_SLICE_S", 60.0)   # one dispatch places them all, however slow the host
+    be = BatchRecordingBackend({f"s{i:02d}": "CPU" for i in range(2 * SUBMIT_BATCH + 3)})
+    s = _sched(ledger, be, tmp_path)
+    ids = _queue(ledger, len(be.slots) + 2)
+    s.tick()
+    placed = [eid for batch in be.batches for eid, _ in batch]
+    assert placed == ids[:len(be.slots)]                       # queue order, every slot filled at once
+    assert [len(b) for b in be.batches] == [SUBMIT_BATCH, SUBMIT_BATCH, 3]
+    assert all(len({slot for _, slot in b}) == len(b) for b in be.batches)
+    assert set(be.running_on().values()) == set(be.slots)
+    # a second job for a slot (queued ahead, depth 2) goes in a later batch than the one ahead of it
+    be2 = BatchRecordingBackend({"a": "CPU", "b": "CPU"}, depth=2)
+    s2 = _sched(Ledger(tmp_path / "two.db"), be2, tmp_path / "two")
+    e1, e2, e3, e4 = _queue(s2.ledger, 4)
+    s2.tick()
+    assert be2.batches == [[(e1, "a"), (e2, "b")], [(e3, "a"), (e4, "b")]]
+
+
+def test_a_failed_submit_in_a_batch_loses_only_its_own_attempt(ledger, tmp_path):
+    be = BatchRecordingBackend({"a": "CPU", "bad": "CPU", "c": "CPU"})
+    be.fail_submit = {"bad"}
+    s = _sched(ledger, be, tmp_path)
+    e1, e2, e3, e4 = _queue(ledger, 4)
+    s.tick()
+    assert be.batches[0] == [(e1, "a"), (e2, "bad"), (e3, "c")]
+    assert be.running_on() == {e1: "a", e3: "c"}
+    assert ledger.get(e2).status == Status.queued and ledger.get(e2).attempts == 1   # requeued
+    assert "submit_failed" in [ev["kind"] for ev in ledger.events(e2)]
+    assert ledger.get(e4).attempts == 0                          # 'bad' rests; nothing else was burnt on it
+    assert s.outstanding() == {"a": 1, "c": 1}

@@ -103,6 +103,18 @@ class Backend(ABC):
     def submit(self, cluster: str, job: JobSpec) -> JobHandle:
         """Start the runner for `job` on `cluster`. Must not block for the run's duration."""
 
+    def submit_many(self, jobs: list[tuple[str, JobSpec]]) -> list[JobHandle | Exception]:
+        """Submit several (cluster, job) pairs, in order; per pair its handle or the exception its
+        `submit` raised. Default: one `submit` after another. A backend that can start several
+        jobs in one exchange overrides it (the local backend: one launcher round trip)."""
+        out: list[JobHandle | Exception] = []
+        for cluster, job in jobs:
+            try:
+                out.append(self.submit(cluster, job))
+            except Exception as e:  # noqa: BLE001 - this job's error, for the caller
+                out.append(e)
+        return out
+
     @abstractmethod
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
         """Outcomes for the handles that have finished or vanished; nothing for live ones."""

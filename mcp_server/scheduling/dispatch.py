@@ -9,6 +9,9 @@ a job is queued ahead only behind one that has started. A slot whose submit fail
 the slots are re-read before the next dispatch. One dispatch submits for at most DISPATCH_SLICE_S,
 then the loop polls before it places the rest (results are seen while a hundred slots fill), and
 its cost per placed experiment does not grow with the number of slots or of queued experiments.
+Placed experiments are submitted in batches of up to SUBMIT_BATCH, at most one per slot
+(`submit_batch` -> `Backend.submit_many`: the local backend starts a batch's runners in one
+launcher exchange, so a hundred slots fill in a few round trips instead of one per runner).
 
 Rules: functions of the scheduler's state, called on its thread (`open_positions` on the
 stager's); flights are read and changed under `sched._lock`, which `submit` holds throughout
@@ -35,6 +38,9 @@ SUBMIT_BACKOFF_S = 5.0     # a slot whose submit failed gets no job for this lon
 # one dispatch submits for at most this long, then lets the loop poll (and come straight back):
 # filling a hundred slots takes seconds, and results must not wait that long to be seen
 DISPATCH_SLICE_S = 0.25
+# experiments submitted together (one Backend.submit_many): few enough that the first of them
+# starts soon, enough that a hundred slots fill in a few round trips
+SUBMIT_BATCH = 16
 
 
 def queue_depth(backend: Backend, cluster: str) -> int:
@@ -77,33 +83,72 @@ def dispatch(sched: Scheduler) -> list[str]:
     free = sorted((s for s in slots if outstanding[s.name] < depth[s.name]),
                   key=lambda s: (outstanding[s.name], s.name))
     t_end = time.monotonic() + DISPATCH_SLICE_S
+    # placed in batches (one Backend.submit_many each: for the local backend one launcher round
+    # trip), at most one job per slot in a batch; slots are counted as taken when placed and
+    # given back if the submit failed
+    batch: list[tuple[str, Cluster, int, bool]] = []
+
+    def flush() -> None:
+        nonlocal in_use
+        results = submit_batch(sched, [(eid, slot, pos, alone) for eid, slot, pos, alone in batch])
+        for (_eid, slot, _pos, alone), ok in zip(batch, results, strict=True):
+            if ok:
+                continue
+            outstanding[slot.name] -= 1
+            if alone:
+                busy.discard(slot.name)
+                in_use -= 1
+            if (slot not in free and outstanding[slot.name] < depth[slot.name]
+                    and sched._slot_backoff.get(slot.name, 0) <= time.monotonic()):
+                free.append(slot)
+        free.sort(key=lambda s: (outstanding[s.name], s.name))
+        batch.clear()
+
+    def usable_slots() -> list[Cluster]:
+        # a slot whose submit failed rests; an idle slot takes a job only under max_concurrent
+        if in_use >= sched.max_concurrent or sched._slot_backoff:
+            return [s for s in free if (outstanding[s.name] > 0 or in_use < sched.max_concurrent)
+                    and sched._slot_backoff.get(s.name, 0) <= time.monotonic()]
+        return free
+
+    def pick(gpu_type: str | None) -> Cluster | None:
+        return next((s for s in usable_slots() if gpu_type is None or s.gpu_type == gpu_type), None)
+
     for eid, gpu_type, _prio in queued:
-        if sched._stop.is_set() or not free:
+        if sched._stop.is_set():
+            break
+        if not free and batch:
+            flush()
+        if not free:
             break
         if changed and time.monotonic() > t_end:
             sched._wake.set()    # more to place: the next tick comes at once, after a poll
             break
-        # a slot whose submit failed rests; an idle slot takes a job only under max_concurrent
-        usable = [s for s in free if (outstanding[s.name] > 0 or in_use < sched.max_concurrent)
-                  and sched._slot_backoff.get(s.name, 0) <= time.monotonic()] \
-            if in_use >= sched.max_concurrent or sched._slot_backoff else free
-        if not usable:
-            break
-        slot = next((s for s in usable if gpu_type is None or s.gpu_type == gpu_type), None)
+        slot = pick(gpu_type)
+        if slot is not None and any(b[1].name == slot.name for b in batch):
+            flush()      # one job per slot in a batch: the next one on it waits for this one's runner
+            slot = pick(gpu_type)
         if slot is None:
+            if not free or not usable_slots():
+                break
             continue
-        if submit(sched, eid, slot, outstanding[slot.name] + 1, alone=slot.name not in busy):
-            outstanding[slot.name] += 1
-            if slot.name not in busy:
-                busy.add(slot.name)
-                in_use += 1
-            if sched._reports_starts and outstanding[slot.name] == 1:
-                depth[slot.name] = 1        # it has not started yet: nothing queued behind it
-        if outstanding[slot.name] >= depth[slot.name] or sched._slot_backoff.get(slot.name, 0) > time.monotonic():
+        alone = slot.name not in busy
+        outstanding[slot.name] += 1
+        batch.append((eid, slot, outstanding[slot.name], alone))
+        if alone:
+            busy.add(slot.name)
+            in_use += 1
+        if sched._reports_starts and outstanding[slot.name] == 1:
+            depth[slot.name] = 1        # it has not started yet: nothing queued behind it
+        if outstanding[slot.name] >= depth[slot.name]:
             free.remove(slot)
         else:   # still free, with one more job: keep the order (idle slots first)
             free.sort(key=lambda s: (outstanding[s.name], s.name))
         changed.append(eid)
+        if len(batch) >= SUBMIT_BATCH:
+            flush()
+    if batch:
+        flush()
     if sched._stager is not None and len(queued) > len(changed):
         sched._stager.wake()
     return changed
@@ -129,46 +174,66 @@ def open_positions(sched: Scheduler) -> int:
 def submit(sched: Scheduler, eid: str, slot: Cluster, position: int, alone: bool | None = None) -> bool:
     """Submit one queued experiment to `slot` (`position`: its place in the slot's queue, 1 = it
     runs now; `alone`: no other job is on the slot, when the caller knows). True if it is now in flight."""
+    return submit_batch(sched, [(eid, slot, position, alone)])[0]
+
+
+def submit_batch(sched: Scheduler, items: list[tuple[str, Cluster, int, bool | None]]) -> list[bool]:
+    """Submit queued experiments (eid, slot, position, alone as for `submit`) in one
+    `Backend.submit_many`: each gets its attempt and run directory, then the backend starts them
+    all (the local backend in one launcher exchange), then each handle is recorded. Per item:
+    True if it is now in flight."""
+    ok = [False] * len(items)
     with sched._lock:
-        exp = sched.ledger.get(eid)
-        if exp is None or exp.status != Status.queued:
-            return False
-        attempt = exp.attempts + 1
-        run_dir = sched.runs_dir / eid / f"a{attempt}"
-        if alone is None:
-            alone = not any(f.cluster == slot.name for f in sched._flights.values())
-        if not sched.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
-                                          slot.cost_per_hour, str(run_dir), waiting=not alone):
-            return False
-        flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
-        sched._flights[eid] = flight
+        ready = []   # (index, eid, attempt, flight, spec, position, alone)
+        for i, (eid, slot, position, alone) in enumerate(items):
+            exp = sched.ledger.get(eid)
+            if exp is None or exp.status != Status.queued:
+                continue
+            attempt = exp.attempts + 1
+            run_dir = sched.runs_dir / eid / f"a{attempt}"
+            if alone is None:
+                alone = not any(f.cluster == slot.name for f in sched._flights.values())
+            if not sched.ledger.begin_attempt(eid, attempt, slot.name, slot.gpu_type, slot.gpu_count,
+                                              slot.cost_per_hour, str(run_dir), waiting=not alone):
+                continue
+            flight = Flight(eid, attempt, slot.name, slot.gpu_type, str(run_dir))
+            sched._flights[eid] = flight
+            try:
+                staged = sched._stager.take(eid, attempt, run_dir) if sched._stager is not None else False
+                spec = sched.build_job(exp, attempt, slot, run_dir, staged)
+            except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
+                log.exception("could not build the run dir of %s", eid)
+                sched.ledger.finish_attempt(eid, attempt, Status.crash,
+                                            error=f"could not build the run directory: {type(exc).__name__}: {exc}")
+                sched._flights.pop(eid, None)
+                continue
+            finally:
+                if sched._stager is not None:
+                    sched._stager.release(eid)
+            ready.append((i, eid, attempt, flight, spec, position, alone))
+        if not ready:
+            return ok
         try:
-            staged = sched._stager.take(eid, attempt, run_dir) if sched._stager is not None else False
-            spec = sched.build_job(exp, attempt, slot, run_dir, staged)
-        except Exception as exc:  # noqa: BLE001 - recorded, never raised into the loop
-            log.exception("could not build the run dir of %s", eid)
-            sched.ledger.finish_attempt(eid, attempt, Status.crash,
-                                        error=f"could not build the run directory: {type(exc).__name__}: {exc}")
-            sched._flights.pop(eid, None)
-            return False
-        finally:
-            if sched._stager is not None:
-                sched._stager.release(eid)
-        try:
-            handle = sched.backend.submit(slot.name, spec)
-        except Exception as exc:  # noqa: BLE001 - an infrastructure failure: retried
-            log.exception("submit of %s to %s failed", eid, slot.name)
-            sched._slots_at = 0.0  # the slot may be gone: re-read the slots before the next dispatch
-            sched._slot_backoff[slot.name] = time.monotonic() + SUBMIT_BACKOFF_S
-            sched.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(exc).__name__}: {exc}"[:500])
-            sched.ledger.lose_attempt(eid, attempt, sched.max_attempts, f"submit to {slot.name} failed: {exc}")
-            sched._flights.pop(eid, None)
-            return False
-        submitted = handle.submitted_at or time.time()
-        sched.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
-        flight.handle = handle
-        flight.submitted_at = submitted
-        flight.run_from = submitted if alone else None
-        flight.deadline = submitted + position * sched.hard_timeout_s + sched.watchdog_margin_s
-        sched.stats["dispatched"] += 1
-        return True
+            got = sched.backend.submit_many([(items[i][1].name, spec) for i, _, _, _, spec, _, _ in ready])
+        except Exception as exc:  # noqa: BLE001 - a backend whose batch failed as a whole
+            got = [exc] * len(ready)
+        for (i, eid, attempt, flight, _spec, position, alone), result in zip(ready, got, strict=True):
+            slot = items[i][1]
+            if isinstance(result, Exception):   # an infrastructure failure: retried
+                log.error("submit of %s to %s failed", eid, slot.name, exc_info=result)
+                sched._slots_at = 0.0  # the slot may be gone: re-read the slots before the next dispatch
+                sched._slot_backoff[slot.name] = time.monotonic() + SUBMIT_BACKOFF_S
+                sched.ledger.add_event(eid, "submit_failed", f"{slot.name}: {type(result).__name__}: {result}"[:500])
+                sched.ledger.lose_attempt(eid, attempt, sched.max_attempts, f"submit to {slot.name} failed: {result}")
+                sched._flights.pop(eid, None)
+                continue
+            handle = result
+            submitted = handle.submitted_at or time.time()
+            sched.ledger.set_handle(eid, attempt, handle.to_json(), submitted)
+            flight.handle = handle
+            flight.submitted_at = submitted
+            flight.run_from = submitted if alone else None
+            flight.deadline = submitted + position * sched.hard_timeout_s + sched.watchdog_margin_s
+            sched.stats["dispatched"] += 1
+            ok[i] = True
+    return ok

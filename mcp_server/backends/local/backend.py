@@ -146,6 +146,56 @@ class LocalBackend(Backend):
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(self, cluster: str, job: JobSpec) -> JobHandle:
+        result = self.submit_many([(cluster, job)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def submit_many(self, jobs: list[tuple[str, JobSpec]]) -> list[JobHandle | Exception]:
+        """Submit several jobs at once: each is checked as `submit` checks it, then their
+        runners are started through the launcher in one exchange (`spawn.start_runners`). A
+        job after another on the same slot in this call is submitted in a later exchange, once
+        the one ahead of it has its runner (and so holds its lock): the order on a slot is the
+        order of the call."""
+        results: list[JobHandle | Exception | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        while pending:
+            batch: list[int] = []
+            later: list[int] = []
+            slots_now: set[str] = set()
+            for i in pending:
+                (later if jobs[i][0] in slots_now else batch).append(i)
+                slots_now.add(jobs[i][0])
+            prepared = []
+            for i in batch:
+                cluster, job = jobs[i]
+                try:
+                    prepared.append((i, *self._prepare(cluster, job)))
+                except Exception as e:  # noqa: BLE001 - this job's error, for the caller
+                    results[i] = e
+            sent = time.time()   # submitted when the launch was asked for (the replies come after)
+            started = spawn.start_runners(self.python, [(d, flags, env) for _, d, flags, env, _ in prepared],
+                                          self.use_launcher)
+            for (i, run_dir, _flags, _env, ahead), got in zip(prepared, started, strict=True):
+                if isinstance(got, Exception):
+                    results[i] = got
+                    continue
+                cluster, job = jobs[i]
+                pid, start = got
+                handle = JobHandle(
+                    experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
+                    backend_ref={"pid": pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
+                                 "after": [h.experiment_id for h in ahead]},
+                    submitted_at=sent,
+                )
+                with self._lock:
+                    self._running.setdefault(cluster, {})[job.experiment_id] = handle
+                results[i] = handle
+            pending = later
+        return [r if r is not None else RuntimeError("not submitted") for r in results]
+
+    def _prepare(self, cluster: str, job: JobSpec) -> tuple[Path, list[str], dict[str, str], list[JobHandle]]:
+        """Check one job and install its runner: (run dir, runner flags, env, the jobs ahead of it)."""
         slot = self._slot(cluster)
         run_dir = Path(job.run_dir).resolve()
         if not run_dir.is_dir():
@@ -174,20 +224,10 @@ class LocalBackend(Backend):
             raise Conflict(f"slot {cluster} already has {', '.join(h.experiment_id for h in ahead)} (one running, "
                            f"{self._depth - 1} queued ahead at most); a local slot runs one job at a time: wait for "
                            "one to finish or cancel it")
-
         spawn.install_runner(run_dir)
         env = spawn.runner_env(job, slot.env, self.cache_dir)
         flags = spawn.runner_flags(job, self.python, self.kill_grace_s, ahead)
-        pid, start = spawn.start_runner(self.python, run_dir, flags, env, self.use_launcher)
-        handle = JobHandle(
-            experiment_id=job.experiment_id, attempt=job.attempt, cluster=cluster, run_dir=str(run_dir),
-            backend_ref={"pid": pid, "start_time": start, "boot_id": boot_id(), "python": self.python,
-                         "after": [h.experiment_id for h in ahead]},
-            submitted_at=time.time(),
-        )
-        with self._lock:
-            self._running.setdefault(cluster, {})[job.experiment_id] = handle
-        return handle
+        return run_dir, flags, env, ahead
 
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
         CHILDREN.sweep()

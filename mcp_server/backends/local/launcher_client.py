@@ -62,32 +62,57 @@ class RunnerLauncher:
         return self._proc
 
     def launch(self, run_dir: Path, argv: list[str], env: dict[str, str], out: Path) -> tuple[int, int | None]:
-        request = json.dumps({"run_dir": str(run_dir), "argv": argv, "env": env, "out": str(out)}).encode() + b"\n"
+        result = self.launch_many([(run_dir, argv, env, out)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def launch_many(self, requests: list[tuple[Path, list[str], dict[str, str], Path]]
+                    ) -> list[tuple[int, int | None] | LauncherUnavailable | LauncherBusy]:
+        """Start several runners in one exchange: every request is written at once, then the
+        replies are read (the launcher answers them in order). One round trip for a batch, not
+        one per runner: on a loaded host each wait for the launcher's reply costs a scheduling
+        delay. Returns, per request in order, (pid, start time) or the exception for that one;
+        requests after a lost answer are `LauncherUnavailable(uncertain=True)`."""
+        if not requests:
+            return []
+        payload = b"".join(json.dumps({"run_dir": str(run_dir), "argv": argv, "env": env, "out": str(out)}).encode()
+                           + b"\n" for run_dir, argv, env, out in requests)
+        results: list[tuple[int, int | None] | LauncherUnavailable | LauncherBusy] = []
         with self._lock:
             try:
                 proc = self._ensure()
             except OSError as e:
-                raise LauncherUnavailable(f"cannot start the launcher with {self.python!r}: {e}") from e
+                failed = LauncherUnavailable(f"cannot start the launcher with {self.python!r}: {e}")
+                return [failed for _ in requests]
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                proc.stdin.write(request)
+                proc.stdin.write(payload)
                 proc.stdin.flush()
-            except OSError as e:   # it died before the request reached it: nothing started
+            except OSError as e:   # it died: some requests may have reached it
                 self._discard()
-                raise LauncherUnavailable(f"the launcher is gone ({e})") from e
-            line = self._read_line(proc)
-            if line is None:
-                self._discard()
-                raise LauncherUnavailable("the launcher did not answer", uncertain=True)
+                return [LauncherUnavailable(f"the launcher is gone ({e})", uncertain=True) for _ in requests]
+            for _ in requests:
+                line = self._read_line(proc)
+                if line is None:
+                    self._discard()
+                    break
+                results.append(self._parse(line))
+        while len(results) < len(requests):
+            results.append(LauncherUnavailable("the launcher did not answer", uncertain=True))
+        return results
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[int, int | None] | LauncherUnavailable | LauncherBusy:
         try:
             reply = json.loads(line)
             if "error" in reply:
                 if reply.get("busy"):
-                    raise LauncherBusy(str(reply["error"]))
-                raise LauncherUnavailable(f"the launcher could not start the runner: {reply['error']}")
+                    return LauncherBusy(str(reply["error"]))
+                return LauncherUnavailable(f"the launcher could not start the runner: {reply['error']}")
             return int(reply["pid"]), reply.get("start_time")
         except (ValueError, KeyError, TypeError) as e:
-            raise LauncherUnavailable(f"unreadable launcher reply {line[:200]!r}: {e}", uncertain=True) from e
+            return LauncherUnavailable(f"unreadable launcher reply {line[:200]!r}: {e}", uncertain=True)
 
     def _read_line(self, proc: subprocess.Popen[bytes]) -> bytes | None:
         assert proc.stdout is not None

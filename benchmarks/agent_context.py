@@ -128,7 +128,7 @@ async def session(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 while True:
                     out = await call("wait_for_experiments", target)
                     if not out["still_running"] or out.get("blocked"):
-                        return out["verdicts"]
+                        return out["finished"]      # each row carries its verdict, delta and a note
 
             tools = await client.list_tools()
             tool_list_chars = len(json.dumps([t.model_dump(mode="json", exclude_none=True) for t in tools.tools]))
@@ -154,17 +154,17 @@ async def session(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 wins = sorted((v for v in verdicts if v["verdict"] == "improvement"),
                               key=lambda v: v.get("delta") or 0.0)
                 if wins:
-                    p = await call("promote", {"experiment_ids": [wins[0]["experiment_id"]], "gpu_type": "H200",
+                    p = await call("promote", {"experiment_ids": [wins[0]["id"]], "gpu_type": "H200",
                                                "replicates": 2})
                     pv = await wait(wave_id=p["wave_id"])
                     finished += p["experiment_count"]
                     best = [v for v in pv if v["verdict"] == "improvement"]
                     if best:
-                        await call("keep_experiment", {"experiment_id": best[0]["experiment_id"]})
+                        await call("keep_experiment", {"experiment_id": best[0]["id"]})
                     else:
-                        await call("discard_experiment", {"experiment_id": wins[0]["experiment_id"]})
+                        await call("discard_experiment", {"experiment_id": wins[0]["id"]})
                 elif verdicts:
-                    await call("discard_experiment", {"experiment_id": verdicts[-1]["experiment_id"]})
+                    await call("discard_experiment", {"experiment_id": verdicts[-1]["id"]})
             await call("leaderboard", {"gpu_type": "H200"})
             await call("fetch_results", {"status": "done"})
             await call("budget_status")

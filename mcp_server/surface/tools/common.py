@@ -207,6 +207,13 @@ class ExperimentBrief(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; "
                                       "{} = unchanged (a control/baseline).")
     error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
+    verdict: str | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: its verdict vs the same-GPU-type "
+                                "reference (improvement | within_noise | worse | reference | no_reference | failed).")
+    delta: float | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: mean of its group - mean of the "
+                                "reference group (negative = better when lower is better).")
+    note: str | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: one line on the verdict: threshold, "
+                             "noise, seeds vs the reference's, and what is missing (left out when it repeats an "
+                             "earlier row's).")
 
     @classmethod
     def of(cls, e: Experiment, metric: Metric = DEFAULT_METRIC) -> ExperimentBrief:
@@ -228,15 +235,27 @@ class ExperimentBrief(BaseModel):
 
     @classmethod
     def short(cls, e: Experiment, metric: Metric = DEFAULT_METRIC, result: bool = False) -> ExperimentBrief:
-        """The fields a launch or a wait needs: id, what it is (description, overrides), status,
-        GPU type, decision and failure reason; with `result` its metric value too (not the steps,
-        nor the seed: the description names it)."""
-        return cls(id=e.id, description=clip(e.description, 160), status=Status(e.status).value,
+        """The fields a launch or a wait needs: id, what it is (description; the overrides when the
+        description does not name them), status, GPU type, decision and failure reason; with
+        `result` its metric's value too (not the steps, nor the seed: the description names it)."""
+        description = clip(e.description, 160)
+        return cls(id=e.id, description=description, status=Status(e.status).value,
                    waiting_for_slot=e.waiting_for_slot,
                    decision=None if e.decision is None else Decision(e.decision).value,
-                   gpu_type=e.ran_on_gpu or e.gpu_type,
-                   val_bpb=e.metrics.val_bpb if result else None, value=metric.raw(e) if result else None,
-                   overrides=e.overrides, error=clip(e.error, 300))
+                   gpu_type=e.ran_on_gpu or e.gpu_type, value=metric.raw(e) if result else None,
+                   overrides={} if names_overrides(description, e.overrides) else e.overrides,
+                   error=clip(e.error, 300))
+
+
+def names_overrides(description: str, overrides: dict[str, Any]) -> bool:
+    """True when the description says every override in full as NAME=repr(value), as a wave
+    cell's generated label does (a clipped value is not named)."""
+    for k, v in overrides.items():
+        text = repr(v)
+        if len(text) > limits.MAX_DESCRIBE_VALUE or not re.search(
+                rf"(?<![A-Za-z0-9_]){re.escape(k)}={re.escape(text)}(?=[\s\]]|$)", description):
+            return False
+    return True
 
 
 @overload

@@ -166,9 +166,10 @@ def _group(description: str) -> str:
 
 
 def compact(board: Leaderboard) -> Leaderboard:
-    """Rows keep their first few ids and a one-line description, not the code hash (get_experiment
-    has it): the table stays small."""
-    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS], "code_hash": None,
+    """Rows keep their first few ids (none beside experiment_id for a single seed) and a one-line
+    description, not the code hash (get_experiment has it): the table stays small."""
+    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS] if r.seeds > 1 else [],
+                                     "code_hash": None,
                                      "description": clip(_group(r.description), 100)}) for r in rs]
             for g, rs in board.by_gpu_type.items()}
     return board.model_copy(update={"by_gpu_type": rows})

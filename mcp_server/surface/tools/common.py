@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.engine.facade import Engine
 
 log = logging.getLogger("autoresearch_fleet.tools")
+
+MAX_BRIEF_VALUE = 200        # characters of one override value in a compact row
 
 
 @dataclass
@@ -229,7 +232,7 @@ class ExperimentBrief(BaseModel):
             value=metric.raw(e),
             num_steps=e.metrics.num_steps,
             seed=e.seed,
-            overrides=e.overrides,
+            overrides=brief_overrides(e.overrides),
             error=clip(e.error, 300),
         )
 
@@ -243,8 +246,17 @@ class ExperimentBrief(BaseModel):
                    waiting_for_slot=e.waiting_for_slot,
                    decision=None if e.decision is None else Decision(e.decision).value,
                    gpu_type=e.ran_on_gpu or e.gpu_type, value=metric.raw(e) if result else None,
-                   overrides={} if names_overrides(description, e.overrides) else e.overrides,
+                   overrides={} if names_overrides(description, e.overrides) else brief_overrides(e.overrides),
                    error=clip(e.error, 300))
+
+
+def brief_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides, a value longer than MAX_BRIEF_VALUE characters said by its size instead."""
+    out = {}
+    for k, v in overrides.items():
+        n = len(repr(v))
+        out[k] = v if n <= MAX_BRIEF_VALUE else f"<a {type(v).__name__} of {n} characters: {Tool.GET_EXPERIMENT}>"
+    return out
 
 
 def names_overrides(description: str, overrides: dict[str, Any]) -> bool:
@@ -256,6 +268,21 @@ def names_overrides(description: str, overrides: dict[str, Any]) -> bool:
                 rf"(?<![A-Za-z0-9_]){re.escape(k)}={re.escape(text)}(?=[\s\]]|$)", description):
             return False
     return True
+
+
+def chars(obj: Any) -> int:
+    """Characters of `obj` as a tool result's text (lean compact JSON)."""
+    return len(json.dumps(lean.lean(obj), separators=(",", ":"), ensure_ascii=False))
+
+
+def fit(items: list[Any], budget: int = limits.RESULT_LIST_CHARS) -> int:
+    """How many leading `items` fit in `budget` characters of a result (at least one, when any)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += chars(item) + 1
+        if used > budget:
+            return max(n, 1)
+    return len(items)
 
 
 @overload

@@ -39,6 +39,7 @@ from mcp_server.surface.tools.common import (
     WaveIdStr,
     clip,
     engine,
+    fit,
     fleet,
     ids_text,
     tool_errors,
@@ -93,7 +94,9 @@ class WaitResult(BaseModel):
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
     omitted: int = Field(0, description=f"Finished but not listed here "
                                         f"({Tool.LEADERBOARD} / {Tool.FETCH_RESULTS} show them).")
-    still_running: list[str]
+    still_running: list[str] = Field(description=f"Experiments still queued or running (the first {MAX_LISTED}; "
+                                     "still_running_count says how many).")
+    still_running_count: int = Field(0, description="How many are still queued or running.")
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
     waited_s: float = Field(0.0, description="Seconds this call blocked (at most the server's cap, see next_step).")
@@ -116,9 +119,10 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
     gpu = wave.design.get("gpu_type")
     rows = [_in_wave(ExperimentBrief.short(e), wave) for e in listed]
     rows = [r.model_copy(update={"gpu_type": None}) if r.gpu_type == gpu else r for r in rows]
+    rows = rows[:fit(rows)]
     hint = _chosen_type(wave.design) + _wait_hint(wave_id=wave.id)
-    if len(wave.experiment_ids) > MAX_LISTED:
-        hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
+    if len(wave.experiment_ids) > len(rows):
+        hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={len(rows)}) lists the rest."
     return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
                       experiments=rows,
                       experiment_count=len(wave.experiment_ids), next_step=hint)
@@ -315,9 +319,8 @@ async def wait_for_experiments(
             hint = (f"{len(res.still_running)} still live ({why}): call {Tool.WAIT_FOR_EXPERIMENTS} again with "
                     f"{again}." + "".join(f" Blocked: {b.reason} Fix: {b.fix}" for b in res.blocked))
     else:
-        hint = (f"All finished. Read the verdicts; {Tool.KEEP_EXPERIMENT} the best improvement (beyond the noise), "
-                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. "
-                f"{Tool.LEADERBOARD} ranks everything per GPU type.")
+        hint = (f"All finished: {Tool.KEEP_EXPERIMENT} (or {Tool.PROMOTE}) the best improvement, "
+                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave.")
     if omitted:
         where = f"wave_id='{wave_id}', " if wave_id else ""
         hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
@@ -329,6 +332,15 @@ async def wait_for_experiments(
         wave = eng.get_wave(wave_id)
         listed = [r.model_copy(update={"description": _in_wave(r, wave).description}) for r in listed]
     listed = _with_verdicts(listed, {v.experiment_id: v for v in verdicts}, notes=not detail)
+    if detail:   # full rows and verdicts: both within the result's size bound (the rest counted in omitted)
+        n = min(fit(listed, limits.RESULT_LIST_CHARS // 2), fit(verdicts, limits.RESULT_LIST_CHARS // 2))
+    else:
+        n = fit(listed)
+    if n < len(listed):
+        omitted += len(listed) - n
+        hint += (f" {len(listed) - n} rows left out to stay under the result's size bound: "
+                 f"{Tool.FETCH_RESULTS}{'(wave_id=' + repr(wave_id) + ')' if wave_id else ''} lists them.")
+    listed, verdicts = listed[:n], verdicts[:n]
     gpus = {r.gpu_type for r in listed}
     common = gpus.pop() if len(gpus) == 1 else None
     if common is not None and not detail:
@@ -336,7 +348,8 @@ async def wait_for_experiments(
     return WaitResult(finished=listed, verdicts=verdicts if detail else [], gpu_type=common,
                       metric=eng.metric.describe() if listed else None,
                       finished_count=len(res.finished), omitted=omitted,
-                      still_running=res.still_running, timed_out=res.timed_out,
+                      still_running=res.still_running[:MAX_LISTED], still_running_count=len(res.still_running),
+                      timed_out=res.timed_out,
                       interrupted=res.interrupted, waited_s=waited, blocked=res.blocked, next_step=hint)
 
 
@@ -389,7 +402,8 @@ def cancel_experiments(
         raise ToolError(f"{Tool.CANCEL_EXPERIMENTS} needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
     done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
-    return CancelResult(cancelled=[ExperimentBrief.of(e, engine(ctx).metric) for e in done[:MAX_LISTED]],
+    rows = [ExperimentBrief.short(e, engine(ctx).metric) for e in done[:MAX_LISTED]]
+    return CancelResult(cancelled=rows[:fit(rows)],
                         cancelled_count=len(done),
                         next_step=f"Their clusters are free for the next launch; "
                         f"{Tool.FETCH_RESULTS}(status='cancelled') lists them.")

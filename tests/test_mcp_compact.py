@@ -28,9 +28,11 @@ async def test_results_stay_compact_and_paginate(tmp_path):
 
         out = (await call("wait_for_experiments", {"wave_id": "w0003"})).structured_content
         assert out["finished_count"] == 100 and len(out["finished"]) == 30 and out["omitted"] == 70
-        assert [v["experiment_id"] for v in out["verdicts"]] == [e["id"] for e in out["finished"]]
+        assert all(e["verdict"] for e in out["finished"]) and "verdicts" not in out   # on each row
+        full = (await call("wait_for_experiments", {"wave_id": "w0003", "detail": True})).structured_content
+        assert [v["experiment_id"] for v in full["verdicts"]] == [e["id"] for e in full["finished"]]
         failed = [e for e in out["finished"] if e["status"] != "done"]
-        done = sorted(e["val_bpb"] for e in out["finished"] if e["status"] == "done")
+        done = sorted(e["value"] for e in out["finished"] if e["status"] == "done")
         assert failed and done  # failures are always shown, then the best results
         page = await ok(client, "fetch_results", {"wave_id": "w0003", "status": "done", "limit": 50})
         all_done = sorted(e["val_bpb"] for e in page["experiments"])

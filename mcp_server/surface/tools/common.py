@@ -238,15 +238,15 @@ class ExperimentBrief(BaseModel):
 
     @classmethod
     def short(cls, e: Experiment, metric: Metric = DEFAULT_METRIC, result: bool = False) -> ExperimentBrief:
-        """The fields a launch or a wait needs: id, what it is (description; the overrides when the
-        description does not name them), status, GPU type, decision and failure reason; with
-        `result` its metric's value too (not the steps, nor the seed: the description names it)."""
+        """The fields a launch or a wait needs: id, what it is (description, overrides), status,
+        GPU type, decision and failure reason; with `result` its metric's value too (not the steps,
+        nor the seed: the description names it)."""
         description = clip(e.description, 160)
         return cls(id=e.id, description=description, status=Status(e.status).value,
                    waiting_for_slot=e.waiting_for_slot,
                    decision=None if e.decision is None else Decision(e.decision).value,
                    gpu_type=e.ran_on_gpu or e.gpu_type, value=metric.raw(e) if result else None,
-                   overrides={} if names_overrides(description, e.overrides) else brief_overrides(e.overrides),
+                   overrides=brief_overrides(e.overrides),
                    error=clip(e.error, 300))
 
 
@@ -257,17 +257,6 @@ def brief_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
         n = len(repr(v))
         out[k] = v if n <= MAX_BRIEF_VALUE else f"<a {type(v).__name__} of {n} characters: {Tool.GET_EXPERIMENT}>"
     return out
-
-
-def names_overrides(description: str, overrides: dict[str, Any]) -> bool:
-    """True when the description says every override in full as NAME=repr(value), as a wave
-    cell's generated label does (a clipped value is not named)."""
-    for k, v in overrides.items():
-        text = repr(v)
-        if len(text) > limits.MAX_DESCRIBE_VALUE or not re.search(
-                rf"(?<![A-Za-z0-9_]){re.escape(k)}={re.escape(text)}(?=[\s\]]|$)", description):
-            return False
-    return True
 
 
 def chars(obj: Any) -> int:

@@ -17,7 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server.domain import limits
+from mcp_server.domain import limits, variants
 from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
@@ -70,8 +70,8 @@ class WaveResult(BaseModel):
     design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
     experiments: list[ExperimentBrief] = Field(
         description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more. "
-        "Their description is what follows the wave's (the cell and seed); gpu_type is left out when it is the "
-        "design's.")
+        "Their description is what follows the wave's and the cell's overrides (the seed, or [control]); "
+        "gpu_type is left out when it is the design's.")
     experiment_count: int = Field(description="Experiments in the wave.")
     next_step: str
 
@@ -82,8 +82,8 @@ class WaitResult(BaseModel):
         "every failure and the best by the metric when more finished; see omitted), each with its value of the "
         "task's metric, its verdict vs the same-GPU-type reference (the unmodified parent code, i.e. the wave's "
         "control), delta and a one-line note (threshold, noise, seeds; what is missing). Waiting on a wave, the "
-        "description is what follows the wave's (the cell and seed); gpu_type is left out when it is the "
-        "result's gpu_type. detail=true: full rows (steps, seed, overrides) and `verdicts`.")
+        "description is what follows the wave's and the cell's overrides (the seed, or [control]); gpu_type is "
+        "left out when it is the result's gpu_type. detail=true: full rows (steps, seed, overrides) and `verdicts`.")
     verdicts: list[Verdict] = Field(
         default_factory=list,
         description="detail=true only: per listed experiment the whole verdict: delta vs the same-GPU-type "
@@ -129,11 +129,14 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
 
 
 def _in_wave(row: ExperimentBrief, wave: Wave) -> ExperimentBrief:
-    """A wave member's row without what the wave already says: its description's prefix (the
-    wave's description)."""
+    """A wave member's row without what the wave or the row already says: its description's
+    prefix (the wave's description) and its cell's label (the row's overrides say it)."""
     desc = row.description
     if wave.description and desc.startswith(wave.description) and desc != wave.description:
         desc = desc[len(wave.description):].strip()
+    label = f"[{variants.describe(row.overrides)}]" if row.overrides else ""
+    if label and label in desc:
+        desc = " ".join(desc.replace(label, "", 1).split()) or desc
     return row.model_copy(update={"description": desc})
 
 
@@ -328,7 +331,7 @@ async def wait_for_experiments(
     verdicts = [_clip_note(v) for v in res.verdicts if v.experiment_id in shown]
     listed = [ExperimentBrief.of(e, eng.metric) if detail else ExperimentBrief.short(e, eng.metric, result=True)
               for e in rows]
-    if wave_id and not detail:   # the wave's description is known: each row says its cell and seed
+    if wave_id and not detail:   # the wave's description is known: each row says its seed (the overrides its cell)
         wave = eng.get_wave(wave_id)
         listed = [r.model_copy(update={"description": _in_wave(r, wave).description}) for r in listed]
     listed = _with_verdicts(listed, {v.experiment_id: v for v in verdicts}, notes=not detail)

@@ -2,7 +2,7 @@
 out lean -- compact JSON (no indentation), optional fields left out while they are empty (None,
 False, "", [] or {}, or 0 where 0 is the default), and floats to 6 significant digits (val_bpb
 needs no more), small ones (|x| < 0.1: deltas, noise floors, std) to 4, large ones (seconds,
-timestamps) to 3 decimals.
+timestamps) to 3 decimals (`domain/numbers.lean`).
 
 The structured content and the text copy are the same lean JSON (a client may show either), and
 the structured content still validates against the tool's output schema: only fields that have

@@ -67,7 +67,8 @@ class WaveResult(BaseModel):
     wave_id: str
     kind: str = Field(description="factorial | replicates | promotion | single")
     description: str
-    design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
+    design: dict[str, Any] = Field(description="Axes and levels, replicates, control (a false or empty entry is "
+                                   "left out).")
     experiments: list[ExperimentBrief] = Field(
         description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more. "
         "Their description is what follows the wave's and the cell's overrides (the seed, or [control]); "
@@ -123,7 +124,8 @@ def wave_result(eng: Any, wave: Wave) -> WaveResult:
     hint = _chosen_type(wave.design) + _wait_hint(wave_id=wave.id)
     if len(wave.experiment_ids) > len(rows):
         hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={len(rows)}) lists the rest."
-    return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
+    design = {k: v for k, v in wave.design.items() if v is not False and v != []}   # (false / empty: unsaid)
+    return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=design,
                       experiments=rows,
                       experiment_count=len(wave.experiment_ids), next_step=hint)
 

@@ -152,8 +152,8 @@ def leaderboard(
     if not any(board.by_gpu_type.values()):
         hint = f"No finished experiments yet: {Tool.WAIT_FOR_EXPERIMENTS} first."
     else:
-        hint = (f"Keep the best 'improvement' ({Tool.KEEP_EXPERIMENT}), or {Tool.PROMOTE} the top 2-3 to the fast tier "
-                f"({Tool.PROMOTE}). 'within_noise' is not a win: replicate it or move on.")
+        hint = (f"{Tool.KEEP_EXPERIMENT} the best 'improvement' or {Tool.PROMOTE} the top 2-3 to the fast tier; "
+                "'within_noise' is not a win.")
     return LeaderboardResult(leaderboard=board, next_step=hint)
 
 

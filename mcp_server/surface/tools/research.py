@@ -109,7 +109,7 @@ def analyze_wave(
                             "with one of those, or without gpu_type.")
         full = full.model_copy(update={"by_gpu_type": {gpu_type: full.by_gpu_type[gpu_type]}})
     res, omitted = _compact(full, eng.metric.sort_key)
-    res, tables, gone = _bounded(res, limits.MAX_RESULT_CHARS - 2_500)
+    res, tables, gone = _bounded(res, limits.MAX_RESULT_CHARS - 1_500)   # (the rest: hints, counts)
     wins = []
     for gpu, g in res.by_gpu_type.items():
         for ax in g.axes:

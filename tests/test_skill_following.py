@@ -55,7 +55,7 @@ def main_effects(cells: list[dict[str, Any]], axes: dict[str, list[Any]]) -> dic
     for name, levels in axes.items():
         effects[name] = {}
         for level in levels:
-            values = [c["val_bpb"] for c in cells if c.get("overrides", {}).get(name) == level]
+            values = [c["value"] for c in cells if c.get("overrides", {}).get(name) == level]
             effects[name][level] = sum(values) / len(values)
     return effects
 

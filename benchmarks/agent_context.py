@@ -20,8 +20,10 @@ fetch_results page is read at the end.
 
 Prints characters returned to the client (the text content of each tool result: what a client
 puts in the model's context) per finished experiment, by tool (calls, total, per call, largest),
-the largest single result, and the tool list once (not counted per experiment). Targets: <= 600
-characters per finished experiment; no single result over 12,000.
+the largest single result, the tool list once (not counted per experiment) and the load average.
+Targets: <= 600 characters per finished experiment; no single result over 12,000
+(limits.MAX_RESULT_CHARS, which tests/test_result_size.py checks for every read tool at 10,000
+experiments).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from mcp_server.domain.limits import MAX_RESULT_CHARS  # noqa: E402
 
 STANDIN_TRAIN = '''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
 import json, os, random, time
@@ -128,7 +132,7 @@ async def session(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 while True:
                     out = await call("wait_for_experiments", target)
                     if not out["still_running"] or out.get("blocked"):
-                        return out["verdicts"]
+                        return out["finished"]      # each row carries its verdict, delta and a note
 
             tools = await client.list_tools()
             tool_list_chars = len(json.dumps([t.model_dump(mode="json", exclude_none=True) for t in tools.tools]))
@@ -154,17 +158,17 @@ async def session(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 wins = sorted((v for v in verdicts if v["verdict"] == "improvement"),
                               key=lambda v: v.get("delta") or 0.0)
                 if wins:
-                    p = await call("promote", {"experiment_ids": [wins[0]["experiment_id"]], "gpu_type": "H200",
+                    p = await call("promote", {"experiment_ids": [wins[0]["id"]], "gpu_type": "H200",
                                                "replicates": 2})
                     pv = await wait(wave_id=p["wave_id"])
                     finished += p["experiment_count"]
                     best = [v for v in pv if v["verdict"] == "improvement"]
                     if best:
-                        await call("keep_experiment", {"experiment_id": best[0]["experiment_id"]})
+                        await call("keep_experiment", {"experiment_id": best[0]["id"]})
                     else:
-                        await call("discard_experiment", {"experiment_id": wins[0]["experiment_id"]})
+                        await call("discard_experiment", {"experiment_id": wins[0]["id"]})
                 elif verdicts:
-                    await call("discard_experiment", {"experiment_id": verdicts[-1]["experiment_id"]})
+                    await call("discard_experiment", {"experiment_id": verdicts[-1]["id"]})
             await call("leaderboard", {"gpu_type": "H200"})
             await call("fetch_results", {"status": "done"})
             await call("budget_status")
@@ -187,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.monotonic()
+        load0 = os.getloadavg()
         r = asyncio.run(session(args, root))
+        load1 = os.getloadavg()
         m: Meter = r["meter"]
         n = r["finished"]
         total = sum(sum(v) for v in m.calls.values())
@@ -200,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         for tool, sizes in sorted(m.calls.items(), key=lambda kv: -sum(kv[1])):
             print(f"  {tool:<22} {len(sizes):>5} | {sum(sizes):>9,} | {sum(sizes) / len(sizes):>8.0f} | "
                   f"{sum(sizes) / n:>6.1f} | {max(sizes):>7,}")
-        print(f"largest single result: {m.largest[0]:,} characters ({m.largest[1]})   (target <= 12,000)")
+        print(f"largest single result: {m.largest[0]:,} characters ({m.largest[1]})   "
+              f"(target <= {MAX_RESULT_CHARS:,})")
         print(f"tool list, once per session (not counted above): {r['tool_list_chars']:,} characters")
+        print(f"load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} "
+              "(character counts do not depend on it; a wait cut short by a slow machine adds a call)")
         if args.keep is not None:
             (root / "largest_results.json").write_text(json.dumps(m.samples, indent=1))
-        ok = total / n <= 600 and m.largest[0] <= 12_000
+        ok = total / n <= 600 and m.largest[0] <= MAX_RESULT_CHARS
         print(f"targets: {'MET' if ok else 'NOT MET'}")
         return 0 if ok else 1
     finally:

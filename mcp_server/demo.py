@@ -73,7 +73,8 @@ class Session:
         # one call blocks at most the server's cap (serve --max-wait-s): call again, as next_step says
         deadline = time.monotonic() + WAIT_TIMEOUT
         while True:
-            out = await self.call(f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": WAIT_TIMEOUT, **args},
+            # detail: the demo prints each verdict in full (noise, group means); an agent reads the lean rows
+            out = await self.call(f"{Tool.WAIT_FOR_EXPERIMENTS}", {"timeout_s": WAIT_TIMEOUT, "detail": True, **args},
                                   progress_callback=progress, read_timeout_seconds=WAIT_TIMEOUT + 60)
             if not out["still_running"]:
                 return out

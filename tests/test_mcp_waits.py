@@ -60,12 +60,12 @@ async def test_mixed_fleet_replicates_stay_on_one_gpu_type(tmp_path, cache):
         done = await ok(client, "wait_for_experiments", {"experiment_ids": ids})
         while done["still_running"]:
             done = await ok(client, "wait_for_experiments", {"experiment_ids": ids})
-        assert {e["gpu_type"] for e in done["finished"]} == {"H100"}
+        assert done["gpu_type"] == "H100" and all("gpu_type" not in e for e in done["finished"])  # said once
         # a named type is kept, and a wave without one goes to one type too
         one = await ok(client, "launch_experiment", {"description": "on h200", "gpu_type": "H200", "replicates": 2})
         assert {e["gpu_type"] for e in one["experiments"]} == {"H200"} and "All of them" not in one["next_step"]
         wave = await ok(client, "launch_wave", {"description": "lr", "axes": {"MATRIX_LR": [0.03, 0.05]}})
-        assert {e["gpu_type"] for e in wave["experiments"]} == {"H100"} and wave["design"]["gpu_type"] == "H100"
+        assert wave["design"]["gpu_type"] == "H100" and all("gpu_type" not in e for e in wave["experiments"])
         await ok(client, "cancel_experiments", {"wave_id": wave["wave_id"]})
 
 

@@ -73,10 +73,12 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     progress = Progress()
     out = await wait_all(client, progress, experiment_ids=base_ids)
     assert sorted(e["id"] for e in out["finished"]) == base_ids
-    assert all(e["status"] == "done" and e["val_bpb"] > 0 and e["gpu_type"] == "CPU" for e in out["finished"])
+    # one GPU type: said once; each row carries its value, verdict and delta (full verdicts with detail=true)
+    assert out["gpu_type"] == "CPU" and all("gpu_type" not in e for e in out["finished"])
+    assert all(e["status"] == "done" and e["value"] > 0 and "verdict" in e for e in out["finished"])
     assert [p[0] for p in progress.events] == [1, 2] and all(p[1] == 2 for p in progress.events)
     assert all(m and ("e0001" in m or "e0002" in m) and "val_bpb" in m for _, _, m in progress.events)
-    assert {v["experiment_id"] for v in out["verdicts"]} == set(base_ids)
+    assert "verdicts" not in out and out["metric"] == "val_bpb (lower is better)"
 
     # 2. a factorial wave with a control
     wave = await ok(client, "launch_wave", {"description": "lr screen", "axes": {"MATRIX_LR": [0.02, 0.08]},
@@ -90,11 +92,15 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     assert len(out["finished"]) == 3 and len(progress.events) == 3
     cells = [e for e in out["finished"] if e.get("overrides", {})]
     assert all(e["status"] == "done" for e in cells)
-    verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
-    assert all(verdicts[e["id"]]["verdict"] in {"improvement", "within_noise", "worse"} for e in cells)
+    assert all(e["verdict"] in {"improvement", "within_noise", "worse"} for e in cells)
+    notes = [e["note"] for e in cells if e.get("note")]
+    assert notes and all("threshold" in n and "noise" in n and "seeds of e000" in n for n in notes)
+    full = await ok(client, "wait_for_experiments", {"wave_id": wave["wave_id"], "detail": True})
+    verdicts = {v["experiment_id"]: v for v in full["verdicts"]}
     assert all(verdicts[e["id"]]["reference_id"] is not None and verdicts[e["id"]]["noise"] is not None for e in cells)
-    best = min(cells, key=lambda e: e["val_bpb"])
-    other = max(cells, key=lambda e: e["val_bpb"])
+    assert all(verdicts[e["id"]]["delta"] == e["delta"] and verdicts[e["id"]]["verdict"] == e["verdict"] for e in cells)
+    best = min(cells, key=lambda e: e["value"])
+    other = max(cells, key=lambda e: e["value"])
 
     # the wave's statistics, computed by the server (no hand arithmetic)
     analysis = (await ok(client, "analyze_wave", {"wave_id": wave["wave_id"]}))["analysis"]

@@ -55,7 +55,7 @@ def main_effects(cells: list[dict[str, Any]], axes: dict[str, list[Any]]) -> dic
     for name, levels in axes.items():
         effects[name] = {}
         for level in levels:
-            values = [c["val_bpb"] for c in cells if c.get("overrides", {}).get(name) == level]
+            values = [c["value"] for c in cells if c.get("overrides", {}).get(name) == level]
             effects[name][level] = sum(values) / len(values)
     return effects
 
@@ -105,18 +105,16 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
         wave = await ok(client, "launch_wave", {"description": "screen: depth x aspect ratio",
                                                 "axes": SCREEN_AXES, "gpu_type": common})
         assert wave["kind"] == "factorial" and len(wave["experiments"]) == 4 + 1  # 2 x 2 cells + control
-        assert {e["gpu_type"] for e in wave["experiments"]} == {common}
+        assert wave["design"]["gpu_type"] == common and all("gpu_type" not in e for e in wave["experiments"])
         out = await wait_done(client, wave_id=wave["wave_id"])
         finished = {e["id"]: e for e in out["finished"]}
         cells = [e for e in finished.values() if e.get("overrides", {})]
-        assert len(cells) == 4 and all(e["status"] == "done" and e["gpu_type"] == common for e in cells)
-        screen_verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
-        for c in cells:
-            assert screen_verdicts[c["id"]]["gpu_type"] == common
-            assert screen_verdicts[c["id"]]["verdict"] in {"improvement", "within_noise", "worse"}
+        assert len(cells) == 4 and all(e["status"] == "done" for e in cells) and out["gpu_type"] == common
+        for c in cells:       # each row carries its verdict (vs the same-tier reference) and delta
+            assert c["verdict"] in {"improvement", "within_noise", "worse"} and c["delta"] is not None
         effects = main_effects(cells, SCREEN_AXES)
         assert all(len(levels) == 2 for levels in effects.values())
-        top = [c["id"] for c in sorted(cells, key=lambda c: c["val_bpb"])[:TOP]]
+        top = [c["id"] for c in sorted(cells, key=lambda c: c["value"])[:TOP]]
 
         # -- 4. promote the top 2 to the fast tier with replicates ----------------------------
         promo = await ok(client, "promote", {"experiment_ids": top, "gpu_type": fast, "replicates": REPLICATES})
@@ -124,13 +122,14 @@ async def test_skill_following_two_tier_simulation(tmp_path, cache):  # noqa: F8
         promoted = [e for e in promo["experiments"] if e.get("overrides", {})]
         # The baseline already has REPLICATES runs on the fast tier: it is the reference, no extra control.
         assert len(promo["experiments"]) == len(promoted) == TOP * REPLICATES
-        assert {e["gpu_type"] for e in promo["experiments"]} == {fast}
+        assert promo["design"]["gpu_type"] == fast and all("gpu_type" not in e for e in promo["experiments"])
         assert sorted(map(str, (e.get("overrides", {}) for e in promoted))) == sorted(
             map(str, (finished[i].get("overrides", {}) for i in top for _ in range(REPLICATES))))
         out = await wait_done(client, wave_id=promo["wave_id"])
-        assert {e["status"] for e in out["finished"]} == {"done"}
+        assert {e["status"] for e in out["finished"]} == {"done"} and out["gpu_type"] == fast
 
-        # -- 5. read the verdicts on the fast tier only; keep or discard -----------------------
+        # -- 5. read the verdicts on the fast tier only (in full before a keep); keep or discard ---
+        out = await ok(client, "wait_for_experiments", {"wave_id": promo["wave_id"], "detail": True})
         verdicts = {v["experiment_id"]: v for v in out["verdicts"]}
         exps = ledger_experiments(ws)
         for v in verdicts.values():

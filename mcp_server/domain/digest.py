@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from mcp_server.domain.limits import MAX_DIGEST_CHARS
 from mcp_server.domain.metric import Metric
 from mcp_server.domain.models import FAILED, LIVE, Decision, Experiment, Status, Wave
+from mcp_server.domain.numbers import fixed
 from mcp_server.domain.tool_names import Tool
 
 UNKNOWN_GPU = "unknown"
@@ -67,10 +68,6 @@ def _order(e: Experiment) -> tuple[float, str]:
 def _clip(text: str, n: int = LINE) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.6f}"
 
 
 def _value_text(v: Any) -> str:
@@ -150,7 +147,7 @@ def build_digest(experiments: Iterable[Experiment], waves: Iterable[Wave], metri
         seeds = lambda g: ",".join(str(m.seed) for m in sorted(g.members, key=_order)[:6]) + (  # noqa: E731
             "..." if g.n > 6 else "")
         assert base.first is not None and best.first is not None
-        out.append(_clip(f"{gpu}: noise {_fmt(sd)}; {sum(g.n for g in gs)} finished runs of {len(gs)} codes. "
+        out.append(_clip(f"{gpu}: noise {fixed(sd)}; {sum(g.n for g in gs)} finished runs of {len(gs)} codes. "
                          f"baseline {base.first.id} {base.mean:.6f} (n={base.n}, seeds {seeds(base)}); "
                          f"best {best.first.id} {best.mean:.6f} (n={best.n}, seeds {seeds(best)}"
                          f"{', kept' if best.kept else ''}) delta {best.mean - base.mean:+.6f}", 260))

@@ -50,9 +50,14 @@ MAX_PROVISION = 64             # clusters / slots brought up in one call
 MAX_TEARDOWN_NAMES = 128       # clusters named in one teardown
 
 # -- what one tool result carries (context size for the model) -------------------------------------
+#: the most characters one tool result's text may have, whatever the ledger's or the fleet's size
+#: (lists are cut with a count of what was left out and the call that pages on; tests/test_result_size.py)
+MAX_RESULT_CHARS = 12_000
+#: what the long list of one result (rows, a log page) may take of it: the rest is its other fields
+RESULT_LIST_CHARS = 9_000
 TOOL_PAGE_MAX = 50             # experiments per fetch_results page
 TOOL_LEADERBOARD_ROWS = 25     # leaderboard rows per GPU type
-TOOL_LOG_PAGE_MAX = 16_000     # characters of log per get_experiment call
+TOOL_LOG_PAGE_MAX = 8_000      # characters of log per get_experiment call
 TOOL_LISTED = 64               # experiments listed in a launch / cancel result
 TOOL_WAIT_ROWS = 30            # finished experiments (with verdicts) listed in a wait result
 TOOL_PLOT_PAGE = 500

@@ -39,6 +39,7 @@ from scipy import special
 from mcp_server.domain.errors import InvalidInput
 from mcp_server.domain.metric import Metric
 from mcp_server.domain.models import LIVE, Experiment, Wave
+from mcp_server.domain.numbers import significant
 from mcp_server.domain.tool_names import Tool
 
 UNKNOWN_GPU = "unknown"
@@ -47,12 +48,12 @@ ALPHA = 0.05                     # family-wise error rate of each family of comp
 ONE_TAIL_2SE = float(special.ndtr(-2.0))
 MAX_IDS_SHOWN = 3                # experiment ids listed per cell
 
-def _round(v: float) -> float:
+def _seven(v: float) -> float:
     """Seven significant digits in JSON (tool results stay small; the models keep full precision)."""
-    return float(f"{v:.7g}")
+    return significant(v, 7)
 
 
-Num = Annotated[float, PlainSerializer(_round, return_type=float, when_used="json")]
+Num = Annotated[float, PlainSerializer(_seven, return_type=float, when_used="json")]
 
 Judgement = Literal["reference", "improvement", "within_noise", "worse", "no_data", "no_noise_estimate"]
 

@@ -80,13 +80,13 @@ const wave = await call("launch_wave", {
 const waveStart = since();
 const waited = await waitAll({ wave_id: wave.wave_id });
 const waveSeconds = since() - waveStart;
-const best = waited.res.finished.filter((e) => e.status === "done").sort((a, b) => a.val_bpb - b.val_bpb)[0];
+const best = waited.res.finished.filter((e) => e.status === "done").sort((a, b) => a.value - b.value)[0];
 const kept = await call("keep_experiment", { experiment_id: best.id });
 await client.close();
 
 console.log(JSON.stringify({
   mode: cfg.mode, tools: tools.length, wave_seconds: waveSeconds, wave_calls: waited.calls,
-  longest_call_s: waited.longest, finished: waited.res.finished.map((e) => [e.id, e.status, e.val_bpb]),
+  longest_call_s: waited.longest, finished: waited.res.finished.map((e) => [e.id, e.status, e.value]),
   kept: kept.experiment.id, kept_decision: kept.experiment.decision, best: best.id,
   progress, schema_errors: schemaErrors, validated: Object.keys(schemas).length,
 }));

@@ -14,14 +14,15 @@ from mcp_server.domain import limits
 from mcp_server.domain.models import Cluster
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine.reports import BudgetStatus, GpuInfo
-from mcp_server.surface.tools.common import READ_ONLY, ClusterName, OptGpuType, engine, tool_errors
+from mcp_server.surface.tools.common import READ_ONLY, ClusterName, OptGpuType, engine, fit, tool_errors
 
 # -- outputs -----------------------------------------------------------------------------------
 
 
 class ClusterList(BaseModel):
-    clusters: list[Cluster]
+    clusters: list[Cluster] = Field(description="From offset on, as many as the result's size bound holds.")
     total: int
+    next_offset: int | None = Field(None, description="Pass as offset for the rest; null when all are listed.")
     next_step: str
 
 
@@ -50,10 +51,17 @@ def get_gpu_info(ctx: Context) -> GpuInfo:
 
 
 @tool_errors
-def list_clusters(ctx: Context) -> ClusterList:
+def list_clusters(
+    ctx: Context,
+    offset: Annotated[int, Field(ge=0, le=limits.MAX_LIST_OFFSET, description="Skip this many (a big fleet's "
+                                 "list comes in pages).")] = 0,
+) -> ClusterList:
     """Every cluster/slot with its GPU type, state, $/hour and the experiments running on it. Use it
     to see free capacity before launching, and to find names for teardown_clusters."""
     clusters = engine(ctx).list_clusters()
+    page = clusters[offset:]
+    page = page[:fit(page)]
+    nxt = offset + len(page) if offset + len(page) < len(clusters) else None
     busy = sum(1 for c in clusters if c.running)
     ahead = sum(len(c.queued_ahead) for c in clusters)
     if not clusters:
@@ -62,7 +70,9 @@ def list_clusters(ctx: Context) -> ClusterList:
         hint = (f"{busy} of {len(clusters)} busy" + (f", {ahead} more queued ahead behind them" if ahead else "")
                 + f". Launch with {Tool.LAUNCH_WAVE} / {Tool.LAUNCH_EXPERIMENT}; "
                 "queued experiments start as clusters free up.")
-    return ClusterList(clusters=clusters, total=len(clusters), next_step=hint)
+    if nxt is not None:
+        hint += f" {len(clusters) - nxt} more: call {Tool.LIST_CLUSTERS}(offset={nxt})."
+    return ClusterList(clusters=page, total=len(clusters), next_offset=nxt, next_step=hint)
 
 
 @tool_errors

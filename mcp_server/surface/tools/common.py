@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcp_server.engine.facade import Engine
 
 log = logging.getLogger("autoresearch_fleet.tools")
+
+MAX_BRIEF_VALUE = 200        # characters of one override value in a compact row
 
 
 @dataclass
@@ -207,6 +210,13 @@ class ExperimentBrief(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Constants changed vs its base code; "
                                       "{} = unchanged (a control/baseline).")
     error: str | None = Field(None, description=f"Short failure reason; {Tool.GET_EXPERIMENT} shows the log.")
+    verdict: str | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: its verdict vs the same-GPU-type "
+                                "reference (improvement | within_noise | worse | reference | no_reference | failed).")
+    delta: float | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: mean of its group - mean of the "
+                                "reference group (negative = better when lower is better).")
+    note: str | None = Field(None, description=f"{Tool.WAIT_FOR_EXPERIMENTS} only: one line on the verdict: threshold, "
+                             "noise, seeds vs the reference's, and what is missing (left out when it repeats an "
+                             "earlier row's).")
 
     @classmethod
     def of(cls, e: Experiment, metric: Metric = DEFAULT_METRIC) -> ExperimentBrief:
@@ -222,21 +232,46 @@ class ExperimentBrief(BaseModel):
             value=metric.raw(e),
             num_steps=e.metrics.num_steps,
             seed=e.seed,
-            overrides=e.overrides,
+            overrides=brief_overrides(e.overrides),
             error=clip(e.error, 300),
         )
 
     @classmethod
     def short(cls, e: Experiment, metric: Metric = DEFAULT_METRIC, result: bool = False) -> ExperimentBrief:
         """The fields a launch or a wait needs: id, what it is (description, overrides), status,
-        GPU type, decision and failure reason; with `result` its metric value too (not the steps,
+        GPU type, decision and failure reason; with `result` its metric's value too (not the steps,
         nor the seed: the description names it)."""
-        return cls(id=e.id, description=clip(e.description, 160), status=Status(e.status).value,
+        description = clip(e.description, 160)
+        return cls(id=e.id, description=description, status=Status(e.status).value,
                    waiting_for_slot=e.waiting_for_slot,
                    decision=None if e.decision is None else Decision(e.decision).value,
-                   gpu_type=e.ran_on_gpu or e.gpu_type,
-                   val_bpb=e.metrics.val_bpb if result else None, value=metric.raw(e) if result else None,
-                   overrides=e.overrides, error=clip(e.error, 300))
+                   gpu_type=e.ran_on_gpu or e.gpu_type, value=metric.raw(e) if result else None,
+                   overrides=brief_overrides(e.overrides),
+                   error=clip(e.error, 300))
+
+
+def brief_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides, a value longer than MAX_BRIEF_VALUE characters said by its size instead."""
+    out = {}
+    for k, v in overrides.items():
+        n = len(repr(v))
+        out[k] = v if n <= MAX_BRIEF_VALUE else f"<a {type(v).__name__} of {n} characters: {Tool.GET_EXPERIMENT}>"
+    return out
+
+
+def chars(obj: Any) -> int:
+    """Characters of `obj` as a tool result's text (lean compact JSON)."""
+    return len(json.dumps(lean.lean(obj), separators=(",", ":"), ensure_ascii=False))
+
+
+def fit(items: list[Any], budget: int = limits.RESULT_LIST_CHARS) -> int:
+    """How many leading `items` fit in `budget` characters of a result (at least one, when any)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += chars(item) + 1
+        if used > budget:
+            return max(n, 1)
+    return len(items)
 
 
 @overload

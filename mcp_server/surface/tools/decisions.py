@@ -39,7 +39,8 @@ def keep_experiment(
     noisy = (f"Kept although within the noise of its reference (reason on record: {kept.experiment.reason}). "
              if kept.within_noise else "")
     return DecisionResult(
-        experiment=ExperimentBrief.of(kept.experiment, engine(ctx).metric), branch=kept.branch, commit=kept.commit,
+        experiment=ExperimentBrief.short(kept.experiment, engine(ctx).metric, result=True), branch=kept.branch,
+        commit=kept.commit,
         verdict=kept.verdict, within_noise=kept.within_noise, reason=kept.experiment.reason,
         next_step=noisy + "train.py now holds the kept code. Re-measure the baseline noise if the model changed a "
         "lot, then launch the next wave from it.",
@@ -51,7 +52,7 @@ def discard_experiment(ctx: Context, experiment_id: ExperimentId, reason: OptRea
     """Record that a finished experiment is not adopted (the branch and train.py do not move; the
     result stays in the ledger). Use it for 'worse' or 'within_noise' results you will not pursue."""
     discarded = engine(ctx).discard(experiment_id, reason=reason)
-    return DecisionResult(experiment=ExperimentBrief.of(discarded.experiment, engine(ctx).metric),
+    return DecisionResult(experiment=ExperimentBrief.short(discarded.experiment, engine(ctx).metric, result=True),
                           verdict=discarded.verdict,
                           within_noise=discarded.within_noise, reason=discarded.experiment.reason,
                           next_step=f"Recorded. {Tool.LAUNCH_WAVE} tries the next idea.")

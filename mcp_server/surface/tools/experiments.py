@@ -17,7 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server.domain import limits
+from mcp_server.domain import limits, variants
 from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
@@ -39,6 +39,7 @@ from mcp_server.surface.tools.common import (
     WaveIdStr,
     clip,
     engine,
+    fit,
     fleet,
     ids_text,
     tool_errors,
@@ -66,10 +67,12 @@ class WaveResult(BaseModel):
     wave_id: str
     kind: str = Field(description="factorial | replicates | promotion | single")
     description: str
-    design: dict[str, Any] = Field(description="Axes and levels, replicates, control.")
+    design: dict[str, Any] = Field(description="Axes and levels, replicates, control (a false or empty entry is "
+                                   "left out).")
     experiments: list[ExperimentBrief] = Field(
         description=f"One per cell x replicate (plus the control); the first {MAX_LISTED} when there are more. "
-        "Their description is what follows the wave's (the cell and seed).")
+        "Their description is what follows the wave's and the cell's overrides (the seed, or [control]); "
+        "gpu_type is left out when it is the design's.")
     experiment_count: int = Field(description="Experiments in the wave.")
     next_step: str
 
@@ -77,18 +80,24 @@ class WaveResult(BaseModel):
 class WaitResult(BaseModel):
     finished: list[ExperimentBrief] = Field(
         description=f"Experiments that reached a terminal status, in launch order (at most {MAX_WAIT_ROWS}: "
-        "every failure and the best by val_bpb when more finished; see omitted); detail=true adds their "
-        "steps, seed and overrides (the description names the overrides and seed; waiting on a wave, it is "
-        "what follows the wave's description).")
+        "every failure and the best by the metric when more finished; see omitted), each with its value of the "
+        "task's metric, its verdict vs the same-GPU-type reference (the unmodified parent code, i.e. the wave's "
+        "control), delta and a one-line note (threshold, noise, seeds; what is missing). Waiting on a wave, the "
+        "description is what follows the wave's and the cell's overrides (the seed, or [control]); gpu_type is "
+        "left out when it is the result's gpu_type. detail=true: full rows (steps, seed, overrides) and `verdicts`.")
     verdicts: list[Verdict] = Field(
-        description="Per listed experiment: delta vs the same-GPU-type reference and the noise floor (a "
-        "note repeated from an earlier verdict of this result is left out; detail=true gives every note "
-        "and the reference group's mean and size)."
-    )
+        default_factory=list,
+        description="detail=true only: per listed experiment the whole verdict: delta vs the same-GPU-type "
+        "reference, noise floor, threshold, replicates, the reference group's mean and size, every note.")
+    gpu_type: str | None = Field(None, description="The GPU type every listed experiment ran on, when they share one "
+                                 "(the rows then leave it out).")
+    metric: str | None = Field(None, description="The metric of the values, e.g. 'val_bpb (lower is better)'.")
     finished_count: int = Field(description="How many of the waited-for experiments are finished.")
     omitted: int = Field(0, description=f"Finished but not listed here "
                                         f"({Tool.LEADERBOARD} / {Tool.FETCH_RESULTS} show them).")
-    still_running: list[str]
+    still_running: list[str] = Field(description=f"Experiments still queued or running (the first {MAX_LISTED}; "
+                                     "still_running_count says how many).")
+    still_running_count: int = Field(0, description="How many are still queued or running.")
     timed_out: bool
     interrupted: bool = Field(False, description="True when the server shut down during the wait.")
     waited_s: float = Field(0.0, description="Seconds this call blocked (at most the server's cap, see next_step).")
@@ -108,21 +117,28 @@ class CancelResult(BaseModel):
 
 def wave_result(eng: Any, wave: Wave) -> WaveResult:
     listed, _ = eng.experiments(wave_id=wave.id, offset=0, limit=MAX_LISTED)
+    gpu = wave.design.get("gpu_type")
     rows = [_in_wave(ExperimentBrief.short(e), wave) for e in listed]
+    rows = [r.model_copy(update={"gpu_type": None}) if r.gpu_type == gpu else r for r in rows]
+    rows = rows[:fit(rows)]
     hint = _chosen_type(wave.design) + _wait_hint(wave_id=wave.id)
-    if len(wave.experiment_ids) > MAX_LISTED:
-        hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={MAX_LISTED}) lists the rest."
-    return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=wave.design,
+    if len(wave.experiment_ids) > len(rows):
+        hint += f" {Tool.FETCH_RESULTS}(wave_id='{wave.id}', offset={len(rows)}) lists the rest."
+    design = {k: v for k, v in wave.design.items() if v is not False and v != []}   # (false / empty: unsaid)
+    return WaveResult(wave_id=wave.id, kind=wave.kind, description=wave.description, design=design,
                       experiments=rows,
                       experiment_count=len(wave.experiment_ids), next_step=hint)
 
 
 def _in_wave(row: ExperimentBrief, wave: Wave) -> ExperimentBrief:
-    """A wave member's row without what the wave already says: its description's prefix (the
-    wave's description)."""
+    """A wave member's row without what the wave or the row already says: its description's
+    prefix (the wave's description) and its cell's label (the row's overrides say it)."""
     desc = row.description
     if wave.description and desc.startswith(wave.description) and desc != wave.description:
         desc = desc[len(wave.description):].strip()
+    label = f"[{variants.describe(row.overrides)}]" if row.overrides else ""
+    if label and label in desc:
+        desc = " ".join(desc.replace(label, "", 1).split()) or desc
     return row.model_copy(update={"description": desc})
 
 
@@ -252,10 +268,10 @@ async def wait_for_experiments(
     timeout_s: Annotated[float, Field(ge=1, le=limits.MAX_WAIT_S,
                                       description="Return after this many seconds even if some are still "
                                       "running (the server caps one call, see the description).")] = 600,
-    detail: Annotated[bool, Field(description="Full rows: each finished experiment's GPU type, val_bpb, steps, "
-                                  "overrides, and each verdict's group means and every note (default: the "
-                                  "verdicts carry val_bpb, delta, noise and threshold; a note repeated from an "
-                                  "earlier verdict of this result is left out).")] = False,
+    detail: Annotated[bool, Field(description="Full rows (steps, seed, overrides, GPU type) and `verdicts`: each "
+                                  "verdict's noise, threshold, replicates, the reference group's mean and size "
+                                  "and every note (default: each row carries its value, verdict, delta and a "
+                                  "one-line note).")] = False,
 ) -> WaitResult:
     """Block until the given experiments (or a wave) finish, or the first one does, or the timeout
     passes; reports progress as each finishes and every few seconds while it blocks. Returns their
@@ -308,9 +324,8 @@ async def wait_for_experiments(
             hint = (f"{len(res.still_running)} still live ({why}): call {Tool.WAIT_FOR_EXPERIMENTS} again with "
                     f"{again}." + "".join(f" Blocked: {b.reason} Fix: {b.fix}" for b in res.blocked))
     else:
-        hint = (f"All finished. Read the verdicts; {Tool.KEEP_EXPERIMENT} the best improvement (beyond the noise), "
-                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave. "
-                f"{Tool.LEADERBOARD} ranks everything per GPU type.")
+        hint = (f"All finished: {Tool.KEEP_EXPERIMENT} (or {Tool.PROMOTE}) the best improvement, "
+                f"{Tool.DISCARD_EXPERIMENT} the rest, or launch the next wave.")
     if omitted:
         where = f"wave_id='{wave_id}', " if wave_id else ""
         hint += (f" {omitted} more finished are not listed (every failure and the best are): {Tool.LEADERBOARD} ranks "
@@ -318,27 +333,59 @@ async def wait_for_experiments(
     verdicts = [_clip_note(v) for v in res.verdicts if v.experiment_id in shown]
     listed = [ExperimentBrief.of(e, eng.metric) if detail else ExperimentBrief.short(e, eng.metric, result=True)
               for e in rows]
-    if wave_id and not detail:   # the wave's description is known: each row says its cell and seed
+    if wave_id and not detail:   # the wave's description is known: each row says its seed (the overrides its cell)
         wave = eng.get_wave(wave_id)
         listed = [r.model_copy(update={"description": _in_wave(r, wave).description}) for r in listed]
-    return WaitResult(finished=listed,
-                      verdicts=verdicts if detail else _lean_verdicts(verdicts),
+    listed = _with_verdicts(listed, {v.experiment_id: v for v in verdicts}, notes=not detail)
+    if detail:   # full rows and verdicts: both within the result's size bound (the rest counted in omitted)
+        n = min(fit(listed, limits.RESULT_LIST_CHARS // 2), fit(verdicts, limits.RESULT_LIST_CHARS // 2))
+    else:
+        n = fit(listed)
+    if n < len(listed):
+        omitted += len(listed) - n
+        hint += (f" {len(listed) - n} rows left out to stay under the result's size bound: "
+                 f"{Tool.FETCH_RESULTS}{'(wave_id=' + repr(wave_id) + ')' if wave_id else ''} lists them.")
+    listed, verdicts = listed[:n], verdicts[:n]
+    gpus = {r.gpu_type for r in listed}
+    common = gpus.pop() if len(gpus) == 1 else None
+    if common is not None and not detail:
+        listed = [r.model_copy(update={"gpu_type": None}) for r in listed]
+    return WaitResult(finished=listed, verdicts=verdicts if detail else [], gpu_type=common,
+                      metric=eng.metric.describe() if listed else None,
                       finished_count=len(res.finished), omitted=omitted,
-                      still_running=res.still_running, timed_out=res.timed_out,
+                      still_running=res.still_running[:MAX_LISTED], still_running_count=len(res.still_running),
+                      timed_out=res.timed_out,
                       interrupted=res.interrupted, waited_s=waited, blocked=res.blocked, next_step=hint)
 
 
-def _lean_verdicts(verdicts: list[Verdict]) -> list[Verdict]:
-    """Without `detail`: no reference group's mean and size (delta and reference_id say it); a
-    note that repeats an earlier verdict's note in this result is left out (replicates share
-    their group's note)."""
+def _with_verdicts(rows: list[ExperimentBrief], verdicts: dict[str, Verdict], notes: bool) -> list[ExperimentBrief]:
+    """Each row with its verdict and delta, and (`notes`) a one-line note on it; a note that
+    repeats an earlier row's in this result is left out (replicates share their group's)."""
     seen: set[str] = set()
     out = []
-    for v in verdicts:
-        note = "" if v.note in seen else v.note
-        seen.add(v.note)
-        out.append(v.model_copy(update={"note": note, "reference_val_bpb": None, "reference_replicates": 0}))
+    for r in rows:
+        v = verdicts.get(r.id)
+        if v is None:
+            out.append(r)
+            continue
+        note = _note(v) if notes else ""
+        out.append(r.model_copy(update={"verdict": v.verdict, "delta": v.delta,
+                                        "note": None if note in seen else note or None}))
+        seen.add(note)
     return out
+
+
+def _g2(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2g}"
+
+
+def _note(v: Verdict) -> str:
+    """The verdict's numbers in one line, then its note: what a decision needs without `detail`."""
+    if v.verdict in ("improvement", "within_noise", "worse") and v.reference_id:
+        head = (f"threshold {_g2(v.threshold)}, noise {_g2(v.noise)}; {v.replicates} vs "
+                f"{v.reference_replicates} seeds of {v.reference_id}.")
+        return f"{head} {v.note}".strip()
+    return v.note
 
 
 def _clip_note(v: Verdict) -> Verdict:
@@ -360,7 +407,8 @@ def cancel_experiments(
         raise ToolError(f"{Tool.CANCEL_EXPERIMENTS} needs exactly one of experiment_ids=['e0001', ...] or "
                         "wave_id='w0001'. Nothing was cancelled.")
     done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
-    return CancelResult(cancelled=[ExperimentBrief.of(e, engine(ctx).metric) for e in done[:MAX_LISTED]],
+    rows = [ExperimentBrief.short(e, engine(ctx).metric) for e in done[:MAX_LISTED]]
+    return CancelResult(cancelled=rows[:fit(rows)],
                         cancelled_count=len(done),
                         next_step=f"Their clusters are free for the next launch; "
                         f"{Tool.FETCH_RESULTS}(status='cancelled') lists them.")

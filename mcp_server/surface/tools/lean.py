@@ -2,7 +2,7 @@
 out lean -- compact JSON (no indentation), optional fields left out while they are empty (None,
 False, "", [] or {}, or 0 where 0 is the default), and floats to 6 significant digits (val_bpb
 needs no more), small ones (|x| < 0.1: deltas, noise floors, std) to 4, large ones (seconds,
-timestamps) to 3 decimals.
+timestamps) to 3 decimals (`domain/numbers.lean`).
 
 The structured content and the text copy are the same lean JSON (a client may show either), and
 the structured content still validates against the tool's output schema: only fields that have
@@ -14,12 +14,13 @@ Rules: pure; called on every BaseModel a tool returns (`common.tool_errors`)."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
+
+from mcp_server.domain import numbers
 
 
 def lean(obj: Any) -> Any:
@@ -38,7 +39,7 @@ def lean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [lean(v) for v in obj]
     if isinstance(obj, float):
-        return _round(obj)
+        return numbers.lean(obj)
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return lean(to_jsonable_python(obj, fallback=str))
@@ -48,12 +49,6 @@ def _empty(value: Any) -> bool:
     return value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and not value)
 
 
-def _round(x: float) -> float:
-    if not math.isfinite(x) or x == 0:
-        return x
-    if abs(x) >= 1000:
-        return round(x, 3)
-    return float(f"{x:.4g}") if abs(x) < 0.1 else float(f"{x:.6g}")
 
 
 def result(model: BaseModel) -> CallToolResult:

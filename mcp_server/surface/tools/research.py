@@ -4,16 +4,17 @@ session so far, bounded, for an agent that lost its context)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from mcp_server.domain import limits
 from mcp_server.domain.digest import SessionDigest
 from mcp_server.domain.tool_names import Tool
 from mcp_server.domain.wave_analysis import WaveAnalysis
-from mcp_server.surface.tools.common import READ_ONLY, WaveId, engine, tool_errors
+from mcp_server.surface.tools.common import READ_ONLY, GpuTypeStr, WaveId, chars, engine, tool_errors
 
 
 class WaveAnalysisResult(BaseModel):
@@ -32,7 +33,38 @@ class WaveAnalysisResult(BaseModel):
     cells_omitted: dict[str, int] = Field(
         default_factory=dict, description=f"GPU type -> cells not listed (at most {limits.TOOL_WAVE_CELLS} are: those "
         "with an improvement/worse verdict, then the best, then those without a result).")
+    interactions_omitted: dict[str, int] = Field(
+        default_factory=dict, description="GPU type -> two-way tables not listed to stay under the result's size "
+        "bound (those whose best level does not change and that are not beyond the noise go first).")
+    gpu_types_omitted: list[str] = Field(
+        default_factory=list, description=f"GPU types not analysed here to stay under the size bound: call "
+        f"{Tool.ANALYZE_WAVE} with gpu_type for each.")
     next_step: str
+
+
+def _bounded(res: WaveAnalysis, budget: int) -> tuple[WaveAnalysis, dict[str, int], list[str]]:
+    """A wide wave's analysis within `budget` characters: first the two-way tables that say
+    nothing (best level unchanged, not beyond the noise) go, then every table, then the GPU types
+    with the fewest runs."""
+    if chars(res.model_dump(mode="json")) <= budget:
+        return res, {}, []
+    by_gpu = dict(res.by_gpu_type)
+    dropped: dict[str, int] = {}
+    for telling in (True, False):
+        for gpu, g in by_gpu.items():
+            keep = [t for t in g.interactions if telling and (t.best_level_changes or t.beyond_noise)]
+            if len(keep) < len(g.interactions):
+                dropped[gpu] = dropped.get(gpu, 0) + len(g.interactions) - len(keep)
+                by_gpu[gpu] = g.model_copy(update={"interactions": keep})
+        res = res.model_copy(update={"by_gpu_type": by_gpu})
+        if chars(res.model_dump(mode="json")) <= budget:
+            return res, dropped, []
+    order = sorted(by_gpu, key=lambda t: (-sum(c.runs for c in by_gpu[t].cells), t))
+    gone: list[str] = []
+    while len(order) > 1 and chars(res.model_dump(mode="json")) > budget:
+        gone.insert(0, order.pop())
+        res = res.model_copy(update={"by_gpu_type": {t: by_gpu[t] for t in order}})
+    return res, {t: n for t, n in dropped.items() if t in res.by_gpu_type}, gone
 
 
 def _compact(res: WaveAnalysis, sort_key: Callable[[float], float]) -> tuple[WaveAnalysis, dict[str, int]]:
@@ -55,7 +87,12 @@ def _compact(res: WaveAnalysis, sort_key: Callable[[float], float]) -> tuple[Wav
 
 
 @tool_errors
-def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
+def analyze_wave(
+    ctx: Context,
+    wave_id: WaveId,
+    gpu_type: Annotated[GpuTypeStr | None, Field(description="Only this GPU type (default: every type the wave "
+                                                 "ran on, separately).")] = None,
+) -> WaveAnalysisResult:
     """The statistics of a factorial wave, per GPU type, so you never do them by hand: per axis and
     level the marginal mean of the metric, its standard error (noise floor and runs behind it) and
     the effect vs the control's level with a verdict; every two-way interaction table, flagged when
@@ -64,7 +101,15 @@ def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
     number of comparisons, and `chance` says how many 'improvements' chance alone would give. Use
     it after every wave, before keep/promote/next wave."""
     eng = engine(ctx)
-    res, omitted = _compact(eng.analyze_wave(wave_id), eng.metric.sort_key)
+    full = eng.analyze_wave(wave_id)
+    if gpu_type is not None:
+        if gpu_type not in full.by_gpu_type:
+            ran = ", ".join(sorted(full.by_gpu_type)) or "none yet"
+            raise ToolError(f"Wave {wave_id} has no runs on {gpu_type!r}; it ran on: {ran}. Call {Tool.ANALYZE_WAVE} "
+                            "with one of those, or without gpu_type.")
+        full = full.model_copy(update={"by_gpu_type": {gpu_type: full.by_gpu_type[gpu_type]}})
+    res, omitted = _compact(full, eng.metric.sort_key)
+    res, tables, gone = _bounded(res, limits.MAX_RESULT_CHARS - 1_500)   # (the rest: hints, counts)
     wins = []
     for gpu, g in res.by_gpu_type.items():
         for ax in g.axes:
@@ -80,7 +125,13 @@ def analyze_wave(ctx: Context, wave_id: WaveId) -> WaveAnalysisResult:
     if omitted:
         hint += (f" {sum(omitted.values())} cells are not listed (see cells_omitted); "
                  f"{Tool.FETCH_RESULTS}(wave_id='{wave_id}') lists every run.")
-    return WaveAnalysisResult(analysis=res.model_dump(mode="json"), cells_omitted=omitted, next_step=hint)
+    if tables:
+        hint += f" {sum(tables.values())} two-way tables are not listed (see interactions_omitted)."
+    if gone:
+        hint += (f" Not analysed here (size bound): {', '.join(gone)}: call {Tool.ANALYZE_WAVE}(wave_id='{wave_id}', "
+                 f"gpu_type='{gone[0]}').")
+    return WaveAnalysisResult(analysis=res.model_dump(mode="json"), cells_omitted=omitted,
+                              interactions_omitted=tables, gpu_types_omitted=gone, next_step=hint)
 
 
 @tool_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -19,8 +20,10 @@ from mcp_server.surface.tools.common import (
     ExperimentId,
     GpuTypeStr,
     WaveIdStr,
+    chars,
     clip,
     engine,
+    fit,
     fleet,
     tool_errors,
 )
@@ -72,10 +75,19 @@ def get_experiment(
     eng = engine(ctx)
     exp = eng.get_experiment(experiment_id)
     verdicts = eng.verdicts([experiment_id]) if exp.status not in (Status.queued, Status.running) else []
+    verdict = verdicts[0] if verdicts else None
     if log_limit == 0:
         text, start, nxt = "", log_offset or 0, None
     else:
-        text, start, nxt = read_log_page(eng, experiment_id, log_offset, log_limit)
+        # the page shrinks until the whole result fits its size bound (a log's JSON escapes can be long)
+        room = limits.MAX_RESULT_CHARS - chars(ExperimentDetail(experiment=exp, verdict=verdict, log="", log_offset=0,
+                                                                 next_step="x" * 200))
+        limit = min(log_limit, max(0, room))
+        while True:
+            text, start, nxt = read_log_page(eng, experiment_id, log_offset, limit)
+            if limit == 0 or len(json.dumps(text, ensure_ascii=False)) <= room:
+                break
+            limit //= 2
     if nxt is not None:
         hint = f"More log: call {Tool.GET_EXPERIMENT}(experiment_id='{experiment_id}', log_offset={nxt})."
     elif exp.waiting_for_slot:
@@ -85,7 +97,7 @@ def get_experiment(
         hint = f"Still {exp.status.value}: call {Tool.WAIT_FOR_EXPERIMENTS}(experiment_ids=['{experiment_id}'])."
     else:
         hint = f"End of log. {Tool.KEEP_EXPERIMENT} or {Tool.DISCARD_EXPERIMENT} records your decision."
-    return ExperimentDetail(experiment=exp, verdict=verdicts[0] if verdicts else None, log=text,
+    return ExperimentDetail(experiment=exp, verdict=verdict, log=text,
                             log_offset=start, next_log_offset=nxt, next_step=hint)
 
 
@@ -111,14 +123,16 @@ def fetch_results(
     description, status, GPU type, val_bpb, steps, decision. Use it to review history or find ids;
     for a ranking per GPU type use leaderboard, for one experiment's log use get_experiment."""
     exps, total = engine(ctx).experiments(status=status, wave_id=wave_id, offset=offset, limit=limit)
-    nxt = offset + len(exps) if offset + len(exps) < total else None
+    metric = engine(ctx).metric
+    rows = [ExperimentBrief.of(e, metric) for e in exps]
+    rows = rows[:fit(rows)]           # a page stops at the result's size bound; next_offset goes on from there
+    nxt = offset + len(rows) if offset + len(rows) < total else None
     if nxt is not None:
         args = "".join(f", {k}='{v}'" for k, v in (("status", status), ("wave_id", wave_id)) if v)
         hint = f"{total - nxt} more: call {Tool.FETCH_RESULTS}(offset={nxt}{args}, limit={limit})."
     else:
         hint = "End of results." if total else f"No experiments match. {Tool.LAUNCH_EXPERIMENT} starts one."
-    metric = engine(ctx).metric
-    return ResultsPage(experiments=[ExperimentBrief.of(e, metric) for e in exps], total=total, offset=offset,
+    return ResultsPage(experiments=rows, total=total, offset=offset,
                        next_offset=nxt, next_step=hint)
 
 
@@ -134,12 +148,12 @@ def leaderboard(
     """Finished experiments ranked by val_bpb SEPARATELY per GPU type (never across types), with
     replicates averaged, delta vs the reference, verdict against the noise floor, and your
     keep/discard decision. Use it after a wave to pick what to keep or promote."""
-    board = compact(engine(ctx).leaderboard(gpu_type=gpu_type, limit=limit))
+    board = fit_board(compact(engine(ctx).leaderboard(gpu_type=gpu_type, limit=limit)))
     if not any(board.by_gpu_type.values()):
         hint = f"No finished experiments yet: {Tool.WAIT_FOR_EXPERIMENTS} first."
     else:
-        hint = (f"Keep the best 'improvement' ({Tool.KEEP_EXPERIMENT}), or {Tool.PROMOTE} the top 2-3 to the fast tier "
-                f"({Tool.PROMOTE}). 'within_noise' is not a win: replicate it or move on.")
+        hint = (f"{Tool.KEEP_EXPERIMENT} the best 'improvement' or {Tool.PROMOTE} the top 2-3 to the fast tier; "
+                "'within_noise' is not a win.")
     return LeaderboardResult(leaderboard=board, next_step=hint)
 
 
@@ -166,12 +180,32 @@ def _group(description: str) -> str:
 
 
 def compact(board: Leaderboard) -> Leaderboard:
-    """Rows keep their first few ids and a one-line description, not the code hash (get_experiment
-    has it): the table stays small."""
-    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS], "code_hash": None,
+    """Rows keep their first few ids (none beside experiment_id for a single seed) and a one-line
+    description, not the code hash (get_experiment has it): the table stays small."""
+    rows = {g: [r.model_copy(update={"experiment_ids": r.experiment_ids[:ROW_IDS] if r.seeds > 1 else [],
+                                     "code_hash": None,
                                      "description": clip(_group(r.description), 100)}) for r in rs]
             for g, rs in board.by_gpu_type.items()}
     return board.model_copy(update={"by_gpu_type": rows})
+
+
+def fit_board(board: Leaderboard) -> Leaderboard:
+    """The tables with fewer rows (the longest table's last first) until the board fits the
+    result's size bound; a note says so."""
+    rows = {g: list(rs) for g, rs in board.by_gpu_type.items()}
+    cut = False
+    while sum(chars(r) + 1 for rs in rows.values() for r in rs) > limits.RESULT_LIST_CHARS:
+        longest = max(rows, key=lambda g: (len(rows[g]), g))
+        if len(rows[longest]) <= 1:
+            break
+        rows[longest].pop()
+        cut = True
+    if not cut:
+        return board
+    shown = ", ".join(f"{g}: {len(rs)}" for g, rs in rows.items())
+    note = (f"Rows per GPU type cut to stay under the result's size bound ({shown}); "
+            f"{Tool.LEADERBOARD}(gpu_type=...) gives one type's table.")
+    return board.model_copy(update={"by_gpu_type": rows, "notes": [*board.notes, note]})
 
 
 def register(server: MCPServer) -> None:

@@ -45,27 +45,13 @@ sys.path.insert(0, str(REPO))
 
 from mcp_server.domain.limits import MAX_RESULT_CHARS  # noqa: E402
 
-STANDIN_TRAIN = '''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
-import json, os, random, time
-t0 = time.time()
-MATRIX_LR = 0.04
-WARMUP_RATIO = 0.0
-budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 1.0)
-seed = int(os.environ.get("AUTORESEARCH_SEED") or 42)
-time.sleep(budget)
-bpb = 1.0 + 4 * (MATRIX_LR - 0.05) ** 2 - 0.02 * WARMUP_RATIO + random.Random(seed).gauss(0, 0.001)
-r = {"val_bpb": round(bpb, 6), "training_seconds": budget, "total_seconds": round(time.time() - t0, 3),
-     "peak_vram_mb": 0.0, "mfu_percent": None, "total_tokens_M": 0.0, "num_steps": 100, "num_params_M": 0.0,
-     "depth": 0, "device": "simulation"}
-print("---")
-for k, v in r.items():
-    print(f"{k + ':':<18}{v}")
-print("RESULT_JSON: " + json.dumps(r), flush=True)
-'''
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standin import make_template, sleeping_train  # noqa: E402
 
-STANDIN_PREPARE = '''"""SIMULATION stand-in harness: nothing to prepare."""
-print("stand-in harness: nothing to prepare")
-'''
+# the loss has a minimum at MATRIX_LR = 0.05 and falls with warm-up: waves over them find something
+STANDIN_TRAIN = sleeping_train(
+    "MATRIX_LR = 0.04\nWARMUP_RATIO = 0.0",
+    "1.0 + 4 * (MATRIX_LR - 0.05) ** 2 - 0.02 * WARMUP_RATIO + random.Random(seed).gauss(0, 0.001)", 1.0)
 
 TIERS = "H100,H100,H100,H100,H200,H200,H200,H200"
 
@@ -102,10 +88,7 @@ async def session(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    template = root / "template"
-    template.mkdir(parents=True)
-    (template / "train.py").write_text(STANDIN_TRAIN)
-    (template / "prepare.py").write_text(STANDIN_PREPARE)
+    template = make_template(root, STANDIN_TRAIN)
     serve_argv = ["--workspace", str(root / "ws"), "--tag", "ctx", "--backend", "local", "--profile", "cpu",
                   "--simulate-tiers", TIERS, "--time-budget", str(args.budget), "--cache-dir", str(root / "cache"),
                   "--max-wait-s", str(args.max_wait_s), "--log-level", "WARNING"]

@@ -53,33 +53,14 @@ from mcp_server.domain.limits import MAX_QUEUED
 from mcp_server.domain.models import Experiment, Wave
 from mcp_server.engine.facade import Engine
 
-STANDIN_TRAIN = '''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
-import json, os, random, time
-t0 = time.time()
-LEARNING_RATE = 0.04
-budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 2.0)
-seed = int(os.environ.get("AUTORESEARCH_SEED") or 42)
-time.sleep(budget)
-r = {"val_bpb": round(1.0 + random.Random(seed).gauss(0, 0.002), 6), "training_seconds": budget,
-     "total_seconds": round(time.time() - t0, 3), "peak_vram_mb": 0.0, "mfu_percent": None,
-     "total_tokens_M": 0.0, "num_steps": 100, "num_params_M": 0.0, "depth": 0, "device": "simulation"}
-print("---")
-for k, v in r.items():
-    print(f"{k + ':':<18}{v}")
-print("RESULT_JSON: " + json.dumps(r), flush=True)
-'''
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standin import make_template, sleeping_train  # noqa: E402
 
-STANDIN_PREPARE = '''"""SIMULATION stand-in harness: nothing to prepare."""
-print("stand-in harness: nothing to prepare")
-'''
+STANDIN_TRAIN = sleeping_train("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0)
 
 
 def _template(root: Path) -> Path:
-    t = root / "template"
-    t.mkdir(parents=True)
-    (t / "train.py").write_text(STANDIN_TRAIN)
-    (t / "prepare.py").write_text(STANDIN_PREPARE)
-    return t
+    return make_template(root, STANDIN_TRAIN)
 
 
 def _rss_mb() -> float:

@@ -25,13 +25,19 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from enum import Enum
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from sky_sdk_shapes import SdkRefresh as StandinRefresh  # noqa: E402
+from sky_sdk_shapes import SdkResources as StandinResources  # noqa: E402
+from sky_sdk_shapes import SdkTask as StandinTask  # noqa: E402
 
 TRAIN_LOG_BEGIN = "ARF_TRAIN_LOG_BEGIN"
 TRAIN_LOG_END = "ARF_TRAIN_LOG_END"
@@ -63,36 +69,6 @@ class StandinClusterDoesNotExist(Exception):
 
 class StandinClusterNotUpError(Exception):
     pass
-
-
-class StandinRefresh(Enum):
-    NONE = "NONE"
-    AUTO = "AUTO"
-    FORCE = "FORCE"
-
-
-@dataclass
-class StandinTask:
-    name: str | None = None
-    run: str | None = None
-    workdir: str | None = None
-    envs: dict[str, str] = field(default_factory=dict)
-    resources: Any = None
-    config: dict[str, Any] | None = None
-
-    @classmethod
-    def from_yaml_config(cls, cfg: dict[str, Any]) -> StandinTask:
-        return cls(name=cfg.get("name"), run=cfg.get("run"), workdir=cfg.get("workdir"),
-                   envs=dict(cfg.get("envs") or {}), config=cfg)
-
-    def set_resources(self, r: Any) -> None:
-        self.resources = r
-
-
-@dataclass
-class StandinResources:
-    accelerators: dict[str, float] | None = None
-    cpus: str | None = None
 
 
 @dataclass

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sky_standin import StandinSkyPilot  # noqa: E402
+from standin import make_template  # noqa: E402
 
 from mcp_server.backends.skypilot import SkyPilotBackend  # noqa: E402
 from mcp_server.domain.config import TEMPLATE_DIR, FleetConfig  # noqa: E402
@@ -49,18 +50,10 @@ from mcp_server.engine.facade import Engine  # noqa: E402
 STANDIN_TRAIN = '''"""SIMULATION stand-in train.py: never runs (the stand-in SkyPilot simulates the job)."""
 print("stand-in")
 '''
-STANDIN_PREPARE = '''"""SIMULATION stand-in harness: nothing to prepare."""
-print("stand-in harness: nothing to prepare")
-'''
 
 
 def _template(root: Path) -> Path:
-    t = root / "template"
-    t.mkdir(parents=True)
-    (t / "train.py").write_text(STANDIN_TRAIN)
-    (t / "prepare.py").write_text(STANDIN_PREPARE)
-    shutil.copyfile(TEMPLATE_DIR / "sky_task.yaml", t / "sky_task.yaml")
-    return t
+    return make_template(root, STANDIN_TRAIN, copy=(TEMPLATE_DIR / "sky_task.yaml",))
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -19,12 +19,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sky_sdk_shapes import SdkRefresh as FakeRefresh
+from sky_sdk_shapes import SdkResources as FakeResources
+from sky_sdk_shapes import SdkTask as FakeTask
 
 from mcp_server.backends.base import JobHandle, JobSpec
 from mcp_server.backends.skypilot import TRAIN_LOG_BEGIN, TRAIN_LOG_END, SkyPilotBackend
@@ -46,36 +48,6 @@ class FakeClusterNotUpError(Exception):
 
 class FakeSkyError(Exception):
     """An injected server-side failure (cloud API error, quota, ...)."""
-
-
-class FakeRefresh(Enum):
-    NONE = "NONE"
-    AUTO = "AUTO"
-    FORCE = "FORCE"
-
-
-@dataclass
-class FakeTask:
-    name: str | None = None
-    run: str | None = None
-    workdir: str | None = None
-    envs: dict[str, str] = field(default_factory=dict)
-    resources: Any = None
-    config: dict[str, Any] | None = None
-
-    @classmethod
-    def from_yaml_config(cls, cfg: dict[str, Any]) -> FakeTask:
-        return cls(name=cfg.get("name"), run=cfg.get("run"), workdir=cfg.get("workdir"),
-                   envs=dict(cfg.get("envs") or {}), config=cfg)
-
-    def set_resources(self, r: Any) -> None:
-        self.resources = r
-
-
-@dataclass
-class FakeResources:
-    accelerators: dict[str, float] | None = None
-    cpus: str | None = None
 
 
 @dataclass

@@ -93,7 +93,8 @@ def test_runs_outlive_a_launcher_that_dies_and_the_next_submit_gets_a_new_one(tm
 
 def test_a_launcher_that_does_not_answer_is_replaced_and_the_job_runs_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_launcher, "REPLY_TIMEOUT_S", 0.5)
+    normal_timeout = local_launcher.REPLY_TIMEOUT_S
+    monkeypatch.setattr(local_launcher, "REPLY_TIMEOUT_S", 0.5)     # the stopped launcher is found out fast
     backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"))
     stuck = launcher_pid()
     os.kill(stuck, signal.SIGSTOP)
@@ -110,6 +111,9 @@ def test_a_launcher_that_does_not_answer_is_replaced_and_the_job_runs_once(
         time.sleep(0.02)
     assert gone(stuck)                                   # the silent launcher was stopped
     assert (tmp_path / "trace").read_text().splitlines() == [str(d.resolve())]   # ran once
+    # the replacement launcher gets the normal reply timeout (a fresh one on a loaded host can
+    # take longer than 0.5 s to answer, and the job would then rightly start without it)
+    monkeypatch.setattr(local_launcher, "REPLY_TIMEOUT_S", normal_timeout)
     d2 = make_run_dir(tmp_path, name="next")
     h2 = backend.submit("local-cpu0", spec(d2, "e0002"))
     assert ppid(h2.backend_ref["pid"]) == launcher_pid() != stuck

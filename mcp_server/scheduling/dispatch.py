@@ -90,7 +90,7 @@ def dispatch(sched: Scheduler) -> list[str]:
 
     def flush() -> None:
         nonlocal in_use
-        results = submit_batch(sched, [(eid, slot, pos, alone) for eid, slot, pos, alone in batch])
+        results = submit_batch(sched, list(batch))
         for (_eid, slot, _pos, alone), ok in zip(batch, results, strict=True):
             if ok:
                 continue
@@ -171,15 +171,10 @@ def open_positions(sched: Scheduler) -> int:
     return free
 
 
-def submit(sched: Scheduler, eid: str, slot: Cluster, position: int, alone: bool | None = None) -> bool:
-    """Submit one queued experiment to `slot` (`position`: its place in the slot's queue, 1 = it
-    runs now; `alone`: no other job is on the slot, when the caller knows). True if it is now in flight."""
-    return submit_batch(sched, [(eid, slot, position, alone)])[0]
-
-
 def submit_batch(sched: Scheduler, items: list[tuple[str, Cluster, int, bool | None]]) -> list[bool]:
-    """Submit queued experiments (eid, slot, position, alone as for `submit`) in one
-    `Backend.submit_many`: each gets its attempt and run directory, then the backend starts them
+    """Submit queued experiments in one `Backend.submit_many`. Per item (eid, slot, position:
+    its place in the slot's queue, 1 = it runs now; alone: no other job is on the slot, None =
+    look it up). Each gets its attempt and run directory, then the backend starts them
     all (the local backend in one launcher exchange), then each handle is recorded. Per item:
     True if it is now in flight."""
     ok = [False] * len(items)

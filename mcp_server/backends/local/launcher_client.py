@@ -61,12 +61,6 @@ class RunnerLauncher:
                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         return self._proc
 
-    def launch(self, run_dir: Path, argv: list[str], env: dict[str, str], out: Path) -> tuple[int, int | None]:
-        result = self.launch_many([(run_dir, argv, env, out)])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     def launch_many(self, requests: list[tuple[Path, list[str], dict[str, str], Path]]
                     ) -> list[tuple[int, int | None] | LauncherUnavailable | LauncherBusy]:
         """Start several runners in one exchange: every request is written at once, then the

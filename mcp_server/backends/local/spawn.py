@@ -88,16 +88,6 @@ def runner_flags(job: JobSpec, python: str, kill_grace_s: float, ahead: list[Job
     return flags
 
 
-def start_runner(python: str, run_dir: Path, flags: list[str], env: dict[str, str],
-                 use_launcher: bool) -> tuple[int, int | None]:
-    """Start the runner in `run_dir`: through the warm launcher when `use_launcher`, else (or
-    when the launcher fails) as a new interpreter. Returns its pid and process start time."""
-    result = start_runners(python, [(run_dir, flags, env)], use_launcher)[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 def start_runners(python: str, jobs: list[tuple[Path, list[str], dict[str, str]]],
                   use_launcher: bool) -> list[tuple[int, int | None] | Exception]:
     """Start several runners (run dir, flags, env each), in order: through the warm launcher in

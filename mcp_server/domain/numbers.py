@@ -1,5 +1,6 @@
 """How numbers are written where a person or a model reads them: the one home of the digest's
-fixed-decimal text, the wave analysis's significant-digit rounding and the tool results' rounding.
+fixed-decimal text, the wait notes' short numbers, the wave analysis's significant-digit rounding
+and the tool results' rounding.
 Pure."""
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import math
 def fixed(v: float | None, decimals: int = 6) -> str:
     """`v` with a fixed number of decimals, or 'n/a' for no value (the digest's numbers)."""
     return "n/a" if v is None else f"{v:.{decimals}f}"
+
+
+def general(v: float | None, digits: int) -> str:
+    """`v` with `digits` significant digits as text ('%g'), or 'n/a' for no value (one-line notes)."""
+    return "n/a" if v is None else f"{v:.{digits}g}"
 
 
 def significant(v: float, digits: int) -> float:

@@ -21,6 +21,7 @@ from mcp_server.domain import limits, variants
 from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
 from mcp_server.domain.models import Experiment, Wave
+from mcp_server.domain.numbers import general
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import Progress
 from mcp_server.engine.blockers import Blocker
@@ -375,14 +376,10 @@ def _with_verdicts(rows: list[ExperimentBrief], verdicts: dict[str, Verdict], no
     return out
 
 
-def _g2(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2g}"
-
-
 def _note(v: Verdict) -> str:
     """The verdict's numbers in one line, then its note: what a decision needs without `detail`."""
     if v.verdict in ("improvement", "within_noise", "worse") and v.reference_id:
-        head = (f"threshold {_g2(v.threshold)}, noise {_g2(v.noise)}; {v.replicates} vs "
+        head = (f"threshold {general(v.threshold, 2)}, noise {general(v.noise, 2)}; {v.replicates} vs "
                 f"{v.reference_replicates} seeds of {v.reference_id}.")
         return f"{head} {v.note}".strip()
     return v.note

@@ -49,8 +49,6 @@ def _empty(value: Any) -> bool:
     return value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and not value)
 
 
-
-
 def result(model: BaseModel) -> CallToolResult:
     """A tool's BaseModel result as the MCP result: the lean structured content and its compact text."""
     data = lean(model)

@@ -182,6 +182,38 @@ def test_the_launcher_answers_bad_requests_and_leaves_its_runners_at_eof(tmp_pat
             la.proc.kill()
 
 
+def test_the_runners_of_a_batch_start_only_once_the_whole_batch_is_forked(tmp_path: Path) -> None:
+    """The launcher holds a batch's runners at a gate until it has forked the last one: they do
+    not compete with it for the CPU meanwhile. The second request's output file is a FIFO, so
+    the launcher blocks opening it (mid-batch) until this test opens the other end."""
+    la = Launcher()
+    try:
+        first, second = make_run_dir(tmp_path, name="first"), make_run_dir(tmp_path, name="second")
+        fifo = tmp_path / "second.out"
+        os.mkfifo(fifo)
+        assert la.proc.stdin is not None and la.proc.stdout is not None
+        la.proc.stdin.write(request(first, env=dict(os.environ, AUTORESEARCH_PROFILE="cpu")) + b"\n"
+                            + request(second, out=str(fifo), env=dict(os.environ, AUTORESEARCH_PROFILE="cpu"))
+                            + b"\n")
+        la.proc.stdin.flush()
+        assert select.select([la.proc.stdout], [], [], 20)[0], "no reply"
+        pid = json.loads(la.proc.stdout.readline())["pid"]     # forked; the launcher is now stuck on
+        time.sleep(0.5)                                         # the FIFO with the batch unfinished
+        assert not gone(pid) and not (first / runner.LOG_FILE).exists()   # held: not even started
+        with open(fifo, "rb") as reader:                        # the launcher goes on: the batch is
+            assert select.select([la.proc.stdout], [], [], 20)[0], "no second reply"   # complete
+            pid2 = json.loads(la.proc.stdout.readline())["pid"]
+            for d in (first, second):
+                wait_for(d / runner.RESULT_FILE)
+                assert json.loads((d / runner.RESULT_FILE).read_text())["status"] == "done"
+            assert {pid, pid2} == {json.loads((d / runner.RESULT_FILE).read_text())["runner_pid"]
+                                   for d in (first, second)}
+            reader.read()
+    finally:
+        if la.proc.poll() is None:
+            la.proc.kill()
+
+
 def test_one_exchange_starts_several_runners_and_a_busy_one_fails_alone(tmp_path: Path) -> None:
     la = launcher_for(sys.executable)
     dirs = [make_run_dir(tmp_path, name=f"run{i}") for i in range(3)]

@@ -422,6 +422,38 @@ def test_queued_ahead_job_waits_then_starts_on_the_same_gpu_without_overlap(tmp_
     assert backend.clusters()[1].running == []
 
 
+def test_polls_see_every_exit_through_the_watch_and_close_its_pidfd(tmp_path: Path) -> None:
+    """Live runners are watched (a pidfd each), not read from /proc every poll: six jobs on three
+    slots (one queued ahead on each) all end with their results, and no pidfd outlives its job."""
+    from mcp_server.backends.local.processes import WATCH
+    backend = LocalBackend(cpu_slots=3, nvidia_smi=str(tmp_path / "none"))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    gate = {"WAIT_FOR_GO": "1"}
+    handles = []
+    for i in range(6):
+        d = make_run_dir(tmp_path, name=f"r{i}")
+        handles.append(backend.submit(f"local-cpu{i % 3}", spec(d, f"e{i:04d}", env=gate)))
+    assert all(WATCH.watched(h) for h in handles)
+    assert backend.poll(handles) == []          # all alive: running (3) or waiting queued ahead (3)
+    for h in handles:
+        (Path(h.run_dir) / "GO").touch()
+    done: dict[str, dict] = {}
+    deadline = time.monotonic() + 60
+    while len(done) < 6:
+        assert time.monotonic() < deadline, f"only {sorted(done)} ended"
+        for out in backend.poll([h for h in handles if h.experiment_id not in done]):
+            assert not out.lost, out.reason
+            done[out.handle.experiment_id] = out.result
+        time.sleep(0.05)
+    assert all(r["status"] == "done" and r["metrics"]["val_bpb"] == 1.234 for r in done.values())
+    assert not any(WATCH.watched(h) for h in handles)
+    assert backend.clusters()[0].running == []
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > fds_before:   # (a launcher pipe may settle late)
+        assert time.monotonic() < deadline, "pidfds were left open"
+        time.sleep(0.05)
+
+
 def test_cancelling_the_queued_ahead_job_kills_only_its_waiting_runner(tmp_path: Path) -> None:
     backend = LocalBackend(cpu_slots=1, nvidia_smi=str(tmp_path / "none"), kill_grace_s=0.5)
     trace = {"TRACE": str(tmp_path / "trace")}

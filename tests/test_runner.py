@@ -122,6 +122,16 @@ def test_success_parses_summary_and_result_json(tmp_path: Path) -> None:
     assert not list(d.glob("*.tmp"))
 
 
+def test_train_runs_at_the_runners_priority_and_only_the_bookkeeping_yields(tmp_path: Path) -> None:
+    # the runner lowers its own priority once the slot is handed on (runner.BOOKKEEPING_NICE),
+    # never before: train.py (and what it starts) runs at the priority the runner was given
+    d = make_run_dir(tmp_path, "import os\nopen('nice', 'w').write(str(os.nice(0)))\n" + SUCCESS)
+    proc, result = run_runner(d)
+    assert result["status"] == "done", result["error"]
+    assert int((d / "nice").read_text()) == os.nice(0)
+    assert runner.BOOKKEEPING_NICE > 0
+
+
 def test_exception_is_a_crash_with_the_exception_in_error(tmp_path: Path) -> None:
     d = make_run_dir(tmp_path, 'print("starting")\n'
                                'def f():\n    raise ValueError("learning rate must be positive")\nf()\n')

@@ -7,7 +7,9 @@ train.py can start, and a fleet's first round starts every slot at once: on a sm
 starts queue for the CPU and the last slot starts hundreds of ms late. This process has the
 runner already imported; for each request it takes the job's slot lock, forks, and the child
 runs `runner.main` in the run directory in its own process group: a runner is training within
-a millisecond or two of the request.
+a millisecond or two of the request. The requests that arrive together are a batch: its
+runners wait at a gate (a pipe) until the last of them is forked, so that a hundred slots'
+runners do not slow the forking of their own batch.
 
 Protocol, one JSON object per line. Request: {"run_dir", "argv" (runner flags, without
 --lock-fd), "env" (the complete environment), "out" (file for the runner's stdout/stderr)}.
@@ -65,8 +67,9 @@ def _reap(children: dict[int, str]) -> None:
 
 
 def _child(run_dir: str, argv: list[str], env: dict[str, str], lock_fd: int, out_fd: int,
-           close: list[int]) -> None:
-    """In the forked child: become the runner. Never returns."""
+           close: list[int], gate: int) -> None:
+    """In the forked child: become the runner, once the launcher has started the whole batch
+    (`gate` reads EOF then). Never returns."""
     code = 70
     try:
         os.setpgid(0, 0)            # its own process group (also set by the parent, see _launch)
@@ -84,6 +87,8 @@ def _child(run_dir: str, argv: list[str], env: dict[str, str], lock_fd: int, out
         os.chdir(run_dir)
         os.environ.clear()
         os.environ.update(env)
+        os.read(gate, 1)            # EOF once every runner of the batch is forked (see serve)
+        os.close(gate)
         code = runner.main(argv + ["--lock-fd", str(lock_fd)])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -98,7 +103,7 @@ def _child(run_dir: str, argv: list[str], env: dict[str, str], lock_fd: int, out
             os._exit(code)
 
 
-def _launch(line: bytes, children: dict[int, str], close: list[int]) -> dict[str, object]:
+def _launch(line: bytes, children: dict[int, str], close: list[int], gate: int) -> dict[str, object]:
     try:
         req = json.loads(line)
         run_dir, argv, env, out = req["run_dir"], req["argv"], req["env"], req["out"]
@@ -126,7 +131,7 @@ def _launch(line: bytes, children: dict[int, str], close: list[int]) -> dict[str
         try:
             pid = os.fork()
             if pid == 0:
-                _child(run_dir, argv, env, lock_fd, out_fd, close)
+                _child(run_dir, argv, env, lock_fd, out_fd, close, gate)
             children[pid] = run_dir
             # Its own process group before we reply (the child does it too, whichever runs
             # first): a cancel right after the submit signals the group and must find it. A
@@ -171,13 +176,30 @@ def serve() -> int:
         if not chunk:
             return 0            # the engine closed the pipe: it went away; the runners live on
         buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            reply = json.dumps(_launch(line, children, close)).encode() + b"\n"
-            try:
-                os.write(1, reply)
-            except BrokenPipeError:
-                return 0
+        if b"\n" not in buf:
+            continue
+        # A batch (every request that has arrived, and what arrives while we fork) is started
+        # behind a gate: each runner waits on it until the last one is forked, then all go at
+        # once. Otherwise the runners (and the train.py each starts) compete with this process
+        # for the CPU while it is still forking the rest: on a small host the hundredth fork of
+        # a first round came seconds after the first.
+        gate_r, gate_w = os.pipe()
+        try:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                reply = json.dumps(_launch(line, children, [*close, gate_w], gate_r)).encode() + b"\n"
+                try:
+                    os.write(1, reply)
+                except BrokenPipeError:
+                    return 0
+                if b"\n" not in buf and select.select([0], [], [], 0)[0]:
+                    chunk = os.read(0, 1 << 16)    # more of the batch has come: same gate
+                    if not chunk:
+                        return 0
+                    buf += chunk
+        finally:
+            os.close(gate_w)       # the batch goes
+            os.close(gate_r)
 
 
 if __name__ == "__main__":

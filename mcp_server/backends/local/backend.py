@@ -49,7 +49,7 @@ from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
 from mcp_server.backends.local import processes, spawn
 from mcp_server.backends.local.detect import cores, detect_gpus, parse_nvidia_smi
 from mcp_server.backends.local.launcher_client import launcher_for
-from mcp_server.backends.local.processes import CHILDREN, boot_id, kill_processes_in, runner_alive
+from mcp_server.backends.local.processes import CHILDREN, WATCH, boot_id, kill_processes_in, runner_alive
 from mcp_server.backends.local.slots import MAX_SLOTS, Slot, build_slots
 from mcp_server.domain.config import FleetConfig
 from mcp_server.domain.errors import Conflict, InvalidInput, NotFound
@@ -188,6 +188,7 @@ class LocalBackend(Backend):
                                  "after": [h.experiment_id for h in ahead]},
                     submitted_at=sent,
                 )
+                WATCH.watch(handle)   # from now on a poll sees its exit without reading /proc
                 with self._lock:
                     self._running.setdefault(cluster, {})[job.experiment_id] = handle
                 results[i] = handle
@@ -230,9 +231,17 @@ class LocalBackend(Backend):
         return run_dir, flags, env, ahead
 
     def poll(self, handles: list[JobHandle]) -> list[JobOutcome]:
+        """Outcomes of the handles whose runner has exited (result.json, else `lost`). A runner
+        writes result.json as its last act, so a watched runner that has not exited is still
+        running or waiting: it costs no file access (processes.ExitWatch); only the exited ones,
+        and those not watched, are looked at."""
         CHILDREN.sweep()
+        exited = WATCH.exited(handles)
         outcomes = []
-        for handle in handles:
+        for i, handle in enumerate(handles):
+            if i not in exited and WATCH.watched(handle):
+                self._adopt(handle)
+                continue
             # Alive is checked BEFORE looking for result.json: the runner writes the file and
             # then exits, so "not alive and still no file" can only mean it never wrote one.
             alive = runner_alive(handle)
@@ -251,6 +260,7 @@ class LocalBackend(Backend):
                 self._finished(handle)
                 outcomes.append(JobOutcome(handle, lost=True, log_path=log_path, reason=reason))
             else:  # still running or waiting; after a restart this adopts it into the slot's list
+                WATCH.watch(handle)
                 self._adopt(handle)
         return outcomes
 
@@ -318,6 +328,7 @@ class LocalBackend(Backend):
         CHILDREN.sweep()
 
     def _finished(self, handle: JobHandle) -> None:
+        WATCH.unwatch(handle)
         with self._lock:
             live = self._running.get(handle.cluster)
             if live is not None:

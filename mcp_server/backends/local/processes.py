@@ -14,8 +14,10 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -99,8 +101,90 @@ class ChildRegistry:
 CHILDREN = ChildRegistry()
 
 
+class ExitWatch:
+    """Which of many runners have exited, in one system call: a pidfd per runner (Linux 5.3+),
+    readable once that process has exited (a zombie counts as exited).
+
+    A poll of a slot's jobs used to read /proc twice per live runner (its start time, its
+    state) on every tick: at a hundred slots with a job queued ahead on each, that was the
+    engine's largest cost, and it grew with slots x time. Now a live runner costs nothing per
+    tick; only one that has exited is looked at (its result.json). A pidfd names one process
+    for good, so it is opened only after the pid's start time matches the handle's (a reused
+    pid is never watched). Where there is no pidfd (an old kernel, no fds left, a runner that
+    had already gone) `runner_alive` answers as before: watching only makes polls cheaper.
+    Process-wide like CHILDREN; its own lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fds: dict[tuple[int, int], int] = {}
+
+    @staticmethod
+    def _key(handle: JobHandle) -> tuple[int, int] | None:
+        ref = handle.backend_ref or {}
+        pid, start = ref.get("pid"), ref.get("start_time")
+        if isinstance(pid, int) and pid > 0 and isinstance(start, int) and not isinstance(start, bool):
+            return pid, start
+        return None
+
+    def watch(self, handle: JobHandle) -> bool:
+        """Watch the handle's runner if it is alive and the very process the handle names.
+        True if it is watched (now or already)."""
+        key = self._key(handle)
+        if key is None or (handle.backend_ref.get("boot_id") or boot_id()) != boot_id():
+            return False
+        with self._lock:
+            if key in self._fds:
+                return True
+        try:
+            fd = os.pidfd_open(key[0])
+        except (AttributeError, OSError):
+            return False        # gone already, no pidfds here, or no fds left: runner_alive answers
+        # the fd pins the process it was opened on: if that one has the handle's start time, it
+        # is the runner (checked after opening, so a pid reused in between is caught)
+        if runner.proc_start_time(key[0]) != key[1]:
+            os.close(fd)
+            return False
+        with self._lock:
+            if key in self._fds:       # watched meanwhile by another thread
+                os.close(fd)
+            else:
+                self._fds[key] = fd
+        return True
+
+    def exited(self, handles: list[JobHandle]) -> set[int]:
+        """Indexes (into `handles`) of the watched runners that have exited. An unwatched handle
+        is never in it: ask `runner_alive`."""
+        with self._lock:
+            fds = {i: self._fds[k] for i, h in enumerate(handles) if (k := self._key(h)) in self._fds}
+        if not fds:
+            return set()
+        poller = select.poll()
+        index = {}
+        for i, fd in fds.items():
+            poller.register(fd, select.POLLIN)
+            index[fd] = i
+        return {index[fd] for fd, _events in poller.poll(0)}
+
+    def watched(self, handle: JobHandle) -> bool:
+        with self._lock:
+            return self._key(handle) in self._fds
+
+    def unwatch(self, handle: JobHandle) -> None:
+        key = self._key(handle)
+        with self._lock:
+            fd = self._fds.pop(key, None) if key is not None else None
+        if fd is not None:
+            os.close(fd)
+
+
+WATCH = ExitWatch()
+
+
+@functools.cache
 def boot_id() -> str:
-    """This boot's id: a pid + start time from before a reboot must not match a new process."""
+    """This boot's id: a pid + start time from before a reboot must not match a new process.
+    Read once: it cannot change while this process runs."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -119,6 +203,8 @@ def runner_alive(handle: JobHandle) -> bool:
     proc = CHILDREN.our_child(handle)
     if proc is not None:
         return proc.poll() is None  # also reaps it once it has exited
+    if WATCH.watched(handle):
+        return not WATCH.exited([handle])
     if start is None or runner.proc_start_time(pid) != start:
         return False
     return runner.proc_state(pid) not in (None, "Z", "X")

@@ -387,8 +387,9 @@ class BatchRecordingBackend(SimulatedBackend):
 
 def test_dispatch_submits_in_batches_with_one_job_per_slot(ledger, tmp_path, monkeypatch):
     from mcp_server.scheduling import dispatch
-    from mcp_server.scheduling.dispatch import SUBMIT_BATCH
     monkeypatch.setattr(dispatch, "DISPATCH_SLICE_S", 60.0)   # one dispatch places them all, however slow the host
+    SUBMIT_BATCH = BatchRecordingBackend.max_batch   # the backend's batch size (the default: 16)
+    assert SUBMIT_BATCH == 16
     be = BatchRecordingBackend({f"s{i:02d}": "CPU" for i in range(2 * SUBMIT_BATCH + 3)})
     s = _sched(ledger, be, tmp_path)
     ids = _queue(ledger, len(be.slots) + 2)
@@ -398,6 +399,13 @@ def test_dispatch_submits_in_batches_with_one_job_per_slot(ledger, tmp_path, mon
     assert [len(b) for b in be.batches] == [SUBMIT_BATCH, SUBMIT_BATCH, 3]
     assert all(len({slot for _, slot in b}) == len(b) for b in be.batches)
     assert set(be.running_on().values()) == set(be.slots)
+    # a backend that starts a batch in one exchange (the local one) gets every idle slot at once
+    wide = BatchRecordingBackend({f"s{i:02d}": "CPU" for i in range(2 * SUBMIT_BATCH + 3)})
+    wide.max_batch = 256
+    sw = _sched(Ledger(tmp_path / "wide.db"), wide, tmp_path / "wide")
+    wide_ids = _queue(sw.ledger, len(wide.slots))
+    sw.tick()
+    assert [[eid for eid, _ in b] for b in wide.batches] == [wide_ids]
     # a second job for a slot (queued ahead, depth 2) goes in a later batch than the one ahead of it
     be2 = BatchRecordingBackend({"a": "CPU", "b": "CPU"}, depth=2)
     s2 = _sched(Ledger(tmp_path / "two.db"), be2, tmp_path / "two")

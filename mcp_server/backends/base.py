@@ -74,6 +74,10 @@ class Backend(ABC):
     #: True when the slots are this machine's own: fixed when the server starts, nothing to pay for
     #: or to tear down (`provision` refuses with the flags to use instead)
     fixed_slots: bool = False
+    #: at most this many jobs in one `submit_many` call of the scheduler's (one per slot): few
+    #: where each job is its own exchange, so that results are polled between batches; many where
+    #: a batch is one exchange (the local backend: one launcher round trip starts them all)
+    max_batch: int = 16
 
     @abstractmethod
     def clusters(self) -> list[Cluster]:

@@ -9,9 +9,9 @@ a job is queued ahead only behind one that has started. A slot whose submit fail
 the slots are re-read before the next dispatch. One dispatch submits for at most DISPATCH_SLICE_S,
 then the loop polls before it places the rest (results are seen while a hundred slots fill), and
 its cost per placed experiment does not grow with the number of slots or of queued experiments.
-Placed experiments are submitted in batches of up to SUBMIT_BATCH, at most one per slot
-(`submit_batch` -> `Backend.submit_many`: the local backend starts a batch's runners in one
-launcher exchange, so a hundred slots fill in a few round trips instead of one per runner).
+Placed experiments are submitted in batches of up to the backend's `max_batch`, at most one
+per slot (`submit_batch` -> `Backend.submit_many`: the local backend starts a batch's runners
+in one launcher exchange, so a hundred slots fill in one round trip instead of one per runner).
 
 Rules: functions of the scheduler's state, called on its thread (`open_positions` on the
 stager's); flights are read and changed under `sched._lock`, which `submit` holds throughout
@@ -38,9 +38,6 @@ SUBMIT_BACKOFF_S = 5.0     # a slot whose submit failed gets no job for this lon
 # one dispatch submits for at most this long, then lets the loop poll (and come straight back):
 # filling a hundred slots takes seconds, and results must not wait that long to be seen
 DISPATCH_SLICE_S = 0.25
-# experiments submitted together (one Backend.submit_many): few enough that the first of them
-# starts soon, enough that a hundred slots fill in a few round trips
-SUBMIT_BATCH = 16
 
 
 def queue_depth(backend: Backend, cluster: str) -> int:
@@ -87,6 +84,7 @@ def dispatch(sched: Scheduler) -> list[str]:
     # trip), at most one job per slot in a batch; slots are counted as taken when placed and
     # given back if the submit failed
     batch: list[tuple[str, Cluster, int, bool]] = []
+    batch_max = max(1, int(getattr(sched.backend, "max_batch", 1)))
 
     def flush() -> None:
         nonlocal in_use
@@ -145,7 +143,7 @@ def dispatch(sched: Scheduler) -> list[str]:
         else:   # still free, with one more job: keep the order (idle slots first)
             free.sort(key=lambda s: (outstanding[s.name], s.name))
         changed.append(eid)
-        if len(batch) >= SUBMIT_BATCH:
+        if len(batch) >= batch_max:
             flush()
     if batch:
         flush()

@@ -67,6 +67,10 @@ class LocalBackend(Backend):
 
     name = "local"
     fixed_slots = True
+    # a first round fills every slot in one launcher exchange: with smaller batches, each
+    # batch's train.py starts took the CPU from the engine preparing the next (a 2-core host's
+    # 128th slot started seconds after the first)
+    max_batch = MAX_SLOTS
 
     def __init__(
         self,

@@ -158,7 +158,7 @@ def simulate(real: dict, scale: float) -> dict:
     sroot = Path(tempfile.mkdtemp(prefix="arf-skyreq-sim-"))
     try:
         sim = run_fleet(sroot, 2, rounds, budget, scale, workers[0], workers[1],
-                        latency_samples_s=samples, run_overhead_samples_s=overheads or None)
+                        latency_samples_s=samples, run_overhead_samples_s=overheads or None, timeline=True)
     finally:
         shutil.rmtree(sroot, ignore_errors=True)
     sim["latency_samples_s_used"] = samples

@@ -182,14 +182,14 @@ class StandinSkyPilot:
     def _service(self, kind: str) -> float:
         return self._draw(kind) / self.scale
 
-    def _request(self, kind: str, fn: Any) -> str:
+    def _request(self, kind: str, fn: Any, cluster: str | None = None) -> str:
         """Queue a request as the API server does; its id at once (the SDK's pattern)."""
         rid = f"standin-{kind}-{next(self._ids)}"
         queue = QUEUE_OF[kind]
         with self._lock:
             self._results[rid] = ("PENDING", None)
             self._done[rid] = threading.Event()
-            entry = {"id": rid, "kind": kind, "queue": queue or "direct", "sent": time.time(),
+            entry = {"id": rid, "kind": kind, "cluster": cluster, "queue": queue or "direct", "sent": time.time(),
                      "started": None, "finished": None}
             self.log.append(entry)
             self._entries[rid] = entry
@@ -221,9 +221,9 @@ class StandinSkyPilot:
             self._by_queue[entry["queue"]] -= 1
         self._done[rid].set()
 
-    def _sync(self, kind: str, fn: Any) -> Any:
+    def _sync(self, kind: str, fn: Any, cluster: str | None = None) -> Any:
         """A call the SDK makes synchronously (tail_logs): sent, waited for, its value returned."""
-        rid = self._request(kind, fn)
+        rid = self._request(kind, fn, cluster)
         return self.get(rid)
 
     # -- the SDK ---------------------------------------------------------------------------
@@ -310,7 +310,7 @@ class StandinSkyPilot:
                 c.lock_free_at = job.end_at
                 c.jobs.append(job)
             return (job.job_id, None)
-        return self._request("exec", fn)
+        return self._request("exec", fn, cluster_name)
 
     def queue(self, cluster_name: str, skip_finished: bool = False) -> str:
         def fn() -> list[Any]:
@@ -327,7 +327,7 @@ class StandinSkyPilot:
                                                start_at=j.start_at if st != "PENDING" else None,
                                                end_at=j.end_at if st not in ("RUNNING", "PENDING") else None))
                 return out
-        return self._request("queue", fn)
+        return self._request("queue", fn, cluster_name)
 
     def tail_logs(self, cluster_name: str, job_id: int, follow: bool = False, output_stream: Any = None,
                   **kw: Any) -> int:
@@ -336,7 +336,7 @@ class StandinSkyPilot:
                 c = self._cluster(cluster_name)
                 j = c.jobs[job_id - 1]
             return self._job_log(j)
-        text = self._sync("logs", fn)
+        text = self._sync("logs", fn, cluster_name)
         if output_stream is not None:
             output_stream.write(text)
         return 0

@@ -72,9 +72,10 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
               short_workers: int, latency_s: dict[str, tuple[float, float]] | None = None,
               run_overhead_s: tuple[float, float] | None = None, waves: list[int] | None = None,
               latency_samples_s: dict[str, list[float]] | None = None,
-              run_overhead_samples_s: list[float] | None = None) -> dict:
+              run_overhead_samples_s: list[float] | None = None, timeline: bool = False) -> dict:
     """`waves`: launch these many experiments one batch after another, each once the one before
-    has finished (e.g. [1, 3]: a baseline, then a wave of 3), instead of clusters x rounds at once."""
+    has finished (e.g. [1, 3]: a baseline, then a wave of 3), instead of clusters x rounds at once.
+    `timeline`: also return every counted request (kind, cluster, simulated s from the window's start)."""
     kw: dict = {} if run_overhead_s is None else {"run_overhead_s": run_overhead_s}
     sky = StandinSkyPilot(scale=scale, long_workers=long_workers, short_workers=short_workers, seed=clusters,
                           latency_s=latency_s, latency_samples_s=latency_samples_s,
@@ -158,7 +159,11 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
             detect.append(recorded[eid] - r["end"])
     s = scale
     n_done = len(recorded)
-    return {
+    extra: dict = {}
+    if timeline:
+        extra["timeline"] = [(e["kind"], e.get("cluster"), round(s * (e["sent"] - since), 1))
+                             for e in sky.log if e["sent"] >= since]
+    return extra | {
         "clusters": clusters, "experiments": n, "finished": n_done, "timed_out": timed_out,
         "budget_s": budget, "scale": scale,
         "api_server": {"long_workers": long_workers, "short_workers": short_workers},

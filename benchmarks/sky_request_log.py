@@ -40,7 +40,7 @@ KIND = {"exec": "exec", "queue": "queue", "logs": "logs", "status": "status", "c
 # requests the API server makes for itself (its daemons), not a client's
 INTERNAL = {"status-refresh", "volume-refresh", "server-heartbeat", "expired-token-cleanup",
             "managed-job-status-refresh", "sky-serve-status-refresh", "pool-status-refresh"}
-OPTIONAL = ("status", "finished_at", "cluster_name", "schedule_type")
+OPTIONAL = ("status", "finished_at", "cluster_name", "schedule_type", "return_value")
 
 
 def _columns(conn: sqlite3.Connection) -> set[str]:
@@ -49,6 +49,15 @@ def _columns(conn: sqlite3.Connection) -> set[str]:
 
 def _pct(xs: list[float], q: float) -> float | None:
     return sorted(xs)[int(q * (len(xs) - 1))] if xs else None
+
+
+def _job_id(return_value: object) -> int | None:
+    """The job id an exec request returned (its return_value is JSON with `job_id`)."""
+    try:
+        v = json.loads(str(return_value)).get("job_id")
+    except (ValueError, AttributeError):
+        return None
+    return int(v) if isinstance(v, int) else None
 
 
 def kind_of(name: str, schedule_type: object) -> str:
@@ -81,6 +90,8 @@ def rows(db: Path, since: float, until: float, cluster_prefix: str | None) -> li
         if cluster_prefix and r.get("cluster_name") and not str(r["cluster_name"]).startswith(cluster_prefix):
             continue
         r["kind"] = kind_of(r["name"], r.get("schedule_type"))
+        ret = r.pop("return_value", None)       # large for some kinds (a status's records): not kept
+        r["job_id"] = _job_id(ret) if r["kind"] == "exec" else None
         r["internal"] = r["name"] in INTERNAL
         out.append(r)
     return out

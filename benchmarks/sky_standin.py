@@ -86,7 +86,9 @@ class SimJob:
     def status(self, now: float) -> str:
         if self.cancelled_at is not None and self.cancelled_at < self.end_at:
             return "CANCELLED"
-        return "SUCCEEDED" if now >= self.end_at else "RUNNING"
+        if now >= self.end_at:
+            return "SUCCEEDED"
+        return "RUNNING" if now >= self.start_at else "PENDING"
 
 
 @dataclass
@@ -134,7 +136,8 @@ class StandinSkyPilot:
     def __init__(self, scale: float = 20.0, long_workers: int = 8, short_workers: int = 9,
                  run_overhead_s: tuple[float, float] = (10.0, 30.0),
                  latency_s: dict[str, tuple[float, float]] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, latency_samples_s: dict[str, list[float]] | None = None,
+                 run_overhead_samples_s: list[float] | None = None) -> None:
         self.scale = float(scale)
         self.exceptions = SimpleNamespace(ClusterDoesNotExist=StandinClusterDoesNotExist,
                                           ClusterNotUpError=StandinClusterNotUpError)
@@ -143,6 +146,11 @@ class StandinSkyPilot:
         self.Resources = StandinResources
         self.latency_s = dict(LATENCY_S, **(latency_s or {}))
         self.run_overhead_s = run_overhead_s
+        # measured figures to draw from as they are (a real run's latencies, heavy-tailed under
+        # load), instead of uniform between their min and max; "exec_start" (exec request
+        # created -> job started) where it differs from the exec request's own latency
+        self.latency_samples_s = {k: list(v) for k, v in (latency_samples_s or {}).items() if v}
+        self.run_overhead_samples_s = list(run_overhead_samples_s or [])
         self.rng = random.Random(seed)
         self.clusters: dict[str, SimCluster] = {}
         self.closed = False
@@ -163,19 +171,25 @@ class StandinSkyPilot:
         self.closed = True
 
     # -- the API server ---------------------------------------------------------------------
-    def _service(self, kind: str) -> float:
-        lo, hi = self.latency_s[kind]
+    def _draw(self, kind: str) -> float:
+        """One simulated-seconds figure for `kind`: a measured sample when given, else uniform."""
         with self._lock:
-            return self.rng.uniform(lo, hi) / self.scale
+            if kind in self.latency_samples_s:
+                return self.rng.choice(self.latency_samples_s[kind])
+            lo, hi = self.latency_s[kind]
+            return self.rng.uniform(lo, hi)
 
-    def _request(self, kind: str, fn: Any) -> str:
+    def _service(self, kind: str) -> float:
+        return self._draw(kind) / self.scale
+
+    def _request(self, kind: str, fn: Any, cluster: str | None = None) -> str:
         """Queue a request as the API server does; its id at once (the SDK's pattern)."""
         rid = f"standin-{kind}-{next(self._ids)}"
         queue = QUEUE_OF[kind]
         with self._lock:
             self._results[rid] = ("PENDING", None)
             self._done[rid] = threading.Event()
-            entry = {"id": rid, "kind": kind, "queue": queue or "direct", "sent": time.time(),
+            entry = {"id": rid, "kind": kind, "cluster": cluster, "queue": queue or "direct", "sent": time.time(),
                      "started": None, "finished": None}
             self.log.append(entry)
             self._entries[rid] = entry
@@ -207,9 +221,9 @@ class StandinSkyPilot:
             self._by_queue[entry["queue"]] -= 1
         self._done[rid].set()
 
-    def _sync(self, kind: str, fn: Any) -> Any:
+    def _sync(self, kind: str, fn: Any, cluster: str | None = None) -> Any:
         """A call the SDK makes synchronously (tail_logs): sent, waited for, its value returned."""
-        rid = self._request(kind, fn)
+        rid = self._request(kind, fn, cluster)
         return self.get(rid)
 
     # -- the SDK ---------------------------------------------------------------------------
@@ -273,20 +287,30 @@ class StandinSkyPilot:
     def exec(self, task: StandinTask, cluster_name: str) -> str:
         budget = float(task.envs.get("AUTORESEARCH_TIME_BUDGET") or 0.0) * self.scale
         seed = int(task.envs.get("AUTORESEARCH_SEED") or 0)
+        sent = time.time()
+        to_start = (self._draw("exec_start") / self.scale
+                    if "exec_start" in self.latency_samples_s or "exec_start" in self.latency_s else None)
 
         def fn() -> tuple[int, None]:
             now = time.time()
+            # when SkyPilot starts the job, if measured (exec_start): on the real local Slurm it
+            # is well after the exec request is done (the cluster's own job scheduler and the
+            # job's start-up); PENDING until then
+            start = now if to_start is None else max(sent + to_start, sent)
             with self._lock:
                 c = self._cluster(cluster_name)
-                job = SimJob(len(c.jobs) + 1, task.name or "", budget, seed, submitted_at=now, start_at=now)
-                lo, hi = self.run_overhead_s
-                run = (budget + self.rng.uniform(lo, hi)) / self.scale
-                job.train_start = max(now, c.lock_free_at)
+                job = SimJob(len(c.jobs) + 1, task.name or "", budget, seed, submitted_at=start, start_at=start)
+                if self.run_overhead_samples_s:
+                    overhead = self.rng.choice(self.run_overhead_samples_s)
+                else:
+                    overhead = self.rng.uniform(*self.run_overhead_s)
+                run = (budget + overhead) / self.scale
+                job.train_start = max(start, c.lock_free_at)
                 job.end_at = job.train_start + run
                 c.lock_free_at = job.end_at
                 c.jobs.append(job)
             return (job.job_id, None)
-        return self._request("exec", fn)
+        return self._request("exec", fn, cluster_name)
 
     def queue(self, cluster_name: str, skip_finished: bool = False) -> str:
         def fn() -> list[Any]:
@@ -296,13 +320,14 @@ class StandinSkyPilot:
                 out = []
                 for j in c.jobs:
                     st = j.status(now)
-                    if skip_finished and st != "RUNNING":
+                    if skip_finished and st not in ("RUNNING", "PENDING"):
                         continue
                     out.append(SimpleNamespace(job_id=j.job_id, job_name=j.name, status=SimpleNamespace(value=st),
-                                               submitted_at=j.submitted_at, start_at=j.start_at,
-                                               end_at=j.end_at if st != "RUNNING" else None))
+                                               submitted_at=j.submitted_at,
+                                               start_at=j.start_at if st != "PENDING" else None,
+                                               end_at=j.end_at if st not in ("RUNNING", "PENDING") else None))
                 return out
-        return self._request("queue", fn)
+        return self._request("queue", fn, cluster_name)
 
     def tail_logs(self, cluster_name: str, job_id: int, follow: bool = False, output_stream: Any = None,
                   **kw: Any) -> int:
@@ -311,7 +336,7 @@ class StandinSkyPilot:
                 c = self._cluster(cluster_name)
                 j = c.jobs[job_id - 1]
             return self._job_log(j)
-        text = self._sync("logs", fn)
+        text = self._sync("logs", fn, cluster_name)
         if output_stream is not None:
             output_stream.write(text)
         return 0
@@ -321,7 +346,7 @@ class StandinSkyPilot:
             now = time.time()
             with self._lock:
                 for j in self._cluster(cluster_name).jobs:
-                    if j.job_id in job_ids and j.status(now) == "RUNNING":
+                    if j.job_id in job_ids and j.status(now) in ("RUNNING", "PENDING"):
                         j.cancelled_at = now
         return self._request("cancel", fn)
 

@@ -70,12 +70,16 @@ def _ideal_makespan(runs: list[dict], clusters: int) -> float:
 
 def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: float, long_workers: int,
               short_workers: int, latency_s: dict[str, tuple[float, float]] | None = None,
-              run_overhead_s: tuple[float, float] | None = None, waves: list[int] | None = None) -> dict:
+              run_overhead_s: tuple[float, float] | None = None, waves: list[int] | None = None,
+              latency_samples_s: dict[str, list[float]] | None = None,
+              run_overhead_samples_s: list[float] | None = None, timeline: bool = False) -> dict:
     """`waves`: launch these many experiments one batch after another, each once the one before
-    has finished (e.g. [1, 3]: a baseline, then a wave of 3), instead of clusters x rounds at once."""
+    has finished (e.g. [1, 3]: a baseline, then a wave of 3), instead of clusters x rounds at once.
+    `timeline`: also return every counted request (kind, cluster, simulated s from the window's start)."""
     kw: dict = {} if run_overhead_s is None else {"run_overhead_s": run_overhead_s}
     sky = StandinSkyPilot(scale=scale, long_workers=long_workers, short_workers=short_workers, seed=clusters,
-                          latency_s=latency_s, **kw)
+                          latency_s=latency_s, latency_samples_s=latency_samples_s,
+                          run_overhead_samples_s=run_overhead_samples_s, **kw)
     template = _template(root)
     cfg = FleetConfig(workspace=root / "fleet", tag="sim", backend="skypilot", profile="gpu",
                       time_budget_s=budget / scale, timeout_grace_s=60 / scale, template_dir=template,
@@ -98,11 +102,13 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
             launched += k
             live += k
 
-    if not waves:
-        top_up(0)
+    # the engine's start-up (its reconcile: one `sky status` with refresh) is not counted, as on
+    # the real server (benchmarks/sky_real_requests.py counts from after provisioning)
+    eng.start()
     since = time.time()
     provision_requests = len([e for e in sky.log if e["sent"] < since])
-    eng.start()
+    if not waves:
+        top_up(0)
     deadline = time.time() + max(120.0, 6 * rounds * (budget + 60) / scale)
     timed_out = False
     for w in waves or []:
@@ -119,6 +125,7 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
             top_up(len(res.still_running))
         elif not res.still_running:
             break
+    window_end = time.time()       # the engine has every result: the real benchmark's window ends here
     recorded = {}
     conn = eng.ledger._conn()
     for eid, ended in conn.execute("SELECT experiment_id, ended_at FROM attempts WHERE outcome='done'"):
@@ -152,7 +159,11 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
             detect.append(recorded[eid] - r["end"])
     s = scale
     n_done = len(recorded)
-    return {
+    extra: dict = {}
+    if timeline:
+        extra["timeline"] = [(e["kind"], e.get("cluster"), round(s * (e["sent"] - since), 1))
+                             for e in sky.log if e["sent"] >= since]
+    return extra | {
         "clusters": clusters, "experiments": n, "finished": n_done, "timed_out": timed_out,
         "budget_s": budget, "scale": scale,
         "api_server": {"long_workers": long_workers, "short_workers": short_workers},
@@ -170,7 +181,8 @@ def run_fleet(root: Path, clusters: int, rounds: int, budget: float, scale: floa
         "requests_per_experiment_by_kind": {k: round(v / max(1, n_done), 2) for k, v in sorted(by_kind.items())},
         "requests_provisioning": provision_requests,
         "peak_in_flight": sky.peak_in_flight, "peak_in_flight_by_queue": dict(sky.peak_by_queue),
-        "simulated_s": s * (last_end - first_submit), "wall_s": time.time() - t_prov,
+        "simulated_s": s * (last_end - first_submit), "window_s": s * (window_end - since),
+        "wall_s": time.time() - t_prov,
     }
 
 

@@ -38,6 +38,10 @@ SUBMIT_BACKOFF_S = 5.0     # a slot whose submit failed gets no job for this lon
 # one dispatch submits for at most this long, then lets the loop poll (and come straight back):
 # filling a hundred slots takes seconds, and results must not wait that long to be seen
 DISPATCH_SLICE_S = 0.25
+# jobs queued ahead (behind a running one) go in batches of at most this many, between polls:
+# nobody waits for them to the second, and a hundred runners starting up at once delay the
+# hand-offs of the slots ending meanwhile; jobs for idle slots go in batches of max_batch
+QUEUED_AHEAD_BATCH = 16
 
 
 def queue_depth(backend: Backend, cluster: str) -> int:
@@ -143,7 +147,7 @@ def dispatch(sched: Scheduler) -> list[str]:
         else:   # still free, with one more job: keep the order (idle slots first)
             free.sort(key=lambda s: (outstanding[s.name], s.name))
         changed.append(eid)
-        if len(batch) >= batch_max:
+        if len(batch) >= (batch_max if all(b[3] for b in batch) else min(batch_max, QUEUED_AHEAD_BATCH)):
             flush()
     if batch:
         flush()

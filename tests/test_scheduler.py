@@ -406,6 +406,13 @@ def test_dispatch_submits_in_batches_with_one_job_per_slot(ledger, tmp_path, mon
     wide_ids = _queue(sw.ledger, len(wide.slots))
     sw.tick()
     assert [[eid for eid, _ in b] for b in wide.batches] == [wide_ids]
+    # ... while jobs queued ahead (behind a running one) still go 16 at a time, between polls
+    deep = BatchRecordingBackend({f"s{i:02d}": "CPU" for i in range(2 * SUBMIT_BATCH + 3)}, depth=2)
+    deep.max_batch = 256
+    sd = _sched(Ledger(tmp_path / "deep.db"), deep, tmp_path / "deep")
+    _queue(sd.ledger, 2 * len(deep.slots))
+    sd.tick()
+    assert [len(b) for b in deep.batches] == [len(deep.slots), SUBMIT_BATCH, SUBMIT_BATCH, 3]
     # a second job for a slot (queued ahead, depth 2) goes in a later batch than the one ahead of it
     be2 = BatchRecordingBackend({"a": "CPU", "b": "CPU"}, depth=2)
     s2 = _sched(Ledger(tmp_path / "two.db"), be2, tmp_path / "two")

@@ -70,7 +70,8 @@ def waiting_at(run_dir: Path) -> float | None:
 
 
 def wait_outcomes(backend: SkyPilotBackend, handles: list, n: int, timeout: float) -> list:
-    out, deadline = [], time.time() + timeout
+    out: list = []
+    deadline = time.time() + timeout
     while len(out) < n and time.time() < deadline:
         out += backend.poll(handles)
         time.sleep(0.05)
@@ -112,7 +113,8 @@ def main() -> int:
         # back to back, queue depth 2 (what the scheduler does)
         pending = [f"e{i + 1:04d}" for i in range(args.experiments)]
         submitted: dict[str, float] = {}
-        live, results = [], {}
+        live: list = []
+        results: dict = {}
         while pending or live:
             while pending and len(live) < backend.queue_depth(cluster.name):
                 eid = pending.pop(0)

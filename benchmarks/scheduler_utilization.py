@@ -297,6 +297,12 @@ def print_fleet(f: dict) -> None:
           f"{f['first_start_ms_max']:.0f} ms max after the first submit")
     print(f"    runners + trainers (the launcher's children): {f['fleet_cpu_ms_per_exp']:.1f} ms CPU per experiment; "
           f"load average {f['load']:.1f} at the end of the run")
+    # what the whole fleet asks of this host's CPUs: when it nears 1 in the bursts where every slot
+    # ends at once, a runner handed its slot waits for a CPU and the hand-off tail grows
+    demand = (f["engine_cpu_ms_per_exp"] + f["fleet_cpu_ms_per_exp"]) * f["experiments"] / 1000
+    cores = os.cpu_count() or 1
+    print(f"    CPU asked of the host: {demand:.1f} CPU-s (engine + runners + trainers) over {f['wall_s']:.1f} s on "
+          f"{cores} CPUs = {demand / (cores * f['wall_s']):.2f} of it on average")
     print(f"    results recorded {f['detect_ms_mean']:.0f} ms after the run ended (mean); scheduler tick time "
           f"{f['sched_cpu_ms_per_exp']:.1f} ms per experiment; {f['writes']} ledger writes "
           f"{f['write_ms_p50']:.1f} ms p50 / {f['write_ms_p95']:.1f} ms p95 (lock wait + transaction + change hooks)")

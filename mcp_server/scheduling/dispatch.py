@@ -89,9 +89,11 @@ def dispatch(sched: Scheduler) -> list[str]:
     # given back if the submit failed
     batch: list[tuple[str, Cluster, int, bool]] = []
     batch_max = max(1, int(getattr(sched.backend, "max_batch", 1)))
+    ahead_in_batch = 0   # jobs in `batch` queued ahead (not alone on their slot)
 
     def flush() -> None:
-        nonlocal in_use
+        nonlocal in_use, ahead_in_batch
+        ahead_in_batch = 0
         results = submit_batch(sched, list(batch))
         for (_eid, slot, _pos, alone), ok in zip(batch, results, strict=True):
             if ok:
@@ -137,6 +139,7 @@ def dispatch(sched: Scheduler) -> list[str]:
         alone = slot.name not in busy
         outstanding[slot.name] += 1
         batch.append((eid, slot, outstanding[slot.name], alone))
+        ahead_in_batch += not alone
         if alone:
             busy.add(slot.name)
             in_use += 1
@@ -147,7 +150,7 @@ def dispatch(sched: Scheduler) -> list[str]:
         else:   # still free, with one more job: keep the order (idle slots first)
             free.sort(key=lambda s: (outstanding[s.name], s.name))
         changed.append(eid)
-        if len(batch) >= (batch_max if all(b[3] for b in batch) else min(batch_max, QUEUED_AHEAD_BATCH)):
+        if len(batch) >= (min(batch_max, QUEUED_AHEAD_BATCH) if ahead_in_batch else batch_max):
             flush()
     if batch:
         flush()

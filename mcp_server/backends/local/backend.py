@@ -248,7 +248,8 @@ class LocalBackend(Backend):
                 continue
             # Alive is checked BEFORE looking for result.json: the runner writes the file and
             # then exits, so "not alive and still no file" can only mean it never wrote one.
-            alive = runner_alive(handle)
+            # (A watched runner seen to exit is not asked again.)
+            alive = i not in exited and runner_alive(handle)
             run_dir = Path(handle.run_dir)
             log = run_dir / runner.LOG_FILE
             log_path = str(log) if log.exists() else None

@@ -45,6 +45,7 @@ def test_the_runner_is_forked_by_the_warm_launcher(tmp_path: Path) -> None:
     pid = h.backend_ref["pid"]
     assert ppid(pid) == launcher_pid()                   # forked there: no interpreter start
     assert os.getpgid(pid) == pid                        # its own group: a cancel reaches it all
+    assert os.getsid(pid) == pid                         # and session: its own CPU share (autogroup)
     out = wait_outcome(backend, h)
     assert out.result["status"] == "done" and out.result["runner_pid"] == pid
     seen = json.loads((d / "env.json").read_text())

@@ -277,6 +277,59 @@ def test_queued_runner_waits_for_the_slot_and_its_clock_starts_then(tmp_path: Pa
     assert json.loads((d / runner.TRAIN_PID_FILE).read_text())["started_at"] == result["started_at"]
 
 
+def sched_slice(pid: int | str = "self") -> int | None:
+    """The process's scheduler slice in ns (/proc/<pid>/sched, EEVDF kernels), None where not shown."""
+    try:
+        text = Path(f"/proc/{pid}/sched").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    return None
+
+
+def test_a_waiting_runner_asks_for_a_short_slice_and_train_py_runs_with_the_default(tmp_path: Path) -> None:
+    default = sched_slice()
+    if default is None or not runner.request_slice(0):
+        pytest.skip("this kernel shows no scheduler slice (EEVDF, Linux 6.12+) or refuses sched_setattr")
+    d = make_run_dir(tmp_path, textwrap.dedent("""\
+        for line in open("/proc/self/sched"):
+            if line.startswith("se.slice"):
+                open("slice", "w").write(line.split(":")[1].strip())
+    """) + SUCCESS)
+    ahead = tmp_path / "ahead.lock"
+    fd = held_lock(ahead)
+    p = start_queued_runner(d, ahead, timeout=30)
+    try:
+        wait_blocked(p)
+        assert sched_slice(p.pid) == runner.RUNNER_SLICE_NS     # woken by the hand-off: runs first
+        os.close(fd)
+        p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert json.loads((d / "result.json").read_text())["status"] == "done"
+    assert int((d / "slice").read_text()) == default              # train.py did not inherit it
+    assert default > runner.RUNNER_SLICE_NS
+
+
+def test_a_runner_leading_its_session_lowers_the_session_share_once_the_slot_is_handed_on(tmp_path: Path) -> None:
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel does not group CPU time by session (no /proc/self/autogroup)")
+    # in its own session (as the local backend starts runners): the session's nice rises
+    probe = ("import os, sys; sys.path.insert(0, sys.argv[1]); import runner; {}; runner._yield_session_share(); "
+             "print(open('/proc/self/autogroup').read().split()[-1])")
+    own = subprocess.run([sys.executable, "-c", probe.format("pass"), str(RUNNER.parent)], capture_output=True,
+                         text=True, start_new_session=True, check=True)
+    assert int(own.stdout) == runner.BOOKKEEPING_NICE
+    # in a session it shares (here the test's): left alone
+    shared = subprocess.run([sys.executable, "-c", probe.format("pass"), str(RUNNER.parent)], capture_output=True,
+                            text=True, check=True)
+    assert int(shared.stdout) == int(Path("/proc/self/autogroup").read_text().split()[-1])
+
+
 def test_queued_runner_stopped_while_waiting_is_cancelled_and_never_trains(tmp_path: Path) -> None:
     d = make_run_dir(tmp_path, 'open("STARTED", "w").close()\n' + SUCCESS)
     ahead = tmp_path / "ahead.lock"

@@ -210,6 +210,60 @@ def test_reported_start_sets_the_run_clock_and_the_watchdog(ledger, tmp_path):
     assert s.in_flight()[second].started_at == t2 and s.in_flight()[second].deadline == pytest.approx(t2 + 105.0)
 
 
+class LeadBackend(ReportingBackend):
+    """SIMULATION: a reporting backend that wants jobs queued ahead only near the running one's end."""
+
+    queue_ahead_lead_s = 3.0
+
+
+def test_a_job_is_queued_ahead_halfway_through_the_run_ahead_or_one_lead_before_its_end(ledger, tmp_path):
+    be = LeadBackend({"a": "CPU", "b": "CPU", "c": "CPU"}, depth=2)
+    s = _sched(ledger, be, tmp_path, expected_run_s=100.0, poll_interval_s=5.0)
+    ids = _queue(ledger, 5)
+    s.tick()
+    assert set(s.in_flight()) == set(ids[:3])            # one job on each slot
+    on = {f.cluster: eid for eid, f in s.in_flight().items()}
+    now = time.time()
+    be.starts[on["a"]] = now - 10.0                      # 10 s into an expected 100 s run
+    be.starts[on["b"]] = now - 51.0                      # past halfway
+    be.starts[on["c"]] = now - 49.7                      # halfway in 0.3 s
+    s.tick()
+    assert s.queued_ahead() == {ids[3]} and s.in_flight()[ids[3]].cluster == "b"   # only behind b
+    assert s._next_delay() == pytest.approx(0.3, abs=0.1)   # the tick that queues behind c comes on time
+    time.sleep(0.35)
+    s.tick()
+    assert s.queued_ahead() == {ids[3], ids[4]} and s.in_flight()[ids[4]].cluster == "c"
+    assert s._next_delay() == 5.0     # behind a in ~40 s: a poll interval first, as without a lead
+
+
+def test_a_short_run_leaves_no_time_to_wait_and_a_backend_without_lead_queues_at_the_start(ledger, tmp_path):
+    # with a 4 s run and a 3 s lead the job is queued 1 s in (lead before the end, sooner than halfway)
+    lead = LeadBackend({"a": "CPU"}, depth=2)
+    s = _sched(ledger, lead, tmp_path, expected_run_s=4.0)
+    first, second = _queue(ledger, 2)
+    s.tick()
+    lead.starts[first] = time.time() - 0.8
+    s.tick()
+    assert set(s.in_flight()) == {first}
+    time.sleep(0.25)
+    s.tick()
+    assert s.queued_ahead() == {second}
+    # the run time learnt from finished runs replaces the expected one
+    s._durations.extend([40.0, 40.0])
+    assert s.run_s() == 40.0
+
+
+def test_without_a_lead_a_job_is_queued_ahead_as_soon_as_the_one_ahead_started(ledger, tmp_path):
+    be = ReportingBackend({"a": "CPU"}, depth=2)
+    assert be.queue_ahead_lead_s is None
+    s = _sched(ledger, be, tmp_path, expected_run_s=300.0)
+    first, second = _queue(ledger, 2)
+    s.tick()
+    be.starts[first] = time.time()
+    s.tick()
+    assert s.queued_ahead() == {second}
+
+
 def test_cancel_the_queued_ahead_job_and_the_running_one(ledger, tmp_path):
     be = SimulatedBackend({"a": "CPU"}, depth=2)
     s = _sched(ledger, be, tmp_path)

@@ -78,6 +78,12 @@ class Backend(ABC):
     #: where each job is its own exchange, so that results are polled between batches; many where
     #: a batch is one exchange (the local backend: one launcher round trip starts them all)
     max_batch: int = 16
+    #: a job is queued ahead on a slot only this long (seconds) before the job running there is
+    #: expected to end: enough for its runner to be up and waiting by then. None: as soon as the
+    #: running job has started (where starting a queued job takes about as long as a run, or is
+    #: unknown). Short leads keep a queued job's start-up work out of the moments when many
+    #: slots hand over at once.
+    queue_ahead_lead_s: float | None = None
 
     @abstractmethod
     def clusters(self) -> list[Cluster]:

@@ -185,7 +185,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin, Research
             fast_poll_s=0.02 if self.backend.name == "local" else poll_interval_s,
             before_dispatch=self.data.ensure, stage=self.run_dirs.stage,
             orphan_cleanup=getattr(self.backend, "kill_orphans", None),   # local: runners without a saved handle
-            on_started=self._started_on_slot,
+            on_started=self._started_on_slot, expected_run_s=self.time_budget_s,
         )
         self.scheduler.metric_name = self.metric.name
         self.checks = Checks(self.ledger, self.scheduler, config, self.backend.name)

@@ -67,12 +67,19 @@ def _reap(children: dict[int, str]) -> None:
 
 
 def _child(run_dir: str, argv: list[str], env: dict[str, str], lock_fd: int, out_fd: int,
-           close: list[int], gate: int) -> None:
+           close: list[int], gate: int, ready: tuple[int, int]) -> None:
     """In the forked child: become the runner, once the launcher has started the whole batch
     (`gate` reads EOF then). Never returns."""
     code = 70
     try:
-        os.setpgid(0, 0)            # its own process group (also set by the parent, see _launch)
+        # Its own session, as a runner started as a new process gets (spawn.py): its process
+        # group (what a cancel signals) and, where the kernel groups CPU time by session
+        # (autogroup), its own share -- not one share for all the launcher's runners, which made
+        # a hundred runners handed their slots at once wait for each other. The launcher
+        # replies only once this is done (`ready` closes), so a cancel finds the group.
+        os.setsid()
+        os.close(ready[0])
+        os.close(ready[1])
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)              # as in a fresh interpreter
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -129,22 +136,27 @@ def _launch(line: bytes, children: dict[int, str], close: list[int], gate: int) 
         except OSError as e:
             return {"error": f"cannot open {out}: {e}", "busy": False}
         try:
+            ready = os.pipe()
+        except OSError as e:
+            os.close(out_fd)
+            return {"error": f"cannot start a runner: {e}", "busy": False}
+        try:
             pid = os.fork()
             if pid == 0:
-                _child(run_dir, argv, env, lock_fd, out_fd, close, gate)
+                _child(run_dir, argv, env, lock_fd, out_fd, close, gate, ready)
             children[pid] = run_dir
-            # Its own process group before we reply (the child does it too, whichever runs
-            # first): a cancel right after the submit signals the group and must find it. A
-            # group, not a session: ours has no controlling terminal already (we are a session
-            # leader started with start_new_session), so no terminal signal reaches it.
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass      # the child did it already, or it has died
+            # The child is in its own session (and group) before we reply: a cancel right after
+            # the submit signals the group and must find it. EOF when it has closed its end.
+            os.close(ready[1])
+            ready = (ready[0], -1)
+            os.read(ready[0], 1)
         except OSError as e:
             return {"error": f"fork failed: {e}", "busy": False}
         finally:
             os.close(out_fd)
+            for fd in ready:
+                if fd >= 0:
+                    os.close(fd)
         return {"pid": pid, "start_time": runner.proc_start_time(pid)}
     finally:
         os.close(lock_fd)

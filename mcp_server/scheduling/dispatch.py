@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from mcp_server.backends.base import Backend
 from mcp_server.domain.models import Cluster, Status
-from mcp_server.scheduling.flights import Flight, heads
+from mcp_server.scheduling.flights import Flight, heads, queue_behind_at
 
 if TYPE_CHECKING:
     from mcp_server.scheduling.scheduler import Scheduler
@@ -60,10 +60,9 @@ def dispatch(sched: Scheduler) -> list[str]:
         return []
     outstanding = sched.outstanding()
     depth = {s.name: queue_depth(sched.backend, s.name) for s in slots}
-    if sched._reports_starts:   # queue ahead only behind a job that has started
-        with sched._lock:
-            unstarted = {c for c, f in heads(sched._flights.values()).items() if f.started_at is None}
-        depth = {name: 1 if name in unstarted else d for name, d in depth.items()}
+    if sched._reports_starts:   # queue ahead only behind a job that has started, and near its end
+        closed = _not_open_behind(sched, time.time())
+        depth = {name: 1 if name in closed else d for name, d in depth.items()}
     in_use = sum(1 for n in outstanding.values() if n)
     if not any(outstanding[s.name] < depth[s.name] and (outstanding[s.name] or in_use < sched.max_concurrent)
                for s in slots):
@@ -159,19 +158,27 @@ def dispatch(sched: Scheduler) -> list[str]:
     return changed
 
 
-def open_positions(sched: Scheduler) -> int:
-    """How many queued experiments a dispatch could place now (free queue positions; behind
-    a job that has not started, none where the backend reports starts)."""
-    outstanding = sched.outstanding()
+def _not_open_behind(sched: Scheduler, at: float) -> set[str]:
+    """Slots whose running job takes no job queued behind it at `at` (epoch seconds): it has not
+    started, or it is not yet within the backend's lead of its expected end."""
+    run_s, lead = sched.run_s(), sched.queue_ahead_lead_s
     with sched._lock:
         first = heads(sched._flights.values())
+    return {c for c, f in first.items() if (t := queue_behind_at(f, run_s, lead)) is None or t > at}
+
+
+def open_positions(sched: Scheduler) -> int:
+    """How many queued experiments a dispatch could place now, or within one lead from now (free
+    queue positions; where the backend reports starts, none behind a job that has not started
+    or is not near its end): the stager exports their run directories ahead of the dispatch."""
+    outstanding = sched.outstanding()
+    lead = sched.queue_ahead_lead_s or 0.0
+    closed = _not_open_behind(sched, time.time() + lead) if sched._reports_starts else set()
     free = 0
     for s in sched._slots:
         if s.state != "up":
             continue
-        head = first.get(s.name)
-        depth = (1 if sched._reports_starts and (head is None or head.started_at is None)
-                 else queue_depth(sched.backend, s.name))
+        depth = 1 if s.name in closed else queue_depth(sched.backend, s.name)
         free += max(0, depth - outstanding[s.name])
     return free
 

@@ -85,6 +85,7 @@ class Scheduler:
         stage: Callable[[Experiment, int, Path], None] | None = None,
         orphan_cleanup: Callable[[Path], int] | None = None,
         on_started: Callable[[str, int, float], None] | None = None,
+        expected_run_s: float | None = None,
     ) -> None:
         self.ledger = ledger
         #: the key a done run must report (the task's metric; the engine sets it)
@@ -95,6 +96,9 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.max_concurrent = max_concurrent
         self.hard_timeout_s = hard_timeout_s
+        # how long a run is expected to take before any has ended (the time budget): with the
+        # backend's queue_ahead_lead_s, when the first round's next jobs are queued ahead
+        self.expected_run_s = expected_run_s
         self.watchdog_margin_s = watchdog_margin_s
         self.poll_interval_s = poll_interval_s
         self.fast_poll_s = fast_poll_s
@@ -172,12 +176,29 @@ class Scheduler:
             self._wake.clear()
 
     def _next_delay(self) -> float:
+        lead = self.queue_ahead_lead_s
         with self._lock:
             in_flight = list(self._flights.values())
-            starting = self._reports_starts and flights.starting(flights.heads(self._flights.values()).values(),
-                                                                 time.time())
+            head = flights.heads(in_flight)
+            starting = self._reports_starts and flights.starting(head.values(), time.time())
+            queue_at: list[float] = []
+            if self._reports_starts and lead is not None:   # wake when a slot may take its next job
+                behind = Counter(f.cluster for f in in_flight)
+                run_s = self.run_s()
+                queue_at = [t for c, h in head.items()
+                            if behind[c] == 1 and (t := flights.queue_behind_at(h, run_s, lead)) is not None]
         return flights.next_delay(in_flight, starting, flights.typical(self._durations), time.time(),
-                                  self.poll_interval_s, self.fast_poll_s)
+                                  self.poll_interval_s, self.fast_poll_s, queue_at)
+
+    @property
+    def queue_ahead_lead_s(self) -> float | None:
+        """The backend's lead for jobs queued ahead (Backend.queue_ahead_lead_s)."""
+        lead = getattr(self.backend, "queue_ahead_lead_s", None)
+        return float(lead) if isinstance(lead, (int, float)) else None
+
+    def run_s(self) -> float | None:
+        """How long a run takes: the median of recent ones, else the expected run time."""
+        return flights.typical(self._durations) or self.expected_run_s
 
     # -- one round -----------------------------------------------------------------------------
     def tick(self, full: bool = True) -> list[str]:

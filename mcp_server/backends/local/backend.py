@@ -71,6 +71,11 @@ class LocalBackend(Backend):
     # batch's train.py starts took the CPU from the engine preparing the next (a 2-core host's
     # 128th slot started seconds after the first)
     max_batch = MAX_SLOTS
+    # a runner queued ahead needs well under a second to be up and blocked on the slot's lock
+    # (seconds on a loaded host): queued a few seconds before the running job's expected end, its
+    # start-up work (run directory, fork, harness check) happens mid-run, not while a hundred
+    # slots that ended together hand over and their train.py interpreters start
+    queue_ahead_lead_s = 3.0
 
     def __init__(
         self,

@@ -25,7 +25,10 @@ def test_every_package_is_listed():
 
 def test_the_template_ships_inside_the_package():
     setuptools = _pyproject()["tool"]["setuptools"]
-    assert setuptools["package-dir"]["mcp_server.train_template"] == "train_template"
+    # a link, not a package-dir mapping: an editable install is then a static path, no import finder
+    assert setuptools.get("package-dir", {"": "."}) == {"": "."}
+    link = REPO / "mcp_server" / "train_template"
+    assert link.is_symlink() and link.resolve() == (REPO / "train_template").resolve()
     shipped = setuptools["package-data"]["mcp_server.train_template"]
     for name in ("prepare.py", "train.py", "sky_task.yaml"):
         assert (REPO / "train_template" / name).is_file()
@@ -39,7 +42,7 @@ def test_the_template_is_found_in_a_checkout_and_in_an_install(tmp_path):
     assert config.TEMPLATE_DIR == REPO / "train_template"
     # an installed layout: site-packages/mcp_server/{domain,train_template}, no repo around it
     site = tmp_path / "site-packages"
-    shutil.copytree(REPO / "mcp_server", site / "mcp_server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "mcp_server", site / "mcp_server", ignore=shutil.ignore_patterns("__pycache__", "train_template"))
     shutil.copytree(REPO / "train_template", site / "mcp_server" / "train_template")
     out = subprocess.run([sys.executable, "-c", "from mcp_server.domain import config; print(config.TEMPLATE_DIR)"],
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},

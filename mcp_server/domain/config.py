@@ -11,10 +11,12 @@ from mcp_server.domain.tool_names import Tool
 
 
 def _template_dir() -> Path:
-    """The built-in task: shipped inside the package by a wheel (mcp_server/train_template), or the
-    repository's top-level train_template/ in a checkout (editable install)."""
+    """The built-in task: shipped inside the package by a wheel (mcp_server/train_template), or in
+    a checkout the repository's top-level train_template/ (which mcp_server/train_template links to)."""
     package = Path(__file__).resolve().parents[1]
     shipped = package / "train_template"
+    if shipped.is_symlink():
+        return shipped.resolve()
     return shipped if (shipped / "prepare.py").is_file() else package.parent / "train_template"
 
 

@@ -42,7 +42,8 @@ def test_the_template_is_found_in_a_checkout_and_in_an_install(tmp_path):
     assert config.TEMPLATE_DIR == REPO / "train_template"
     # an installed layout: site-packages/mcp_server/{domain,train_template}, no repo around it
     site = tmp_path / "site-packages"
-    shutil.copytree(REPO / "mcp_server", site / "mcp_server", ignore=shutil.ignore_patterns("__pycache__", "train_template"))
+    skip = shutil.ignore_patterns("__pycache__", "train_template")   # (the link: the real folder below)
+    shutil.copytree(REPO / "mcp_server", site / "mcp_server", ignore=skip)
     shutil.copytree(REPO / "train_template", site / "mcp_server" / "train_template")
     out = subprocess.run([sys.executable, "-c", "from mcp_server.domain import config; print(config.TEMPLATE_DIR)"],
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},

@@ -6,7 +6,7 @@ Starting a runner as a new interpreter costs ~35 ms of CPU (interpreter + import
 train.py can start, and a fleet's first round starts every slot at once: on a small host those
 starts queue for the CPU and the last slot starts hundreds of ms late. This process has the
 runner already imported; for each request it takes the job's slot lock, forks, and the child
-runs `runner.main` in the run directory in its own process group: a runner is training within
+runs `runner.main` in the run directory in its own session (and group): a runner is training within
 a millisecond or two of the request. The requests that arrive together are a batch: its
 runners wait at a gate (a pipe) until the last of them is forked, so that a hundred slots'
 runners do not slow the forking of their own batch.

@@ -1,7 +1,7 @@
 """Starting a job's runner on this machine: its private copy of runner.py, its environment and
 flags, and the process itself.
 
-Every runner is one process in its own process group, normally forked by the warm launcher
+Every runner is one process in its own session and process group, normally forked by the warm launcher
 (launcher_client.py, mcp_server/runtime/warm_launcher.py: no interpreter start and no imports
 between submit and train.py). If the launcher fails, `python -S runner.py ...` is started
 instead, so the launcher only ever makes starts faster.

@@ -164,6 +164,8 @@ def _not_open_behind(sched: Scheduler, at: float) -> set[str]:
     run_s, lead = sched.run_s(), sched.queue_ahead_lead_s
     with sched._lock:
         first = heads(sched._flights.values())
+    if lead is None:   # open once started (a remote start time is not compared with our clock)
+        return {c for c, f in first.items() if f.started_at is None}
     return {c for c, f in first.items() if (t := queue_behind_at(f, run_s, lead)) is None or t > at}
 
 

@@ -58,16 +58,17 @@ def waiting(flights: dict[str, Flight]) -> set[str]:
     return {eid for eid, f in flights.items() if first.get(f.cluster) is not f and f.started_at is None}
 
 
-def queue_behind_at(head: Flight, run_s: float | None, lead_s: float | None) -> float | None:
-    """When a job may be queued ahead behind `head` (epoch seconds); None while it has not started.
+def queue_behind_at(head: Flight, run_s: float | None, lead_s: float) -> float | None:
+    """When a job may be queued ahead behind `head` (epoch seconds) on a backend with a lead;
+    None while it has not started.
 
-    With a lead: halfway through its expected run (`run_s` from its start), or `lead_s` before its
-    expected end if that is sooner. Slots that ended together start together, and halfway is
-    where the queued jobs' start-up work is furthest from both such moments; at least `lead_s`
-    is left for it. Without a lead or an expected run time: at its start."""
+    Halfway through its expected run (`run_s` from its start), or `lead_s` before its expected
+    end if that is sooner. Slots that ended together start together, and halfway is where the
+    queued jobs' start-up work is furthest from both such moments; at least `lead_s` is left for
+    it. Without an expected run time: at its start."""
     if head.started_at is None:
         return None
-    if lead_s is None or run_s is None:
+    if run_s is None:
         return head.started_at
     return head.started_at + max(0.0, min(run_s / 2, run_s - lead_s))
 
@@ -93,11 +94,9 @@ def next_delay(flights: list[Flight], is_starting: bool, typical_s: float | None
                poll_interval_s: float, fast_poll_s: float, queue_at: Iterable[float] = ()) -> float:
     """How long the scheduler sleeps before its next tick (a launch or cancel wakes it sooner).
     `queue_at`: when slots may next take a job queued ahead (the tick after dispatches it)."""
+    delay = _next_delay(flights, is_starting, typical_s, now, poll_interval_s, fast_poll_s)
     later = [t - now for t in queue_at if t > now]
-    if later:
-        return max(fast_poll_s, min(min(later), _next_delay(flights, is_starting, typical_s, now,
-                                                            poll_interval_s, fast_poll_s)))
-    return _next_delay(flights, is_starting, typical_s, now, poll_interval_s, fast_poll_s)
+    return max(fast_poll_s, min(delay, *later)) if later else delay
 
 
 def _next_delay(flights: list[Flight], is_starting: bool, typical_s: float | None, now: float,

@@ -183,7 +183,7 @@ class Scheduler:
             starting = self._reports_starts and flights.starting(head.values(), time.time())
             queue_at: list[float] = []
             if self._reports_starts and lead is not None:   # wake when a slot may take its next job
-                behind = Counter(f.cluster for f in in_flight)
+                behind = self.outstanding()
                 run_s = self.run_s()
                 queue_at = [t for c, h in head.items()
                             if behind[c] == 1 and (t := flights.queue_behind_at(h, run_s, lead)) is not None]

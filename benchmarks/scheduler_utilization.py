@@ -158,16 +158,17 @@ def run_fleet(root: Path, slots: int, n: int, budget: float, no_site: bool = Fal
     for r in runs:
         by_slot.setdefault(r["slot"], []).append(r)
         detect.append(r["recorded"] - r["end"])
-    # where the idle slot-time went (the three add up to 1 - utilization): before each slot's first
-    # start, between its runs, and after its last run until the fleet's last run ended (the drain)
-    idle_first = idle_between = idle_drain = 0.0
+    drain = []   # after each slot's last run until the fleet's last run ended
     for lst in by_slot.values():
         lst.sort(key=lambda r: r["start"])
         first_start.append(lst[0]["start"] - first_submit)
-        idle_first += lst[0]["start"] - first_submit
-        idle_between += sum(b["start"] - a["end"] for a, b in zip(lst, lst[1:], strict=False))
-        idle_drain += last_end - lst[-1]["end"]
-    idle_first += (slots - len(by_slot)) * wall   # slots that never ran
+        drain.append(last_end - lst[-1]["end"])
+        for a, b in zip(lst, lst[1:], strict=False):
+            gaps.append(b["start"] - a["end"])
+            # queued ahead: submitted before the run ahead of it ended (its runner was waiting)
+            (handoff if b["submitted"] < a["end"] else cold).append(b["start"] - a["end"])
+            if b["submitted"] >= a["end"]:
+                cold_start.append(b["start"] - b["submitted"])
     # per round (each slot's k-th run): how far apart the slots' starts are, and how much longer
     # than the budget a run took (its start-up under contention counts as busy time)
     rounds_start_spread, rounds_over_budget = [], []
@@ -175,13 +176,6 @@ def run_fleet(root: Path, slots: int, n: int, budget: float, no_site: bool = Fal
         kth = [lst[k] for lst in by_slot.values() if len(lst) > k]
         rounds_start_spread.append(max(r["start"] for r in kth) - min(r["start"] for r in kth))
         rounds_over_budget.append(statistics.mean(r["end"] - r["start"] - budget for r in kth))
-    for lst in by_slot.values():
-        for a, b in zip(lst, lst[1:], strict=False):
-            gaps.append(b["start"] - a["end"])
-            # queued ahead: submitted before the run ahead of it ended (its runner was waiting)
-            (handoff if b["submitted"] < a["end"] else cold).append(b["start"] - a["end"])
-            if b["submitted"] >= a["end"]:
-                cold_start.append(b["start"] - b["submitted"])
 
     def mean_ms(xs: list[float]) -> float:
         return 1000 * statistics.mean(xs) if xs else float("nan")
@@ -203,8 +197,11 @@ def run_fleet(root: Path, slots: int, n: int, budget: float, no_site: bool = Fal
         "first_start_ms_p50": pct_ms(first_start, 0.5), "load": load, "fleet_cpu_ms_per_exp": fleet_cpu_ms,
         "gap_ms_p50": pct_ms(gaps, 0.5), "engine_cpu_ms_per_exp": 1000 * engine_cpu / n,
         "writes": len(writes), "write_ms_p50": pct_ms(writes, 0.5), "write_ms_p95": pct_ms(writes, 0.95),
-        "rss_mb": rss_mb, "idle_first": idle_first / (slots * wall), "idle_between": idle_between / (slots * wall),
-        "idle_drain": idle_drain / (slots * wall), "round_start_spread_s": rounds_start_spread,
+        # where the idle slot-time went (the three add up to 1 - utilization; a slot that never
+        # ran idles before its first start for the whole wall)
+        "rss_mb": rss_mb, "idle_first": (sum(first_start) + (slots - len(by_slot)) * wall) / (slots * wall),
+        "idle_between": sum(gaps) / (slots * wall), "idle_drain": sum(drain) / (slots * wall),
+        "round_start_spread_s": rounds_start_spread,
         "round_over_budget_s": rounds_over_budget,
     }
 

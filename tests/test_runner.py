@@ -3,7 +3,6 @@ stand-in train.py scripts written here, checked through result.json, its stdout 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -322,15 +321,15 @@ def test_a_runner_leading_its_session_lowers_the_session_share_once_the_slot_is_
     # in its own session (as the local backend starts runners): the session's nice rises
     # the file reads "/autogroup-<id> nice <n>", or nothing for a task in the root group (a session
     # that never called setsid since boot, as a container's init may run the tests in)
-    probe = ("import os, sys; sys.path.insert(0, sys.argv[1]); import runner; runner._yield_session_share(); "
-             "print(repr(open('/proc/self/autogroup').read()))")
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import runner; runner._yield_session_share(); "
+             "print(open('/proc/self/autogroup').read(), end='')")
     own = subprocess.run([sys.executable, "-c", probe, str(RUNNER.parent)], capture_output=True,
                          text=True, start_new_session=True, check=True)
-    assert ast.literal_eval(own.stdout).split()[-1] == str(runner.BOOKKEEPING_NICE)
+    assert own.stdout.split()[-1] == str(runner.BOOKKEEPING_NICE)
     # in a session it shares (here the test's): left alone, whichever group that is
     shared = subprocess.run([sys.executable, "-c", probe, str(RUNNER.parent)], capture_output=True,
                             text=True, check=True)
-    assert ast.literal_eval(shared.stdout) == Path("/proc/self/autogroup").read_text()
+    assert shared.stdout == Path("/proc/self/autogroup").read_text()
 
 
 def test_queued_runner_stopped_while_waiting_is_cancelled_and_never_trains(tmp_path: Path) -> None:

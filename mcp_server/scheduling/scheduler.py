@@ -177,6 +177,7 @@ class Scheduler:
 
     def _next_delay(self) -> float:
         lead = self.queue_ahead_lead_s
+        typical_s = flights.typical(self._durations)   # the median, once per loop
         with self._lock:
             in_flight = list(self._flights.values())
             head = flights.heads(in_flight)
@@ -184,10 +185,10 @@ class Scheduler:
             queue_at: list[float] = []
             if self._reports_starts and lead is not None:   # wake when a slot may take its next job
                 behind = self.outstanding()
-                run_s = self.run_s()
+                run_s = typical_s or self.expected_run_s    # = self.run_s()
                 queue_at = [t for c, h in head.items()
                             if behind[c] == 1 and (t := flights.queue_behind_at(h, run_s, lead)) is not None]
-        return flights.next_delay(in_flight, starting, flights.typical(self._durations), time.time(),
+        return flights.next_delay(in_flight, starting, typical_s, time.time(),
                                   self.poll_interval_s, self.fast_poll_s, queue_at)
 
     @property

@@ -58,10 +58,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from standin import make_template, sleeping_train  # noqa: E402
 
 STANDIN_TRAIN = sleeping_train("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0)
-
-
-def _template(root: Path) -> Path:
-    return make_template(root, STANDIN_TRAIN)
+# DIAGNOSTIC (--light-start): the same stand-in without the json import, started as `python -S`
+STANDIN_TRAIN_LIGHT = sleeping_train("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0,
+                                     light_start=True)
+LIGHT_RUN = ["python", "-S", "train.py"]
 
 
 def _rss_mb() -> float:
@@ -89,13 +89,13 @@ def _runners_cpu_ms(eng: Engine) -> float:
     return 1000 * (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_fleet(root: Path, slots: int, n: int, budget: float, no_site: bool = False) -> dict:
-    template = _template(root)
-    if no_site:
-        # the stand-in needs only the standard library: the task's own run command starts it with
-        # `python -S` (no site import: ~10 ms of CPU per start instead of ~50 in an editable venv)
+def run_fleet(root: Path, slots: int, n: int, budget: float, light_start: bool = False) -> dict:
+    template = make_template(root, STANDIN_TRAIN_LIGHT if light_start else STANDIN_TRAIN)
+    if light_start:
+        # the light stand-in needs only the standard library: the task's own run command starts
+        # it without the site import (see start_burst.py for what each start costs)
         (root / "fleet").mkdir(parents=True)
-        (root / "fleet" / TASK_FILE).write_text('run = ["python", "-S", "train.py"]\n')
+        (root / "fleet" / TASK_FILE).write_text(f"run = {json.dumps(LIGHT_RUN)}\n")
     cfg = FleetConfig(workspace=root / "fleet", tag="bench", profile="cpu", time_budget_s=budget,
                       timeout_grace_s=30, cpu_slots=slots, template_dir=template, max_concurrent=slots)
     eng = Engine(cfg)
@@ -211,7 +211,7 @@ def build_ledger(root: Path, size: int) -> Engine:
     groups of 3 replicates, controls, ~5% failures, some kept/discarded."""
     template = root / "template"
     if not template.exists():
-        _template(root)
+        make_template(root, STANDIN_TRAIN)
     cfg = FleetConfig(workspace=root / "big", tag="bench", profile="cpu", time_budget_s=2.0, cpu_slots=2,
                       template_dir=template)
     eng = Engine(cfg)
@@ -339,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--ledger-size", type=int, default=10_000, help="0 skips the ledger query part")
     ap.add_argument("--keep", type=Path, default=None, help="keep the workspaces in this directory")
-    ap.add_argument("--stand-in-no-site", action="store_true",
-                    help="start the stand-in trainer with `python -S` (its interpreter start is then ~10 ms of "
-                    "CPU, not ~50: on a 2-core host, 128 slots' first starts queue for the CPU otherwise)")
+    ap.add_argument("--light-start", action="store_true",
+                    help="DIAGNOSTIC, not the benchmark's figure: a stand-in trainer whose start costs about "
+                    "half the CPU (no json import, `python -S`; start_burst.py --light measures it), to "
+                    "see how much of a result is the host's start-up capacity rather than the engine")
     args = ap.parse_args(argv)
     slot_counts = [int(x) for x in str(args.slots).split(",") if x.strip()]
     explicit_n = any(a == "--experiments" or a.startswith("--experiments=") for a in (argv or sys.argv[1:]))
@@ -354,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         for slots in slot_counts:
             # 7 rounds each, within the server's cap on live experiments
             n = args.experiments if explicit_n or len(slot_counts) == 1 else min(7, MAX_QUEUED // slots) * slots
-            print(f"SIMULATION: {slots} local slots, stand-in trainer sleeping {args.budget:g} s, "
+            light = " (DIAGNOSTIC --light-start: about half the start-up CPU)" if args.light_start else ""
+            print(f"SIMULATION: {slots} local slots, stand-in trainer{light} sleeping {args.budget:g} s, "
                   f"{n} experiments (real engine, runner, LocalBackend, git, SQLite)")
-            f = run_fleet(root / f"s{slots}", slots, n, args.budget, no_site=args.stand_in_no_site)
+            f = run_fleet(root / f"s{slots}", slots, n, args.budget, light_start=args.light_start)
             print_fleet(f)
             fleets.append(f)
         if len(fleets) > 1:

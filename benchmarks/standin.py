@@ -12,11 +12,23 @@ print("stand-in harness: nothing to prepare")
 '''
 
 
-def sleeping_train(constants: str, val_bpb: str, default_budget_s: float) -> str:
+def sleeping_train(constants: str, val_bpb: str, default_budget_s: float, light_start: bool = False) -> str:
     """A train.py that sleeps AUTORESEARCH_TIME_BUDGET (or `default_budget_s`) and reports
-    `val_bpb` (a Python expression over `constants` and `seed`) in the summary block and RESULT_JSON."""
+    `val_bpb` (a Python expression over `constants` and `seed`) in the summary block and RESULT_JSON.
+
+    `light_start`: a DIAGNOSTIC variant that never imports json (its `re` and `enum` imports are
+    ~17 ms of the stand-in's ~50 ms of start-up CPU here) and writes RESULT_JSON by hand; what
+    it prints is the same. It shows how much the host's start-up capacity, not the engine,
+    decides a burst of starts."""
+    if light_start:
+        imports = "import os, random, time"
+        emit = ('print("RESULT_JSON: {" + ", ".join(f\'"{k}": \' + ("null" if v is None else f\'"{v}"\' '
+                'if isinstance(v, str) else repr(v)) for k, v in r.items()) + "}", flush=True)')
+    else:
+        imports = "import json, os, random, time"
+        emit = 'print("RESULT_JSON: " + json.dumps(r), flush=True)'
     return f'''"""SIMULATION stand-in for train.py: sleeps the time budget, then prints a result."""
-import json, os, random, time
+{imports}
 t0 = time.time()
 {constants.strip()}
 budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or {default_budget_s!r})
@@ -28,7 +40,7 @@ r = {{"val_bpb": round({val_bpb}, 6), "training_seconds": budget,
 print("---")
 for k, v in r.items():
     print(f"{{k + ':':<18}}{{v}}")
-print("RESULT_JSON: " + json.dumps(r), flush=True)
+{emit}
 '''
 
 

@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scheduler_utilization import STANDIN_TRAIN  # noqa: E402
+from scheduler_utilization import LIGHT_RUN, STANDIN_TRAIN, STANDIN_TRAIN_LIGHT  # noqa: E402
 
 
-def burst(python: str, train: Path, n: int) -> tuple[float, float]:
+def burst(python: str, train: Path, n: int, flags: tuple[str, ...] = ()) -> tuple[float, float]:
     """(wall s until all n have exited, CPU s per start) for n stand-ins started at once."""
     env = dict(os.environ, AUTORESEARCH_TIME_BUDGET="0")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    procs = [subprocess.Popen([python, str(train)], cwd=train.parent, env=env, stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen([python, *flags, str(train)], cwd=train.parent, env=env, stdout=subprocess.DEVNULL,
                               stdin=subprocess.DEVNULL, start_new_session=True) for _ in range(n)]
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t
@@ -53,20 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", default="1,16,64,128,256", help="burst sizes, comma-separated")
     ap.add_argument("--python", default=sys.executable, help="the interpreter the slots start train.py with")
     ap.add_argument("--repeat", type=int, default=3, help="bursts per size (the median is printed)")
+    ap.add_argument("--light", action="store_true",
+                    help="the DIAGNOSTIC light stand-in of scheduler_utilization.py --light-start")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.n.split(",") if x.strip()]
     if not sizes or min(sizes) < 1 or args.repeat < 1:
         ap.error("--n needs positive sizes and --repeat at least 1")
     cores = os.cpu_count() or 1
     print(f"host: {cores} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          f"interpreter {args.python}")
+          f"interpreter {args.python}{' (light stand-in, ' + ' '.join(LIGHT_RUN) + ')' if args.light else ''}")
+    flags = tuple(LIGHT_RUN[1:-1]) if args.light else ()
     with tempfile.TemporaryDirectory(prefix="autoresearch-burst-") as tmp:
         train = Path(tmp) / "train.py"
-        train.write_text(STANDIN_TRAIN)
-        burst(args.python, train, 2)   # warm the page cache
+        train.write_text(STANDIN_TRAIN_LIGHT if args.light else STANDIN_TRAIN)
+        burst(args.python, train, 2, flags)   # warm the page cache
         print("   N | wall until all exited | CPU per start | CPUs busy | starts/s")
         for n in sizes:
-            runs = [burst(args.python, train, n) for _ in range(args.repeat)]
+            runs = [burst(args.python, train, n, flags) for _ in range(args.repeat)]
             wall = statistics.median(w for w, _ in runs)
             cpu = statistics.median(c for _, c in runs)
             print(f"  {n:>4} | {wall:8.2f} s | {1000 * cpu:6.1f} ms | {n * cpu / (cores * wall):.2f} | {n / wall:6.0f}")

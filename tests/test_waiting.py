@@ -59,3 +59,30 @@ def test_failed_data_preparation_returns_the_wait_at_once_with_the_fix(tmp_path,
     budget = eng.budget_status()
     assert any("no-such-corpus" in n for n in budget.notes)
     assert [set(b.experiment_ids) for b in budget.blocked] == [{e.id for e in base}]
+
+
+def test_a_wait_reads_only_the_targets_that_have_not_ended(tmp_path, cache, engines, monkeypatch):
+    """A wait over many targets looks at them on every change; one that has ended is not read
+    again (its status is final), so the cost of a look falls as the targets end."""
+    ws = tmp_path / "research"
+    eng = engines.make(make_config(ws, cache, cpu_slots=1))
+    go = tmp_path / "go"
+    (ws / "quick.py").write_text(WAITING_TRAIN.format(go=str(tmp_path)))  # (the directory exists)
+    (ws / "wait.py").write_text(WAITING_TRAIN.format(go=str(go)))
+    quick = eng.launch_experiment("ends at once", source="quick.py")[0]
+    slow = eng.launch_experiment("waits for go", source="wait.py")[0]
+    until(lambda: eng.get_experiment(quick.id).status == Status.done, "the first run to end")
+    until(lambda: eng.get_experiment(slow.id).started_at is not None, "the second run to start")
+
+    looks: list[list[str]] = []
+    statuses = eng.ledger.statuses
+    monkeypatch.setattr(eng.ledger, "statuses", lambda ids: looks.append(list(ids)) or statuses(ids))
+    res = eng.wait([quick.id, slow.id], timeout_s=1.0, heartbeat_s=0.2)
+    assert res.timed_out and [e.id for e in res.finished] == [quick.id] and res.still_running == [slow.id]
+    # the check before the wait and its first look read every target; every later look, the live one
+    full = [ids for ids in looks if quick.id in ids]
+    assert full == [[quick.id, slow.id]] * len(full) and len(full) <= 2, looks
+    assert len(looks) > len(full) and looks[len(full):] == [[slow.id]] * (len(looks) - len(full)), looks
+    go.touch()
+    res = eng.wait([quick.id, slow.id], timeout_s=120)
+    assert not res.timed_out and [e.status for e in res.finished] == [Status.done, Status.done]

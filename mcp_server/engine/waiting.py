@@ -92,6 +92,7 @@ class WaitingMixin(EngineParts):
             raise Conflict("The engine is not started, so nothing would progress: call start() first.")
         deadline = time.monotonic() + float(timeout_s)
         reported: set[str] = set()
+        ended: set[str] = set()    # targets seen terminal (a terminal status is final): not read again
         total = len(targets)
         timed_out = interrupted = False
         last_report = time.monotonic()
@@ -103,8 +104,12 @@ class WaitingMixin(EngineParts):
         while True:
             with self._cond:
                 gen = self._generation
-            statuses = self.ledger.statuses(targets)
-            newly = [i for i in targets if statuses.get(i) in TERMINAL and i not in reported]
+            # each look reads only the targets still live: over a session of hundreds of targets
+            # its cost falls as they end instead of staying at every target per change
+            pending = [i for i in targets if i not in ended]
+            statuses = self.ledger.statuses(pending)
+            newly = [i for i in pending if statuses.get(i) in TERMINAL]
+            ended.update(newly)
             if newly and on_progress is not None:
                 for e in self.ledger.get_many(newly):
                     reported.add(e.id)
@@ -113,13 +118,13 @@ class WaitingMixin(EngineParts):
                                                        experiment_id=e.id, status=e.status))
                 last_report = time.monotonic()
             reported.update(newly)
-            done_ids = [i for i in targets if statuses.get(i) in TERMINAL]
+            done_ids = [i for i in targets if i in ended]
             if len(done_ids) == total or (until == "first" and done_ids):
                 break
             if self._closed.is_set():
                 interrupted = True
                 break
-            live_ids = [i for i in targets if statuses.get(i) not in TERMINAL]
+            live_ids = [i for i in pending if i not in ended]
             # (only while none runs can every live one be blocked: the blockers read each queued
             # experiment, which at hundreds of targets and a change every few ms is the cost)
             if not any(statuses.get(i) == Status.running for i in live_ids):
@@ -140,12 +145,12 @@ class WaitingMixin(EngineParts):
                 if self._generation == gen:
                     self._cond.wait(pause)
             # changes come every few ms at a hundred slots: look at most every WAIT_COALESCE_S
-            # (each look reads every target's status), gathering the changes in between
+            # (each look reads every live target's status), gathering the changes in between
             rest = WAIT_COALESCE_S - (time.monotonic() - now)
             if rest > 0 and not self._closed.is_set():
                 self._closed.wait(min(rest, max(0.0, deadline - time.monotonic())))
         finished = self.ledger.get_many(done_ids)
-        still = [i for i in targets if statuses.get(i) not in TERMINAL]
+        still = [i for i in targets if i not in ended]
         if self._tsv_pending:
             try:
                 self.export_results()

@@ -57,10 +57,10 @@ from mcp_server.engine.facade import Engine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from standin import make_template, sleeping_train  # noqa: E402
 
-STANDIN_TRAIN = sleeping_train("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0)
+_STANDIN = ("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0)
+STANDIN_TRAIN = sleeping_train(*_STANDIN)
 # DIAGNOSTIC (--light-start): the same stand-in without the json import, started as `python -S`
-STANDIN_TRAIN_LIGHT = sleeping_train("LEARNING_RATE = 0.04", "1.0 + random.Random(seed).gauss(0, 0.002)", 2.0,
-                                     light_start=True)
+STANDIN_TRAIN_LIGHT = sleeping_train(*_STANDIN, light_start=True)
 LIGHT_RUN = ["python", "-S", "train.py"]
 
 

@@ -91,7 +91,6 @@ class WaitingMixin(EngineParts):
         if not self._started and any(s in LIVE for s in self.ledger.statuses(targets).values()):
             raise Conflict("The engine is not started, so nothing would progress: call start() first.")
         deadline = time.monotonic() + float(timeout_s)
-        reported: set[str] = set()
         ended: set[str] = set()    # targets seen terminal (a terminal status is final): not read again
         total = len(targets)
         timed_out = interrupted = False
@@ -109,15 +108,12 @@ class WaitingMixin(EngineParts):
             pending = [i for i in targets if i not in ended]
             statuses = self.ledger.statuses(pending)
             newly = [i for i in pending if statuses.get(i) in TERMINAL]
-            ended.update(newly)
             if newly and on_progress is not None:
-                for e in self.ledger.get_many(newly):
-                    reported.add(e.id)
-                    self._report(on_progress, Progress(done=len(reported), total=total,
-                                                       message=self._progress_message(e),
+                for k, e in enumerate(self.ledger.get_many(newly), start=len(ended) + 1):
+                    self._report(on_progress, Progress(done=k, total=total, message=self._progress_message(e),
                                                        experiment_id=e.id, status=e.status))
                 last_report = time.monotonic()
-            reported.update(newly)
+            ended.update(newly)
             done_ids = [i for i in targets if i in ended]
             if len(done_ids) == total or (until == "first" and done_ids):
                 break
@@ -137,8 +133,8 @@ class WaitingMixin(EngineParts):
                 timed_out = True
                 break
             if on_progress is not None and now - last_report >= heartbeat_s:
-                self._report(on_progress, Progress(done=len(reported), total=total,
-                                                   message=self._live_summary(len(reported), total, live_ids)))
+                self._report(on_progress, Progress(done=len(ended), total=total,
+                                                   message=self._live_summary(len(ended), total, live_ids)))
                 last_report = now
             pause = min(remaining, 5.0, max(0.05, heartbeat_s - (now - last_report)))
             with self._cond:

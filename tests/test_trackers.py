@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -324,6 +325,48 @@ def test_a_verdict_moved_by_other_results_reaches_the_tracker(tmp_path):
         while verdict_tags() != {"e0001": "reference", "e0002": "within_noise", "e0003": "worse"}:
             assert time.monotonic() < deadline, verdict_tags()
             time.sleep(0.5)
+    finally:
+        exporter.close()
+        ledger.close()
+
+
+def test_an_experiment_that_ends_while_the_exporter_reads_it_as_running_is_still_exported(tmp_path):
+    """The hook marks an experiment when it ends; the exporter's pass drops the ids it read as still
+    running. If the experiment ends between that read and the drop, its mark must survive (once it
+    did not: the run never reached the tracker until the next start). The ledger read is made to
+    straddle the end on purpose. Real ledger, real MLflow client on a SQLite store."""
+    pytest.importorskip("mlflow", reason="pip install 'autoresearch-fleet[mlflow]'")
+
+    from mcp_server.domain.metric import DEFAULT_METRIC
+    from mcp_server.domain.models import Experiment, Metrics
+    from mcp_server.store.ledger import Ledger
+    from mcp_server.trackers.exporter import Exporter
+    from mcp_server.trackers.mlflow_tracker import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ledger = Ledger(tmp_path / "ledger.db")
+    exporter = Exporter(ledger, [MlflowTracker(uri, "race")], tmp_path / "trackers.db", metric=DEFAULT_METRIC,
+                        session_tag="race", rescan_s=3600.0, verdicts_of=lambda exps: {})
+    ledger.insert_launch([Experiment(id="e0001", description="exp 1", commit="1" * 40, code_hash="1" * 40,
+                                     harness_hash="h" * 64, seed=42, created_at=1000.0)])
+
+    read_then_end = threading.Event()
+    real_get_many = ledger.get_many
+
+    def get_many(ids):
+        got = real_get_many(ids)           # read while e0001 is running ...
+        if "e0001" in ids and not read_then_end.is_set():
+            read_then_end.set()            # ... then it ends before the pass drops the running ids
+            assert ledger.finish_attempt("e0001", 1, Status.done, metrics=Metrics(val_bpb=1.2, num_steps=10))
+        return got
+    ledger.get_many = get_many             # type: ignore[method-assign]
+
+    exporter.start()
+    try:
+        assert ledger.begin_attempt("e0001", 1, "local", "CPU", 1, None, str(tmp_path / "e0001"))   # marks it
+        assert exporter.flush(120)
+        assert read_then_end.is_set(), "the exporter never read e0001 while it was running"
+        assert set(_runs(uri, "race")) == {"e0001"}
     finally:
         exporter.close()
         ledger.close()

@@ -52,11 +52,16 @@ def signature(e: Experiment, verdict: str | None, metric: Metric) -> str:
 class _State:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
-        self.pending: set[str] = set()
+        self.pending: set[str] = set()      # marked by the hook or a scan, not yet taken
+        self.taken: set[str] = set()        # taken by the loop's current pass, not yet exported
         self.failures = 0
         self.next_try = 0.0
         self.last_error: str | None = None
         self.exported = 0
+
+    def waiting(self) -> int:
+        """How many experiments wait to be exported (under the exporter's lock)."""
+        return len(self.pending | self.taken)
 
 
 class Exporter:
@@ -115,13 +120,13 @@ class Exporter:
             for s in self._states:
                 if s.last_error is not None:
                     wait = max(0.0, s.next_try - time.monotonic())
-                    out.append(f"tracker {s.tracker.describe()}: {len(s.pending)} experiment(s) waiting to be exported "
+                    out.append(f"tracker {s.tracker.describe()}: {s.waiting()} experiment(s) waiting to be exported "
                                f"(nothing is lost; retrying in {wait:.0f} s). Last error: {s.last_error}")
         return out
 
     def status(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"tracker": s.tracker.name, "target": s.tracker.describe(), "pending": len(s.pending),
+            return [{"tracker": s.tracker.name, "target": s.tracker.describe(), "pending": s.waiting(),
                      "exported": s.exported, "last_error": s.last_error} for s in self._states]
 
     def flush(self, timeout_s: float = 60.0) -> bool:
@@ -129,7 +134,7 @@ class Exporter:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                if self._scanned and not any(s.pending for s in self._states):
+                if self._scanned and not any(s.waiting() for s in self._states):
                     return True
             self._wake.set()
             time.sleep(0.1)
@@ -181,34 +186,43 @@ class Exporter:
         for s in self._states:
             if not s.pending or (s.next_try > now and not final):
                 continue
+            # Take the marks and clear them in one step: a mark the hook sets while this pass reads
+            # the ledger lands in the fresh set and is seen by the next pass. (Removing the ids read
+            # as running afterwards lost an experiment that ended between the read and the removal.)
             with self._lock:
-                ids = sorted(s.pending)
-            exps = [e for e in self.ledger.get_many(ids) if e.status in TERMINAL]
-            live = set(ids) - {e.id for e in exps}
+                s.taken, s.pending = s.pending, set()
+            try:
+                self._export_taken(s, now, final, until)
+            finally:
+                with self._lock:
+                    s.pending |= s.taken        # not exported (failure, stop, the drain's end): pending again
+                    s.taken = set()
+
+    def _export_taken(self, s: _State, now: float, final: bool, until: float | None) -> None:
+        exps = [e for e in self.ledger.get_many(sorted(s.taken)) if e.status in TERMINAL]
+        with self._lock:
+            s.taken &= {e.id for e in exps}     # not finished yet: the hook marks them again when they are
+        verdicts = self.verdicts_of(exps) if exps else {}
+        if exps and self._rescan_at is None and not final:
+            self._rescan_at = now + self.rescan_s      # these results may change others' verdicts
+        for e in exps:
+            if (self._stop.is_set() and not final) or (until is not None and time.monotonic() > until):
+                return          # the rest stays pending (and in the ledger: the next start exports it)
+            try:
+                self._export_one(s, e, verdicts.get(e.id))
+            except Exception as exc:  # noqa: BLE001 - down or misconfigured: keep it pending, back off
+                with self._lock:
+                    s.failures += 1
+                    delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (s.failures - 1))
+                    s.next_try = time.monotonic() + delay
+                    s.last_error = (f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                log.warning("tracker %s: export of %s failed (retry in %.0f s): %s", s.tracker.name, e.id,
+                            delay, s.last_error)
+                return
             with self._lock:
-                s.pending -= live          # not finished yet: the hook marks them again when they are
-            verdicts = self.verdicts_of(exps) if exps else {}
-            if exps and self._rescan_at is None and not final:
-                self._rescan_at = now + self.rescan_s      # these results may change others' verdicts
-            for e in exps:
-                if (self._stop.is_set() and not final) or (until is not None and time.monotonic() > until):
-                    return          # the rest stays pending in the ledger: the next start exports it
-                try:
-                    self._export_one(s, e, verdicts.get(e.id))
-                except Exception as exc:  # noqa: BLE001 - down or misconfigured: keep it pending, back off
-                    with self._lock:
-                        s.failures += 1
-                        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (s.failures - 1))
-                        s.next_try = time.monotonic() + delay
-                        s.last_error = (f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
-                    log.warning("tracker %s: export of %s failed (retry in %.0f s): %s", s.tracker.name, e.id,
-                                delay, s.last_error)
-                    break
-                else:
-                    with self._lock:
-                        s.pending.discard(e.id)
-                        s.failures, s.last_error, s.next_try = 0, None, 0.0
-                        s.exported += 1
+                s.taken.discard(e.id)
+                s.failures, s.last_error, s.next_try = 0, None, 0.0
+                s.exported += 1
 
     def _export_one(self, s: _State, e: Experiment, verdict: str | None) -> None:
         name = s.tracker.name

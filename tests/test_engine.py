@@ -427,3 +427,43 @@ def test_one_slot_queues_one_job_ahead_in_order_without_overlap(tmp_path, cache,
     assert len(started) == 1 and started[0]["t"] == r3["started_at"]
     assert_one_terminal_each(eng, [first.id, second.id, third.id])
     assert_no_strays(eng)
+
+
+def test_results_tsv_holds_the_newest_snapshot_when_two_exports_overlap(tmp_path, cache, engines, monkeypatch):
+    """results.tsv is written by the export thread and by every returning wait(). When an export
+    that read its rows before a change overlaps one that read them after it, the file must end with
+    the newer rows (once the older one could replace the file last, and nothing re-marked it).
+    The first export is held, on purpose, between reading its rows and writing the file."""
+    import threading
+
+    from mcp_server.store.ledger import Ledger
+
+    eng = engines.make(make_config(tmp_path / "research", cache), start=False)
+    first, second = (e.id for e in eng.launch_experiment("baseline", replicates=2))
+    for eid in (first, second):
+        eng.ledger.begin_attempt(eid, 1, "cpu-0", "CPU", 1, None, str(tmp_path / "runs" / eid))
+    eng.ledger.finish_attempt(first, 1, Status.crash, error="boom")
+
+    rows_read, go_on = threading.Event(), threading.Event()
+    real_rows = Ledger.tsv_rows
+
+    def held_rows(self, metric="val_bpb"):
+        rows = real_rows(self, metric)
+        if threading.current_thread().name == "older-export":
+            rows_read.set()
+            go_on.wait(30)
+        return rows
+    monkeypatch.setattr(Ledger, "tsv_rows", held_rows)
+
+    older = threading.Thread(target=eng.export_results, name="older-export")
+    older.start()
+    assert rows_read.wait(30)
+    eng.ledger.finish_attempt(second, 1, Status.crash, error="boom")      # the change the older rows lack
+    newer = threading.Thread(target=eng.export_results, name="newer-export")
+    newer.start()
+    newer.join(0.5)                 # with the old code it finishes here; serialised, it waits for the older one
+    go_on.set()
+    older.join(30)
+    newer.join(30)
+    rows = list(csv.reader(eng.results_tsv.open(), delimiter="\t"))
+    assert sorted(r[5] for r in rows[1:]) == sorted([first, second])

@@ -159,6 +159,7 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin, Research
         self.ledger.subscribe(self._on_change)
         self._tsv_pending = True
         self._tsv_at = 0.0
+        self._tsv_lock = threading.Lock()   # one export of results.tsv at a time: the newest snapshot lands last
         self._export_wake = threading.Event()
         self._exporter: threading.Thread | None = None
         # data preparation (local backend): once per engine process, in its own thread
@@ -346,10 +347,13 @@ class Engine(ClustersMixin, WaitingMixin, DecisionsMixin, QueriesMixin, Research
 
     def export_results(self, dest: str | os.PathLike[str] | None = None) -> Path:
         """Write results.tsv (default `<workspace>/.autoresearch/results.tsv`)."""
-        if dest is None:
-            self._tsv_pending = False     # before writing: a change during the export re-marks it
-        path = self.ledger.export_tsv(dest or self.results_tsv, self.metric.name)
-        if dest is None:
+        if dest is not None:
+            return self.ledger.export_tsv(dest, self.metric.name)
+        # Serialised: the export thread and a returning wait() both write it, and the one that read
+        # its rows first could replace the file last (a result missing until the next change).
+        with self._tsv_lock:
+            self._tsv_pending = False     # before reading: a change during the export re-marks it
+            path = self.ledger.export_tsv(self.results_tsv, self.metric.name)
             self._tsv_at = time.monotonic()
         return path
 

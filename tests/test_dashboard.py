@@ -315,3 +315,91 @@ def test_a_factorial_waves_main_effects_are_the_wave_analysis():
     assert main_effects(wave.model_copy(update={"kind": "replicates"}), exps, DEFAULT_METRIC, exps) is None
     no_axes = wave.model_copy(update={"design": {}})
     assert "no axes" in main_effects(no_axes, exps, DEFAULT_METRIC, exps)["error"]
+
+
+# -- following the ledger: answers never stick at a stale state ------------------------------------------
+
+def _running_ledger(tmp_path: Path) -> Ledger:
+    from mcp_server.domain.models import Experiment
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.insert_launch([Experiment(id="e0001", description="exp 1", commit="1" * 40, code_hash="1" * 40,
+                                     harness_hash="h" * 64, seed=42, created_at=1000.0)])
+    assert ledger.begin_attempt("e0001", 1, "local", "CPU", 1, None, str(tmp_path / "e0001"))
+    return ledger
+
+
+def _settled_statuses(data) -> list[str]:
+    """The statuses the experiments panel shows once the server says its answers have settled."""
+    deadline = time.monotonic() + 30
+    while True:
+        data.experiments()                  # after a change, the first request starts the rebuild
+        if data.version()["settled"]:
+            return [r["status"] for r in data.experiments()["rows"]]
+        assert time.monotonic() < deadline, "the dashboard's answers never settled"
+        time.sleep(0.05)
+
+
+def test_an_answer_built_between_a_commit_and_the_cache_refresh_does_not_stick(tmp_path):
+    """Inside the server the answers are built from the engine's experiment cache, which the writer
+    refreshes just after its COMMIT. A request in between reads the new ledger position with the old
+    cache; its answer must not be served as current once the cache has caught up (once it was,
+    until the next change). The request is made inside that window on purpose: from a change
+    listener that runs before the cache's own."""
+    from mcp_server.domain.metric import DEFAULT_METRIC
+    from mcp_server.engine.experiment_cache import ExperimentCache
+    from mcp_server.surface.dashboard.data import DashboardData
+
+    ledger = _running_ledger(tmp_path)
+    in_window: list[list[str]] = []
+    ledger.subscribe(lambda ids: in_window.append([r["status"] for r in data.experiments()["rows"]]))
+    cache = ExperimentCache(ledger, DEFAULT_METRIC)        # subscribed after: refreshed after the listener
+    data = DashboardData(ledger, tmp_path, cache=cache)
+    try:
+        assert _settled_statuses(data) == ["running"]
+        assert ledger.finish_attempt("e0001", 1, Status.crash, error="boom")
+        assert in_window == [["running"]], "the request did not land between the commit and the refresh"
+        assert _settled_statuses(data) == ["crash"]
+    finally:
+        cache.unsubscribe()
+        ledger.close()
+
+
+def test_a_change_during_a_background_rebuild_is_rebuilt_too(tmp_path):
+    """After a change, a request gets the previous answer while a background rebuild computes the new
+    one. If the ledger moves again during that rebuild, the answer must end at the newest state, and
+    `settled` must not say True before (once the later request was dropped: the panel kept the
+    answer of the first change, with `settled` True). The first rebuild is held on purpose."""
+    import threading
+
+    from mcp_server.surface.dashboard.data import DashboardData
+
+    ledger = _running_ledger(tmp_path)
+    data = DashboardData(ledger, tmp_path)
+    position = {"token": 0}
+    data._token = lambda: (position["token"], 0.0, 0)            # type: ignore[method-assign]
+    truth, held, release = {"value": "v0"}, threading.Event(), threading.Event()
+
+    def build() -> str:
+        value = truth["value"]
+        if value == "v1":           # the first rebuild has read the state, then takes long
+            held.set()
+            release.wait(30)
+        return value
+    try:
+        assert data._memoised("k", data._token(), build) == "v0"
+        position["token"], truth["value"] = 1, "v1"
+        assert data._memoised("k", data._token(), build) == "v0"       # served while v1 is built
+        assert held.wait(30)
+        position["token"], truth["value"] = 2, "v2"                     # the last change, during that rebuild
+        data._memoised("k", data._token(), build)
+        assert not data.version()["settled"]
+        release.set()
+        deadline = time.monotonic() + 30
+        while not data.version()["settled"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert data._memoised("k", data._token(), build) == "v2"
+    finally:
+        release.set()
+        ledger.close()

@@ -80,10 +80,15 @@ class DashboardData:
         self._seen_event = -1
         self._memo: dict[Any, tuple[Any, Any]] = {}
         self._building: set[Any] = set()
+        self._wanted: dict[Any, Any] = {}       # the newest token asked of a key while it was being rebuilt
 
     # -- following the ledger ----------------------------------------------------------------------
-    def _token(self) -> tuple[int, float]:
-        """(last event seq, last cluster update): moves whenever anything shown may have changed."""
+    def _token(self) -> tuple[int, float, int]:
+        """(last event seq, last cluster update, the cache's change count): moves whenever anything
+        shown may have changed. The count is there because the answers are built from the cache, and
+        the writer refreshes it just after its COMMIT: a request between the two reads the new seq
+        with the old cache, and its answer, stored under that seq, would otherwise stay until the
+        next change."""
         conn = self.ledger._conn()
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         upd = conn.execute("SELECT COALESCE(MAX(updated_at), 0) FROM clusters").fetchone()[0]
@@ -97,7 +102,7 @@ class DashboardData:
                         (self._seen_event,))]
                     self.cache.refresh(ids)
                 self._seen_event = seq
-        return seq, upd
+        return seq, upd, self.cache.changes
 
     def _memoised(self, key: Any, token: Any, build: Callable[[], Any]) -> Any:
         """The answer for `key` at `token`. When the ledger has moved since the last answer, that
@@ -120,27 +125,39 @@ class DashboardData:
         self._memo[key] = (token, value)
 
     def _rebuild(self, key: Any, token: Any, build: Callable[[], Any]) -> None:
+        """Recompute `key` in the background, until its answer is for the newest token asked of it
+        (a request that arrives during a rebuild asks for one more, never for none)."""
         with self._lock:
+            self._wanted[key] = token
             if key in self._building:
                 return
             self._building.add(key)
 
         def run() -> None:
             try:
-                self._store(key, token, build())
+                while True:
+                    with self._lock:
+                        want = self._wanted[key]
+                    self._store(key, want, build())
+                    with self._lock:
+                        if self._wanted[key] == want:
+                            break
             except Exception:  # noqa: BLE001 - the next request computes it in the request and says why
                 log.exception("dashboard: recomputing %r failed", key)
                 self._memo.pop(key, None)
             finally:
                 with self._lock:
                     self._building.discard(key)
+                    self._wanted.pop(key, None)
         threading.Thread(target=run, name="dashboard-rebuild", daemon=True).start()
 
     def version(self) -> dict[str, Any]:
         """The ledger's position; `settled` is False while answers are being recomputed after a change
         (the page polls again until it is True)."""
-        seq, upd = self._token()
-        return {"version": f"{seq}:{upd}", "settled": not self._building}
+        seq, upd, changes = self._token()
+        with self._lock:
+            settled = not self._building
+        return {"version": f"{seq}:{upd}:{changes}", "settled": settled}
 
     # -- overview -----------------------------------------------------------------------------------
     def overview(self) -> dict[str, Any]:

@@ -90,6 +90,8 @@ class FakeSkyPilotSDK:
         self.fail_tail_logs = 0                   # injected: the next N `tail_logs` calls fail
         self.downs: list[str] = []
         self.status_refreshes = 0                 # `status` calls with refresh=AUTO/FORCE
+        self.status_gate: threading.Event | None = None   # injected: the next `status` answer waits for it
+        self._held: dict[str, threading.Event] = {}
 
     # request pattern
     def _req(self, fn) -> str:
@@ -101,6 +103,9 @@ class FakeSkyPilotSDK:
         return rid
 
     def get(self, rid: str) -> Any:
+        gate = self._held.pop(rid, None)
+        if gate is not None:                      # a slow answer: read when asked, handed over later
+            gate.wait(30)
         ok, value = self._results[rid]
         if not ok:
             raise value
@@ -123,7 +128,10 @@ class FakeSkyPilotSDK:
         def fn():
             return [self._record(c) for n, c in sorted(self.clusters.items())
                     if cluster_names is None or n in cluster_names]
-        return self._req(fn)
+        rid = self._req(fn)
+        if self.status_gate is not None:
+            self._held[rid], self.status_gate = self.status_gate, None
+        return rid
 
     def launch(self, task: FakeTask, cluster_name: str, idle_minutes_to_autostop=None, down=False, **kw) -> str:
         def fn():
@@ -442,6 +450,30 @@ def test_fake_sdk_cluster_seen_again_after_it_vanished_is_listed(tmp_path, backe
     sdk.finish(c.name, "arf-e0002-", {"val_bpb": 0.99})
     [o2] = _poll_until(b, [h2], 1)
     assert o2.result["status"] == "done" and not o2.lost
+
+
+def test_fake_sdk_a_slow_listing_never_replaces_a_newer_one(tmp_path, backend_factory):
+    """The background renew of the cluster view can be slow (`sky status` ~40 s under load). When a
+    listing asked later is installed first (provision's own, after the cluster came UP), the slow
+    one must not replace it when it returns: its cluster would read as provisioning again and take
+    no job until the next renew (30 s). The fake holds one `status` answer (cannot be timed with
+    real SkyPilot)."""
+    sdk = FakeSkyPilotSDK(pick_gpu="H100")
+    b = backend_factory(sdk)
+    [c] = b.provision(1)
+    up = b._refresh_clusters()[c.name].state
+    sdk.clusters[c.name].status = "INIT"
+    gate = sdk.status_gate = threading.Event()
+    slow = threading.Thread(target=b._refresh_clusters)       # asks now (INIT), answer held
+    slow.start()
+    while sdk.status_gate is not None:
+        time.sleep(0.01)
+    sdk.clusters[c.name].status = "UP"
+    assert b._refresh_clusters()[c.name].state == up           # asked later, installed first
+    gate.set()
+    slow.join(30)
+    assert b._refresh_clusters(max_age_s=3600)[c.name].state == up
+    assert [(x.name, x.state) for x in b._cluster_view().values()] == [(c.name, up)]
 
 
 def test_fake_sdk_cluster_in_init_for_a_moment_keeps_its_jobs(tmp_path, backend_factory):

@@ -74,6 +74,7 @@ class SkyPilotBackend(ClustersMixin, JobsMixin, RefresherMixin, Backend):
         self._watch: dict[str, ClusterWatch] = {}
         self._clusters: dict[str, ClusterInfo] = {}
         self._clusters_at = 0.0
+        self._clusters_asked_at = 0.0      # when the installed listing's `sky.status` was asked
         # name -> time.monotonic() when marked; cleared when a later `sky.status` lists the name again
         self._gone: dict[str, float] = {}        # vanished under us (their jobs are lost)
         self._torn_down: dict[str, float] = {}   # removed by teardown (their jobs are cancelled)

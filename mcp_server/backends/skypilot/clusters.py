@@ -51,6 +51,7 @@ class ClustersMixin:
     _jobs: dict[tuple[str, int], TrackedJob]
     _clusters: dict[str, ClusterInfo]
     _clusters_at: float
+    _clusters_asked_at: float
     _gone: dict[str, float]       # vanished under us (their jobs are lost); name -> when marked
     _torn_down: dict[str, float]  # removed by teardown (their jobs are cancelled); name -> when marked
     _tearing_down: set[str]       # `sky.down` in progress
@@ -79,6 +80,10 @@ class ClustersMixin:
         recs = self._status(None, refresh)
         infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
         with self._lock:
+            if asked_at < self._clusters_asked_at:
+                # a slow listing (the background renew) asked before the one installed: it is the
+                # older view (a new cluster still INIT, one since gone still UP); keep the newer
+                return dict(self._clusters)
             # a cluster with jobs in flight that SkyPilot no longer lists (preempted, downed
             # outside): read its queue now rather than when its jobs could have ended
             for j in self._jobs.values():
@@ -95,6 +100,7 @@ class ClustersMixin:
                     else:
                         infos.pop(name)          # a status asked before it went: stale record
             self._clusters = infos
+            self._clusters_asked_at = asked_at
             self._clusters_at = time.monotonic()
             return dict(infos)
 

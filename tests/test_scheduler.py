@@ -345,6 +345,49 @@ def test_cancel_queued_and_running(ledger, tmp_path):
     assert ledger.get(run).status == Status.cancelled
 
 
+def test_cancel_of_a_run_that_has_just_ended_keeps_its_result(ledger, tmp_path):
+    """The cancel reaches a job that has ended but whose outcome the loop has not polled yet: its
+    result is recorded as it ended (a finished experiment is not touched), not thrown away as a
+    cancel; the job is not cancelled at the backend, and the id is not reported as cancelled."""
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    [run] = _queue(ledger, 1)
+    s.tick()
+    be.finish(run, val_bpb=0.97)
+    assert s.cancel([run]) == []
+    e = ledger.get(run)
+    assert e.status == Status.done and e.metrics.val_bpb == 0.97
+    assert be.cancelled == [] and s.in_flight() == {}
+
+
+def test_cancel_of_a_run_requeued_while_the_cancel_runs_still_cancels_it(ledger, tmp_path, monkeypatch):
+    """cancel() first cancels what is queued, then the running ones. If a running one is lost and
+    requeued in between (the loop retries a lost attempt), it has no flight any more: it must be
+    cancelled as queued, not left to run again. The loss is made to land in that gap on purpose."""
+    from mcp_server.scheduling import tracking
+
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path, max_attempts=3)
+    [run] = _queue(ledger, 1)
+    s.tick()
+    real_cancel_queued = ledger.cancel_queued
+    gap: list[Status] = []
+
+    def cancel_queued_then_lose(ids, reason):
+        out = real_cancel_queued(ids, reason)
+        if not gap:                                  # the loop's poll, between the two steps of cancel()
+            be.lose(run)
+            tracking.poll(s)
+            gap.append(ledger.get(run).status)
+        return out
+    monkeypatch.setattr(ledger, "cancel_queued", cancel_queued_then_lose)
+    assert s.cancel([run]) == [run]
+    assert gap == [Status.queued]                    # it was requeued in the gap
+    assert ledger.get(run).status == Status.cancelled
+    s.tick()
+    assert [x for x in be.submitted if x[0] == run] == [(run, "a", 1)]     # never dispatched again
+
+
 def test_submit_failure_requeues_and_backs_off(ledger, tmp_path):
     be = SimulatedBackend({"bad": "CPU", "good": "CPU"})
     be.fail_submit = {"bad"}

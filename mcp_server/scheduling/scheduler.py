@@ -52,7 +52,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
-from mcp_server.backends.base import Backend, JobHandle, JobSpec
+from mcp_server.backends.base import Backend, JobHandle, JobOutcome, JobSpec
 from mcp_server.domain.models import Cluster, Experiment, Status
 from mcp_server.runtime.runner import LOG_FILE
 from mcp_server.scheduling import dispatch, flights, recovery, tracking
@@ -257,18 +257,30 @@ class Scheduler:
 
     def cancel(self, exp_ids: list[str], reason: str = "cancelled by the agent") -> list[str]:
         """Cancel queued (at once) and running (backend.cancel, then recorded) experiments.
-        Terminal ones are left as they are. Returns the ids that changed."""
+        Terminal ones are left as they are, and so is one whose job has ended but whose outcome
+        was not polled yet: its result is recorded, not thrown away. Returns the ids cancelled."""
         changed = self.ledger.cancel_queued(exp_ids, reason)
         for eid in changed:
             drop_staged(self.runs_dir, eid)
+        ended: list[str] = []           # finished before the cancel reached them: recorded as they ended
         for eid in exp_ids:
             if eid in changed:
                 continue
             with self._lock:
                 flight = self._flights.get(eid) or self._flight_from_ledger(eid)
                 if flight is None:
+                    # requeued since cancel_queued looked (a lost run is retried): cancel it as queued
+                    if self.ledger.cancel_queued([eid], reason):
+                        drop_staged(self.runs_dir, eid)
+                        changed.append(eid)
                     continue
                 if flight.handle is not None:
+                    outcome = self._ended_outcome(flight.handle)
+                    if outcome is not None:
+                        if tracking.record(self, flight, outcome):
+                            ended.append(eid)
+                        self._flights.pop(eid, None)
+                        continue
                     try:
                         self.backend.cancel(flight.handle)
                     except Exception:  # noqa: BLE001
@@ -286,7 +298,16 @@ class Scheduler:
                                               error=reason, detail=reason, busy_seconds=busy):
                     changed.append(eid)
                 self._flights.pop(eid, None)
-        if changed:
-            self.on_change(changed)
+        if changed or ended:
+            self.on_change(changed + ended)
         self._wake.set()
         return changed
+
+    def _ended_outcome(self, handle: JobHandle) -> JobOutcome | None:
+        """The outcome of a job that has ended with a result, if the backend has one now."""
+        try:
+            outcomes = self.backend.poll([handle])
+        except Exception:  # noqa: BLE001 - cannot tell: cancel it as asked
+            log.exception("polling %s before its cancel failed", handle.experiment_id)
+            return None
+        return next((o for o in outcomes if not o.lost and o.result is not None), None)

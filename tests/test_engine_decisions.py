@@ -97,3 +97,48 @@ def test_partial_teardown_records_the_removed_cluster_and_reraises(tmp_path, cac
     go.touch()
     res = eng.wait([exps[1].id], timeout_s=120)
     assert [e.status for e in res.finished] == [Status.done]
+
+
+def test_a_discard_during_a_keep_of_the_same_experiment_waits_and_is_refused(tmp_path, cache, engines, monkeypatch):
+    """keep moves the branch, then records the decision. A discard of the same experiment that
+    arrives in between must not pass on what it read before the keep (the ledger would say
+    discard while the branch holds the commit): it waits for the keep and is then refused. The
+    keep is held, on purpose, while the branch has moved and the ledger not yet."""
+    import threading
+
+    ws = tmp_path / "research"
+    eng = engines.make(make_config(ws, cache))
+    (ws / "quick_a.py").write_text(QUICK_TRAIN.format(tag="", bpb=1.2))
+    a = eng.launch_experiment("stand-in a", source="quick_a.py")[0]
+    assert [e.status for e in eng.wait([a.id], timeout_s=300).finished] == [Status.done]
+
+    moved, go_on = threading.Event(), threading.Event()
+    real_keep = eng.workspace.keep
+
+    def held_keep(*args, **kw):
+        out = real_keep(*args, **kw)
+        moved.set()
+        go_on.wait(30)
+        return out
+    monkeypatch.setattr(eng.workspace, "keep", held_keep)
+    keeper = threading.Thread(target=eng.keep, args=(a.id,))
+    keeper.start()
+    assert moved.wait(30)
+    refused: list[BaseException] = []
+
+    def discard() -> None:
+        try:
+            eng.discard(a.id)
+        except Conflict as exc:
+            refused.append(exc)
+    discarder = threading.Thread(target=discard)
+    discarder.start()
+    discarder.join(1.0)
+    waited = discarder.is_alive()
+    go_on.set()
+    keeper.join(30)
+    discarder.join(30)
+    assert waited, "the discard did not wait for the keep in progress"
+    assert refused and "was kept" in str(refused[0])
+    assert eng.get_experiment(a.id).decision == Decision.keep
+    assert git(ws, "rev-parse", "HEAD").strip() == a.commit

@@ -82,20 +82,23 @@ class DecisionsMixin(EngineParts):
         and git would disagree)."""
         exp = self.checks.experiment(experiment_id)
         why_discarded = check_reason(reason, "reason")
-        if exp.status != Status.done:
-            raise Conflict(f"{exp.id} is {exp.status.value}: only done experiments take a keep/discard decision "
-                           "(failed ones are already out of the running).")
-        if exp.decision == Decision.keep and exp.commit:
-            head = self.workspace.head_commit()
-            if head == exp.commit or self.workspace.contains(exp.commit, head):
-                where = "is at" if head == exp.commit else "has moved on from (and still contains)"
-                raise Conflict(
-                    f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
-                    f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, keep "
-                    f"another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one does not descend "
-                    f"from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', force=true) resets the branch "
-                    "to it.")
-        self.ledger.set_decision(exp.id, Decision.discard, reason=why_discarded)
+        # under keep's lock, read again: a keep of it in progress finishes first, and is then seen
+        with self._launch_lock:
+            exp = self.checks.experiment(exp.id)
+            if exp.status != Status.done:
+                raise Conflict(f"{exp.id} is {exp.status.value}: only done experiments take a keep/discard "
+                               "decision (failed ones are already out of the running).")
+            if exp.decision == Decision.keep and exp.commit:
+                head = self.workspace.head_commit()
+                if head == exp.commit or self.workspace.contains(exp.commit, head):
+                    where = "is at" if head == exp.commit else "has moved on from (and still contains)"
+                    raise Conflict(
+                        f"{exp.id} was kept: the session branch {self.workspace.branch} {where} its commit "
+                        f"{exp.commit[:12]}, so a discard would contradict git. Nothing was changed. To move on, "
+                        f"keep another experiment: {Tool.KEEP_EXPERIMENT}(experiment_id='<id>'); when that one "
+                        f"does not descend from this commit, {Tool.KEEP_EXPERIMENT}(experiment_id='<id>', "
+                        "force=true) resets the branch to it.")
+            self.ledger.set_decision(exp.id, Decision.discard, reason=why_discarded)
         [verdict] = self._verdicts([exp])
         return DecisionOutcome(experiment=self.checks.experiment(exp.id), verdict=verdict.verdict,
                                within_noise=verdict.verdict == "within_noise")

@@ -86,3 +86,34 @@ def test_a_wait_reads_only_the_targets_that_have_not_ended(tmp_path, cache, engi
     go.touch()
     res = eng.wait([quick.id, slow.id], timeout_s=120)
     assert not res.timed_out and [e.status for e in res.finished] == [Status.done, Status.done]
+
+
+def test_a_wait_that_ends_between_a_commit_and_the_cache_refresh_judges_with_that_result(tmp_path, cache, engines):
+    """A wait reads statuses from the ledger, the verdicts from the experiment cache, which the
+    writer refreshes just after its COMMIT. When the wait ends on a result in that window (the
+    control finished last), the verdicts must still count it (once the candidate came back with
+    no reference). The wait is made inside that window on purpose: from the cache refresh itself."""
+    from mcp_server.domain.models import Metrics
+
+    eng = engines.make(make_config(tmp_path / "research", cache), start=False)
+    control = eng.launch_experiment("baseline")[0].id
+    candidate = eng.launch_experiment("higher lr", overrides={"MATRIX_LR": 0.06})[0].id
+    eng.leaderboard()                                        # the cache is loaded and followed
+
+    def finish(eid: str, val: float) -> None:
+        eng.ledger.begin_attempt(eid, 1, "cpu-0", "CPU", 1, None, str(tmp_path / "runs" / eid))
+        eng.ledger.finish_attempt(eid, 1, Status.done,
+                                  metrics=Metrics(val_bpb=val, num_steps=100, training_seconds=2.0))
+
+    finish(candidate, 1.10)
+    seen = {}
+
+    def wait_in_the_window(ids):
+        if control in ids and eng.ledger.get(control).status == Status.done:     # its COMMIT, before its refresh
+            seen["verdicts"] = {v.experiment_id: v for v in eng.wait([control, candidate], timeout_s=0).verdicts}
+    eng.cache.unsubscribe()                                  # the cache hears of changes after this listener
+    eng.ledger.subscribe(wait_in_the_window)
+    eng.cache.unsubscribe = eng.ledger.subscribe(eng.cache.refresh)
+    finish(control, 1.20)
+    v = seen["verdicts"][candidate]
+    assert v.reference_id == control and v.verdict != "no_reference", v

@@ -145,6 +145,9 @@ class WaitingMixin(EngineParts):
             rest = WAIT_COALESCE_S - (time.monotonic() - now)
             if rest > 0 and not self._closed.is_set():
                 self._closed.wait(min(rest, max(0.0, deadline - time.monotonic())))
+        # the verdicts come from the experiment cache, which the writer refreshes just after its
+        # COMMIT: a look in between read these results from the ledger, so bring the cache up to them
+        self.cache.refresh(done_ids)
         finished = self.ledger.get_many(done_ids)
         still = [i for i in targets if i not in ended]
         if self._tsv_pending:

@@ -158,8 +158,9 @@ async def run_workflow(client, workspace: Path) -> dict[str, Any]:
     # 6. cancel a queued/running experiment
     doomed = await ok(client, "launch_experiment", {"description": "to cancel", "overrides": {"DEPTH": 4}})
     doomed_id = doomed["experiments"][0]["id"]
-    cancelled = await ok(client, "cancel_experiments", {"experiment_ids": [doomed_id]})
-    assert cancelled["cancelled"][0]["id"] == doomed_id
+    cancelled = await ok(client, "cancel_experiments", {"experiment_ids": [doomed_id, other["id"]]})
+    assert {e["id"]: e["status"] for e in cancelled["cancelled"]} == {doomed_id: "cancelled", other["id"]: "done"}
+    assert cancelled["cancelled_count"] == 1           # a finished one is listed as it is, not counted
     out = await wait_all(client, experiment_ids=[doomed_id])
     assert out["finished"][0]["status"] == "cancelled"
 

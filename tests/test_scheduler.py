@@ -388,6 +388,38 @@ def test_cancel_of_a_run_requeued_while_the_cancel_runs_still_cancels_it(ledger,
     assert [x for x in be.submitted if x[0] == run] == [(run, "a", 1)]     # never dispatched again
 
 
+def test_a_cancel_never_lands_between_the_poll_that_took_an_outcome_and_its_record(ledger, tmp_path):
+    """A backend may hand an outcome out once (SkyPilot's does). A cancel of that experiment must
+    not run between the loop's poll and the record: it would find the job still in flight, record
+    it cancelled, and the result would be dropped. The cancel is started from inside the poll, on
+    purpose; it must wait, and the result stands."""
+    import threading
+
+    be = SimulatedBackend({"a": "CPU"})
+    s = _sched(ledger, be, tmp_path)
+    [run] = _queue(ledger, 1)
+    s.tick()
+    be.finish(run, val_bpb=0.95)
+    real_poll, cancels = be.poll, []
+
+    def poll_then_cancel(handles):
+        out = real_poll(handles)                     # the outcome is handed out here, once
+        if out and not cancels:
+            t = threading.Thread(target=lambda: cancels.append(s.cancel([run])))
+            t.start()
+            t.join(0.5)                              # (the old code cancelled here)
+        return out
+    be.poll = poll_then_cancel
+    s.tick()
+    deadline = time.monotonic() + 30
+    while not cancels:
+        assert time.monotonic() < deadline, "the cancel never returned"
+        time.sleep(0.01)
+    e = ledger.get(run)
+    assert e.status == Status.done and e.metrics.val_bpb == 0.95
+    assert cancels == [[]] and be.cancelled == []
+
+
 def test_submit_failure_requeues_and_backs_off(ledger, tmp_path):
     be = SimulatedBackend({"bad": "CPU", "good": "CPU"})
     be.fail_submit = {"bad"}

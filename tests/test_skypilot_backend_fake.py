@@ -466,7 +466,9 @@ def test_fake_sdk_a_slow_listing_never_replaces_a_newer_one(tmp_path, backend_fa
     gate = sdk.status_gate = threading.Event()
     slow = threading.Thread(target=b._refresh_clusters)       # asks now (INIT), answer held
     slow.start()
+    deadline = time.monotonic() + 30
     while sdk.status_gate is not None:
+        assert time.monotonic() < deadline, "the slow listing never asked"
         time.sleep(0.01)
     sdk.clusters[c.name].status = "UP"
     assert b._refresh_clusters()[c.name].state == up           # asked later, installed first
@@ -474,6 +476,20 @@ def test_fake_sdk_a_slow_listing_never_replaces_a_newer_one(tmp_path, backend_fa
     slow.join(30)
     assert b._refresh_clusters(max_age_s=3600)[c.name].state == up
     assert [(x.name, x.state) for x in b._cluster_view().values()] == [(c.name, up)]
+
+    # a refreshing listing (reconcile's AUTO) is installed even when a records-only one asked after it
+    sdk.clusters[c.name].status = "INIT"
+    gate = sdk.status_gate = threading.Event()
+    auto = threading.Thread(target=b._refresh_clusters, args=("AUTO",))
+    auto.start()
+    while sdk.status_gate is not None:
+        assert time.monotonic() < deadline, "the refreshing listing never asked"
+        time.sleep(0.01)
+    sdk.clusters[c.name].status = "UP"
+    b._refresh_clusters()
+    gate.set()
+    auto.join(30)
+    assert b._refresh_clusters(max_age_s=3600)[c.name].state == "provisioning"   # what the AUTO listing saw
 
 
 def test_fake_sdk_cluster_in_init_for_a_moment_keeps_its_jobs(tmp_path, backend_factory):

@@ -147,7 +147,10 @@ class WaitingMixin(EngineParts):
                 self._closed.wait(min(rest, max(0.0, deadline - time.monotonic())))
         # the verdicts come from the experiment cache, which the writer refreshes just after its
         # COMMIT: a look in between read these results from the ledger, so bring the cache up to them
-        self.cache.refresh(done_ids)
+        _, cached = self.cache.some(done_ids)
+        behind = set(done_ids) - {e.id for e in cached if e.status in TERMINAL}
+        if behind:
+            self.cache.refresh(sorted(behind))
         finished = self.ledger.get_many(done_ids)
         still = [i for i in targets if i not in ended]
         if self._tsv_pending:

@@ -267,13 +267,20 @@ class Scheduler:
             if eid in changed:
                 continue
             with self._lock:
-                flight = self._flights.get(eid) or self._flight_from_ledger(eid)
+                flight = self._flights.get(eid)
                 if flight is None:
-                    # requeued since cancel_queued looked (a lost run is retried): cancel it as queued
-                    if self.ledger.cancel_queued([eid], reason):
-                        drop_staged(self.runs_dir, eid)
-                        changed.append(eid)
-                    continue
+                    status = self.ledger.statuses([eid]).get(eid)
+                    if status == Status.queued:
+                        # requeued since cancel_queued looked (a lost run is retried): cancel it as queued
+                        if self.ledger.cancel_queued([eid], reason):
+                            drop_staged(self.runs_dir, eid)
+                            changed.append(eid)
+                        continue
+                    if status != Status.running:
+                        continue            # finished (or unknown): left as it is
+                    flight = self._flight_from_ledger(eid)
+                    if flight is None:
+                        continue
                 if flight.handle is not None:
                     outcome = self._ended_outcome(flight.handle)
                     if outcome is not None:

@@ -36,25 +36,30 @@ log = logging.getLogger("autoresearch.scheduler")
 def poll(sched: Scheduler, due_only: bool = False) -> list[str]:
     """Poll in-flight handles (all, or only those expected to end about now) and record outcomes."""
     now, typical_s = time.time(), typical(sched._durations)
+    # One hold of the lock from the poll to the last record: a backend may hand an outcome out only
+    # once (SkyPilot's), so a cancel must never run between the two (it would see the job still in
+    # flight, record it cancelled, and the result would be dropped here). Both backends' polls are
+    # in-memory or a file check.
     with sched._lock:
         handles = [f.handle for f in sched._flights.values()
                    if f.handle is not None and (not due_only or due(f, now, typical_s))]
-    if not handles:
-        return []
-    sched.stats["polls"] += 1
-    outcomes = sched.backend.poll(handles)
-    changed = []
-    for outcome in outcomes:
-        h = outcome.handle
-        with sched._lock:
-            flight = sched._flights.get(h.experiment_id)
-            if flight is None or flight.attempt != h.attempt:
-                continue
-            if flight.run_from is not None:
-                sched._durations.append(max(0.0, time.time() - flight.run_from))
-            if record(sched, flight, outcome):
-                changed.append(h.experiment_id)
-            sched._flights.pop(h.experiment_id, None)
+        if not handles:
+            return []
+        sched.stats["polls"] += 1
+        outcomes = sched.backend.poll(handles)
+        return [outcome.handle.experiment_id for outcome in outcomes if _record_polled(sched, outcome)]
+
+
+def _record_polled(sched: Scheduler, outcome: JobOutcome) -> bool:
+    """Record one polled outcome if its attempt is still in flight (under the scheduler's lock)."""
+    h = outcome.handle
+    flight = sched._flights.get(h.experiment_id)
+    if flight is None or flight.attempt != h.attempt:
+        return False
+    if flight.run_from is not None:
+        sched._durations.append(max(0.0, time.time() - flight.run_from))
+    changed = record(sched, flight, outcome)
+    sched._flights.pop(h.experiment_id, None)
     return changed
 
 

@@ -80,9 +80,11 @@ class ClustersMixin:
         recs = self._status(None, refresh)
         infos = {i.name: i for i in (cluster_info(r) for r in recs) if self.is_ours(i.name)}
         with self._lock:
-            if asked_at < self._clusters_asked_at:
-                # a slow listing (the background renew) asked before the one installed: it is the
-                # older view (a new cluster still INIT, one since gone still UP); keep the newer
+            if refresh == "NONE" and asked_at < self._clusters_asked_at:
+                # a slow listing of SkyPilot's records (the background renew) asked before the one
+                # installed: the older view (a new cluster still INIT, one since gone still UP).
+                # A refreshing listing (AUTO, FORCE) is installed whenever it returns: it asked the
+                # clouds, so it is at least as fresh as records read while it ran.
                 return dict(self._clusters)
             # a cluster with jobs in flight that SkyPilot no longer lists (preempted, downed
             # outside): read its queue now rather than when its jobs could have ended
@@ -100,7 +102,7 @@ class ClustersMixin:
                     else:
                         infos.pop(name)          # a status asked before it went: stale record
             self._clusters = infos
-            self._clusters_asked_at = asked_at
+            self._clusters_asked_at = max(self._clusters_asked_at, asked_at)
             self._clusters_at = time.monotonic()
             return dict(infos)
 

@@ -139,13 +139,14 @@ class DashboardData:
                     with self._lock:
                         want = self._wanted[key]
                     self._store(key, want, build())
-                    with self._lock:
+                    with self._lock:            # the check and the hand-back in one step: no request between
                         if self._wanted[key] == want:
-                            break
+                            self._building.discard(key)
+                            del self._wanted[key]
+                            return
             except Exception:  # noqa: BLE001 - the next request computes it in the request and says why
                 log.exception("dashboard: recomputing %r failed", key)
                 self._memo.pop(key, None)
-            finally:
                 with self._lock:
                     self._building.discard(key)
                     self._wanted.pop(key, None)

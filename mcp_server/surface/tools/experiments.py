@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from mcp_server.domain import limits, variants
 from mcp_server.domain.analysis import Verdict
 from mcp_server.domain.metric import DEFAULT_METRIC, Metric
-from mcp_server.domain.models import Experiment, Wave
+from mcp_server.domain.models import Experiment, Status, Wave
 from mcp_server.domain.numbers import general
 from mcp_server.domain.tool_names import Tool
 from mcp_server.engine import Progress
@@ -109,7 +109,8 @@ class WaitResult(BaseModel):
 
 class CancelResult(BaseModel):
     cancelled: list[ExperimentBrief] = Field(description=f"Their state now (the first {MAX_LISTED}).")
-    cancelled_count: int
+    cancelled_count: int = Field(description="How many of them are cancelled now; one that had already finished "
+                                             "keeps its status and result.")
     next_step: str
 
 
@@ -406,7 +407,7 @@ def cancel_experiments(
     done = eng.cancel_wave(wave_id) if wave_id else eng.cancel(list(experiment_ids or []))
     rows = [ExperimentBrief.short(e, engine(ctx).metric) for e in done[:MAX_LISTED]]
     return CancelResult(cancelled=rows[:fit(rows)],
-                        cancelled_count=len(done),
+                        cancelled_count=sum(e.status == Status.cancelled for e in done),
                         next_step=f"Their clusters are free for the next launch; "
                         f"{Tool.FETCH_RESULTS}(status='cancelled') lists them.")
 

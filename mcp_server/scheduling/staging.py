@@ -102,8 +102,8 @@ class Stager:
             try:
                 # read again now that a dispatch of it waits for us: one may have come and gone
                 # since the read above (it begins the attempt before it takes the directory)
-                now = self.ledger.get(eid)
-                if now is None or now.status != Status.queued or now.attempts + 1 != attempt:
+                current = self.ledger.get(eid)
+                if current is None or current.status != Status.queued or current.attempts + 1 != attempt:
                     continue
                 self.stage(exp, attempt, dest)
                 self.stats["staged"] += 1
